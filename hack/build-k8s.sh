@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds the control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl), etcd and helm
+# from the Go module proxy into a cache outside the checkout, keyed by version. A second run is a no-op.
+#
+# `go install k8s.io/kubernetes/cmd/...@v` does not work: k8s.io/kubernetes replaces its staging modules with
+# ./staging paths, and Go honours replace directives only in the main module. So we write a wrapper module that
+# requires k8s.io/kubernetes and replaces every staging module with its published v0.Y.Z twin; the list comes
+# from the release's own go.mod, not from memory.
+set -euo pipefail
+source "$(dirname "$0")/versions.sh"
+
+build_k8s() {
+  local out="$BIN_DIR/kube-apiserver"
+  if [[ -x "$BIN_DIR/kube-apiserver" && -x "$BIN_DIR/kube-controller-manager" && -x "$BIN_DIR/kube-scheduler" && -x "$BIN_DIR/kubectl" ]]; then
+    return 0
+  fi
+  local work="$MO_CACHE/build/k8s-$K8S_VERSION"
+  mkdir -p "$work" "$BIN_DIR"
+  local staging_version="v0.${K8S_VERSION#v1.}"
+  go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
+  local upstream_mod
+  upstream_mod="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
+  {
+    echo "module migration-operator.local/k8s-build"
+    echo
+    echo "go $(awk '/^go /{print $2; exit}' "$upstream_mod")"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    sed -n '/^replace (/,/^)/p' "$upstream_mod" | awk '/=> \.\/staging/{print "\t" $1 " => " $1 " '"$staging_version"'"}'
+    echo ")"
+  } > "$work/go.mod"
+  echo "building Kubernetes $K8S_VERSION control plane (cold build takes a while on 2 cores)" >&2
+  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags='-s -w' -o "$BIN_DIR/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler \
+      k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_simple() {  # name module-version package
+  local name=$1 modver=$2 pkg=$3
+  [[ -x "$BIN_DIR/$name" ]] && return 0
+  local work="$MO_CACHE/build/$name-${modver##*@}"
+  mkdir -p "$work" "$BIN_DIR"
+  printf 'module migration-operator.local/%s-build\n\ngo 1.25\n\nrequire %s %s\n' "$name" "${modver%@*}" "${modver##*@}" > "$work/go.mod"
+  echo "building $name ${modver##*@}" >&2
+  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags='-s -w' -o "$BIN_DIR/$name" "$pkg")
+}
+
+what=${1:-all}
+case "$what" in
+  k8s) build_k8s ;;
+  etcd) build_simple etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3 ;;
+  helm) build_simple helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+  all)
+    build_simple etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3
+    build_k8s
+    build_simple helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+    ;;
+  *) echo "usage: $0 [k8s|etcd|helm|all]" >&2; exit 2 ;;
+esac

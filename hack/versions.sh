@@ -1,0 +1,10 @@
+# Pinned versions of everything the local cluster is built from; sourced by the hack/ scripts.
+# The cache lives outside the checkout so a fresh clone (CI) reuses it; every path is keyed by version.
+K8S_VERSION=${K8S_VERSION:-v1.35.4}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+HELM_VERSION=${HELM_VERSION:-v3.19.5}
+FLYWAY_VERSION=${FLYWAY_VERSION:-11.20.3}
+POSTGRES_JDBC_VERSION=${POSTGRES_JDBC_VERSION:-42.7.8}
+MO_CACHE=${MO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/migration-operator}
+BIN_DIR="$MO_CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+export MO_CACHE BIN_DIR
