@@ -1,0 +1,88 @@
+# migration-operator. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+MO_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/migration-operator
+VENV := $(MO_CACHE)/venv/current
+PY := $(VENV)/bin/python
+BIN_DIR = $(shell bash -c 'source hack/versions.sh && echo $$BIN_DIR')
+CLUSTER_KUBECONFIG := $(MO_CACHE)/cluster/kubeconfig
+# The suite talks to whatever KUBECONFIG points at; by default, the local cluster.
+export KUBECONFIG ?= $(CLUSTER_KUBECONFIG)
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: venv
+venv: ## create the project virtualenv (cached outside the checkout) and install this checkout into it
+	@bash hack/venv.sh >/dev/null
+
+.PHONY: tools
+tools: ## build etcd, the Kubernetes control plane, kubectl and helm from the Go module proxy (cached)
+	@bash hack/build-k8s.sh all
+
+.PHONY: cluster
+cluster: venv ## start the local cluster (control plane, node agent, PostgreSQL, Flyway); idempotent
+	@bash hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local cluster (keeps the cache)
+	@bash hack/cluster.sh down
+
+.PHONY: cluster-status
+cluster-status: ## show what of the local cluster runs
+	@bash hack/cluster.sh status
+
+.PHONY: cluster-reset
+cluster-reset: ## stop the local cluster and wipe its state
+	@bash hack/cluster.sh reset
+
+.PHONY: crd
+crd: venv ## regenerate the CRD from the pydantic models, and the chart and kustomize copies
+	@$(PY) -m migration_operator.crd > crds/dbops.io_databasemigrations.yaml
+	@bash hack/sync-chart-crd.sh
+
+.PHONY: lint
+lint: venv ## ruff and mypy --strict
+	@$(VENV)/bin/ruff check operator tests hack
+	@$(VENV)/bin/mypy
+
+.PHONY: test-unit
+test-unit: venv ## unit tests of pure logic (no cluster)
+	@$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+.PHONY: test-lua
+test-lua: ## Argo CD health and action Lua tests, evaluated by gopher-lua (Argo CD's engine)
+	@cd argocd/luatest && go test ./... -count=1
+
+.PHONY: test-chart
+test-chart: ## helm lint and helm template
+	@bash hack/test-chart.sh
+
+.PHONY: test-cluster
+test-cluster: ## checks of the local cluster itself (Jobs, Deployments, volumes, RBAC, node agent restart)
+	@$(PY) -m pytest tests/cluster -q $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: ## end-to-end tests of the operator against $$KUBECONFIG (real PostgreSQL and Flyway)
+	@$(PY) -m pytest tests/e2e -q $(PYTEST_ARGS)
+
+.PHONY: test
+test: cluster lint test-unit test-lua test-chart test-cluster test-e2e ## everything: brings the local cluster up if needed
+
+.PHONY: test-kind
+test-kind: ## the same e2e suite on a kind cluster (needs Docker: not on these machines)
+	@bash hack/test-kind.sh
+
+.PHONY: demo
+demo: cluster ## end to end on the local cluster: install the chart, deploy the parking example, migrate, narrate
+	@bash hack/demo.sh
+
+.PHONY: bench
+bench: venv ## benchmarks: snapshot/verify cost per table and row, phase-machine throughput, memory
+	@$(PY) -m tests.bench
+
+.PHONY: clean
+clean: ## remove build leftovers of this checkout (not the cache)
+	@rm -rf .pytest_cache .mypy_cache .ruff_cache dist build
