@@ -1,0 +1,444 @@
+"""The DatabaseMigration API (dbops.io/v1alpha1) as pydantic v2 models.
+
+The CRD's OpenAPI schema is generated from these classes (`python -m migration_operator.crd`), so field
+descriptions here are what `kubectl explain dbmig.spec...` prints. Defaults declared here end up as
+`default:` in the schema: the API server applies them, the operator never writes `spec`.
+
+CEL rules (`x-kubernetes-validations`) live next to the fields they guard, in `json_schema_extra`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+from . import constants
+
+NAME_MAX = 253
+SQL_MAX = 262144
+
+
+def _cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"rule": rule, "message": message, **extra}
+
+
+def immutable(field: str) -> dict[str, Any]:
+    """A transition rule that rejects any change of `field` once the object exists."""
+    return {"x-kubernetes-validations": [_cel("self == oldSelf", f"{field} is immutable: create a new "
+                                              "DatabaseMigration for a new run")]}
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_enum_values=True,
+    )
+
+
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+
+
+# ---------------------------------------------------------------------------------------------------- spec
+class SslMode(StrEnum):
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+
+class CredentialsSecret(ApiModel):
+    """A Secret in the migration's namespace holding the database login. Never copied anywhere: Jobs get
+    it through secretKeyRef, the operator reads it only to connect."""
+
+    name: Name = Field(description="Name of the Secret.")
+    username_key: Name = Field("username", description="Key of the user name in the Secret.")
+    password_key: Name = Field("password", description="Key of the password in the Secret.")
+
+
+class DatabaseSpec(ApiModel):
+    """The PostgreSQL database to migrate."""
+
+    host: Name = Field(description="Host name or IP address of the PostgreSQL server.")
+    port: int = Field(5432, ge=1, le=65535, description="TCP port of the PostgreSQL server.")
+    name: Annotated[str, Field(min_length=1, max_length=63)] = Field(description="Database name.")
+    credentials_secret: CredentialsSecret = Field(description="Secret with the login of a role that owns "
+                                                  "the schema (it runs the migrations).")
+    ssl_mode: SslMode = Field(SslMode.PREFER, description="libpq sslmode for every connection.")
+    maintenance_database: Annotated[str, Field(min_length=1, max_length=63)] = Field(
+        "postgres", description="Database the operator connects to for CREATE/ALTER DATABASE "
+        "(backup.method Clone and its rollback).")
+
+
+class ConfigMapSource(ApiModel):
+    name: Name = Field(description="ConfigMap whose keys are Flyway migration files (V1__init.sql ...).")
+
+
+class ImageSource(ApiModel):
+    image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+        description="Image that contains the migration files. The Flyway Job copies them from `path` with "
+        "an init container running this image (it needs `cp` and `sh`).")
+    path: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^/")] = Field(
+        "/flyway/sql", description="Absolute directory of the migration files inside the image.")
+
+
+class MigrationsSpec(ApiModel):
+    """Where the Flyway migrations come from and how far to go. Exactly one source."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.configMap) != has(self.image)",
+             "exactly one of migrations.configMap or migrations.image must be set"),
+    ]})
+
+    config_map: ConfigMapSource | None = Field(None, description="Migrations from a ConfigMap (max 1 MiB).")
+    image: ImageSource | None = Field(None, description="Migrations from a directory of an image.")
+    target_version: Annotated[str, Field(max_length=64, pattern=r"^(latest|[0-9]+([._][0-9]+)*)$")] | None = (
+        Field(None, description="Flyway target version (e.g. \"6\" or \"2.1\"); default: the latest."))
+    table: Annotated[str, Field(min_length=1, max_length=63)] = Field(
+        "flyway_schema_history", description="Flyway schema history table.")
+    schemas: list[Annotated[str, Field(min_length=1, max_length=63)]] = Field(
+        default_factory=list, max_length=32,
+        description="Schemas Flyway manages (default: the role's default schema, usually public).")
+
+
+class BackupMethod(StrEnum):
+    DUMP = "Dump"
+    CLONE = "Clone"
+
+
+class BackupTiming(StrEnum):
+    AFTER_DRAIN = "AfterDrain"
+    BEFORE_MAINTENANCE = "BeforeMaintenance"
+
+
+class VolumeSource(ApiModel):
+    claim_name: Name = Field(description="PersistentVolumeClaim the dump is written to and restored from.")
+
+
+class BackupSpec(ApiModel):
+    """The backup taken before anything changes the database."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("!self.enabled || self.method != 'Dump' || has(self.volume)",
+             "backup.method Dump needs backup.volume.claimName"),
+        _cel("self.method != 'Clone' || self.timing == 'AfterDrain'",
+             "backup.method Clone copies the drained database: timing must be AfterDrain"),
+    ]})
+
+    enabled: bool = Field(True, description="Take a backup. Disabling it emits a warning event and rules "
+                          "out rollback.strategy Restore.")
+    method: BackupMethod = Field(BackupMethod.DUMP, description="Dump: pg_dump -Fc to a PVC, verified with "
+                                 "pg_restore --list. Clone: CREATE DATABASE <db>_pre_<id> TEMPLATE <db>.")
+    timing: BackupTiming = Field(
+        BackupTiming.AFTER_DRAIN, description="AfterDrain (default): the backup is taken once the app is "
+        "stopped, so a restore loses no write. BeforeMaintenance: the runbook's order (backup while the "
+        "app still runs, shorter downtime; writes between backup and drain are lost on Restore).")
+    volume: VolumeSource | None = Field(None, description="Where Dump writes (required for Dump).")
+
+
+class DeploymentRef(ApiModel):
+    name: Name = Field(description="Deployment in the migration's namespace.")
+
+
+class AppSessionFilter(ApiModel):
+    """Which pg_stat_activity sessions count as the app's.
+
+    Empty: every session on the database that is not the operator's or its Jobs'."""
+
+    usernames: list[Name] = Field(default_factory=list, max_length=64,
+                                  description="Only sessions of these roles count.")
+    application_names: list[Name] = Field(
+        default_factory=list, max_length=64, description="Only sessions with these application_name values.")
+
+
+class MaintenanceSpec(ApiModel):
+    """The app stopped during the migration: scaled to 0, then back to its recorded replica count."""
+
+    deployment: DeploymentRef
+    app_session_filter: AppSessionFilter = Field(default_factory=AppSessionFilter)
+
+
+class VerifyCheck(ApiModel):
+    name: Annotated[str, Field(min_length=1, max_length=63)] = Field(description="Name shown in status.")
+    sql: Annotated[str, Field(min_length=1, max_length=65536)] = Field(
+        description="A read-only query returning one boolean; the check passes when it is true.")
+
+
+class VerifySpec(ApiModel):
+    """Checks after the migration; any failure rolls back."""
+
+    required_tables: list[Name] = Field(default_factory=list, max_length=256,
+                                        description="Tables that must exist (schema.table or table).")
+    checks: list[VerifyCheck] = Field(default_factory=list, max_length=64)
+    allow_dropped_objects: bool = Field(False, description="Accept fewer foreign keys or indexes than "
+                                        "before (the migration drops them on purpose).")
+
+
+class RollbackStrategy(StrEnum):
+    RESTORE = "Restore"
+    REPAIR = "Repair"
+    COMPENSATE = "Compensate"
+    NONE = "None"
+
+
+class ConfigMapKeyRef(ApiModel):
+    name: Name
+    key: Name
+
+
+class CompensateSpec(ApiModel):
+    """SQL that undoes the migration, run in one transaction (psql --single-transaction)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("has(self.sql) != has(self.configMapKeyRef)",
+             "rollback.compensate needs exactly one of sql or configMapKeyRef"),
+    ]})
+
+    sql: Annotated[str, Field(min_length=1, max_length=SQL_MAX)] | None = None
+    config_map_key_ref: ConfigMapKeyRef | None = None
+
+
+class RollbackSpec(ApiModel):
+    """What to do when the migration or its verification fails."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("self.strategy != 'Compensate' || has(self.compensate)",
+             "rollback.strategy Compensate requires rollback.compensate (sql or configMapKeyRef)"),
+    ]})
+
+    strategy: RollbackStrategy = Field(
+        RollbackStrategy.RESTORE, description="Restore: the backup (pg_restore, or the Clone renamed back). "
+        "Repair: flyway repair (removes failed rows, keeps what succeeded). "
+        "Compensate: run rollback.compensate. "
+        "None: stop; the app stays down and the condition says what to do.")
+    compensate: CompensateSpec | None = None
+
+
+class ApprovalSpec(ApiModel):
+    required: bool = Field(False, description="Wait in AwaitingApproval until the annotation "
+                           f"{constants.APPROVED_ANNOTATION}: \"true\" is set.")
+
+
+class TimeoutsSpec(ApiModel):
+    """Seconds each step may take; a timeout fails the run (and rolls back once the app was touched)."""
+
+    preflight_seconds: int = Field(600, ge=10, le=86400)
+    backup_seconds: int = Field(3600, ge=10, le=604800)
+    drain_seconds: int = Field(300, ge=5, le=86400)
+    migrate_seconds: int = Field(3600, ge=10, le=604800)
+    verify_seconds: int = Field(600, ge=5, le=86400)
+    ready_seconds: int = Field(600, ge=5, le=86400)
+    rollback_seconds: int = Field(3600, ge=10, le=604800)
+
+
+Short = Annotated[str, Field(max_length=NAME_MAX)]
+# A resource quantity ("500m", "1Gi" or 2): int-or-string in the schema, like core/v1.
+Quantity = Annotated[str | int, WithJsonSchema({"x-kubernetes-int-or-string": True,
+                                                "anyOf": [{"type": "integer"}, {"type": "string"}]})]
+
+
+class Toleration(ApiModel):
+    key: Short | None = None
+    operator: Annotated[str, Field(pattern=r"^(Exists|Equal)$")] | None = None
+    value: Short | None = None
+    effect: Annotated[str, Field(pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourceRequirements(ApiModel):
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+
+
+class LocalObjectReference(ApiModel):
+    name: Name
+
+
+class JobTemplateSpec(ApiModel):
+    """Control over the pods the operator spawns (pg_dump, Flyway, psql)."""
+
+    postgres_image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+        constants.DEFAULT_POSTGRES_IMAGE, description="Image with pg_dump, pg_restore and psql.")
+    flyway_image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+        constants.DEFAULT_FLYWAY_IMAGE, description="Image with the `flyway` command.")
+    image_pull_policy: str | None = Field(None, pattern=r"^(Always|IfNotPresent|Never)$")
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
+    service_account_name: Name | None = None
+    node_selector: dict[str, Short] = Field(default_factory=dict, max_length=64)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="Container resources (requests/limits) for every spawned container.")
+    run_as_user: int = Field(constants.DEFAULT_RUN_AS, ge=1)
+    run_as_group: int = Field(constants.DEFAULT_RUN_AS, ge=1)
+    fs_group: int = Field(constants.DEFAULT_RUN_AS, ge=1)
+    labels: dict[str, Short] = Field(default_factory=dict, max_length=64, description="Extra pod labels.")
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64, description="Extra pod annotations.")
+
+
+class DatabaseMigrationSpec(ApiModel):
+    """One run of the migration runbook against one database. Immutable except `approval`."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("self.rollback.strategy != 'Restore' || self.backup.enabled",
+             "rollback.strategy Restore needs backup.enabled"),
+        _cel("has(self.maintenance) == has(oldSelf.maintenance)",
+             "spec.maintenance cannot be added or removed: create a new DatabaseMigration"),
+        _cel("self.backup.method != 'Clone' || has(self.maintenance)",
+             "backup.method Clone needs spec.maintenance: the database is copied once the app is stopped"),
+    ]})
+
+    database: DatabaseSpec = Field(json_schema_extra=immutable("spec.database"))
+    migrations: MigrationsSpec = Field(json_schema_extra=immutable("spec.migrations"))
+    backup: BackupSpec = Field(default_factory=BackupSpec, json_schema_extra=immutable("spec.backup"))
+    maintenance: MaintenanceSpec | None = Field(None, json_schema_extra=immutable("spec.maintenance"))
+    verify: VerifySpec = Field(default_factory=VerifySpec, json_schema_extra=immutable("spec.verify"))
+    rollback: RollbackSpec = Field(default_factory=RollbackSpec, json_schema_extra=immutable("spec.rollback"))
+    approval: ApprovalSpec = Field(default_factory=ApprovalSpec, description="The only mutable part of spec.")
+    dry_run: bool = Field(False, description="Preflight only (flyway info + validate, pending list), then "
+                          "Succeeded; nothing is written.", json_schema_extra=immutable("spec.dryRun"))
+    timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec, json_schema_extra=immutable("spec.timeouts"))
+    job_template: JobTemplateSpec = Field(default_factory=JobTemplateSpec,
+                                          json_schema_extra=immutable("spec.jobTemplate"))
+
+
+# -------------------------------------------------------------------------------------------------- status
+class Phase(StrEnum):
+    PENDING = "Pending"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PREFLIGHT = "Preflight"
+    BACKING_UP = "BackingUp"
+    ENTERING_MAINTENANCE = "EnteringMaintenance"
+    MIGRATING = "Migrating"
+    VERIFYING = "Verifying"
+    EXITING_MAINTENANCE = "ExitingMaintenance"
+    SUCCEEDED = "Succeeded"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED})
+
+
+class Condition(ApiModel):
+    type: str
+    status: str = Field(pattern=r"^(True|False|Unknown)$")
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class Snapshot(ApiModel):
+    version: str | None = None
+    tables: int = 0
+    foreign_keys: int = 0
+    indexes: int = 0
+    rows: dict[str, int] = Field(default_factory=dict)
+    table_names: list[str] = Field(default_factory=list)
+    checksums: dict[str, str] = Field(default_factory=dict)
+    taken_at: str | None = None
+
+
+class PendingMigration(ApiModel):
+    version: str | None = None
+    description: str = ""
+    script: str = ""
+
+
+class AppliedMigration(ApiModel):
+    version: str | None = None
+    description: str = ""
+    script: str = ""
+    checksum: int | None = None
+    execution_time_ms: int | None = None
+    installed_on: str | None = None
+    success: bool = True
+
+
+class BackupStatus(ApiModel):
+    method: str | None = None
+    pvc: str | None = None
+    path: str | None = None
+    clone_database: str | None = None
+    size_bytes: int | None = None
+    verified: bool = False
+    completed_at: str | None = None
+
+
+class MaintenanceStatus(ApiModel):
+    deployment: str | None = None
+    original_replicas: int | None = None
+    scaled_down_at: str | None = None
+    scaled_up_at: str | None = None
+
+
+class LogEntry(ApiModel):
+    time: str
+    phase: str
+    message: str
+
+
+class RollbackStatus(ApiModel):
+    strategy: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    from_phase: str | None = None
+    database_changed: bool = False
+    database_restored: bool = False
+    failed: bool = False
+    failure: str | None = None
+
+
+class DatabaseMigrationStatus(ApiModel):
+    phase: Phase | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    before: Snapshot | None = None
+    after: Snapshot | None = None
+    pending: list[PendingMigration] = Field(default_factory=list)
+    applied: list[AppliedMigration] = Field(default_factory=list)
+    backup: BackupStatus | None = None
+    maintenance: MaintenanceStatus | None = None
+    jobs: dict[str, str] = Field(default_factory=dict)
+    log: list[LogEntry] = Field(default_factory=list)
+    started_at: str | None = None
+    completed_at: str | None = None
+    phase_started_at: str | None = None
+    rollback: RollbackStatus | None = None
+    lock: str | None = Field(None, description="Lease that serialises migrations of this database.")
+    flyway: dict[str, Any] | None = Field(
+        None, description="Summary of the last Flyway output (free-form).")
+
+
+class DatabaseMigration(ApiModel):
+    """A DatabaseMigration object as read from the API server."""
+
+    api_version: str = constants.API_VERSION
+    kind: str = constants.KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: DatabaseMigrationSpec
+    status: DatabaseMigrationStatus = Field(default_factory=DatabaseMigrationStatus)
+
+
+def parse_spec(spec: dict[str, Any]) -> DatabaseMigrationSpec:
+    return DatabaseMigrationSpec.model_validate(spec)
+
+
+def parse_status(status: dict[str, Any] | None) -> DatabaseMigrationStatus:
+    return DatabaseMigrationStatus.model_validate(status or {})
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """API form of a model: camelCase, no None values."""
+    result: dict[str, Any] = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return result
