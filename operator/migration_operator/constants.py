@@ -32,7 +32,7 @@ APPLICATION_NAME: Final = "migration-operator"
 
 # Defaults (the CRD schema carries the same values as `default:`).
 DEFAULT_POSTGRES_IMAGE: Final = "postgres:15"
-DEFAULT_FLYWAY_IMAGE: Final = "flyway/flyway:11.20"
+DEFAULT_FLYWAY_IMAGE: Final = "flyway/flyway:12.4"
 DEFAULT_RUN_AS: Final = 65532
 LOG_LIMIT: Final = 50
 TERMINATION_MESSAGE_LIMIT: Final = 4096

@@ -109,3 +109,14 @@ def test_unknown_and_wrong_fields_are_reported() -> None:
     errors = "\n".join(validate(document, _schema()))
     for fragment in ("port", "Undo", "targetVersion", "surprise"):
         assert fragment in errors
+
+
+def test_default_flyway_image_follows_hack_versions() -> None:
+    import re
+
+    from migration_operator import constants
+
+    versions = (ROOT / "hack" / "versions.sh").read_text()
+    match = re.search(r"FLYWAY_VERSION=\$\{FLYWAY_VERSION:-(\d+)\.(\d+)", versions)
+    assert match, "FLYWAY_VERSION not found in hack/versions.sh"
+    assert constants.DEFAULT_FLYWAY_IMAGE == f"flyway/flyway:{match[1]}.{match[2]}"
