@@ -32,32 +32,40 @@ build_k8s() {
     echo ")"
   } > "$work/go.mod"
   echo "building Kubernetes $K8S_VERSION control plane (cold build takes a while on 2 cores)" >&2
-  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags='-s -w' -o "$BIN_DIR/" \
+  # stamp the release version the way Kubernetes' own build does, or every binary reports v0.0.0-master
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags="$ldflags" -o "$BIN_DIR/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler \
       k8s.io/kubernetes/cmd/kubectl)
 }
 
-build_simple() {  # name module-version package
-  local name=$1 modver=$2 pkg=$3
+build_simple() {  # name module-version package [extra-ldflags]
+  local name=$1 modver=$2 pkg=$3 extra=${4:-}
   [[ -x "$BIN_DIR/$name" ]] && return 0
   local work="$MO_CACHE/build/$name-${modver##*@}"
   mkdir -p "$work" "$BIN_DIR"
   printf 'module migration-operator.local/%s-build\n\ngo 1.25\n\nrequire %s %s\n' "$name" "${modver%@*}" "${modver##*@}" > "$work/go.mod"
   echo "building $name ${modver##*@}" >&2
-  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags='-s -w' -o "$BIN_DIR/$name" "$pkg")
+  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags="-s -w $extra" -o "$BIN_DIR/$name" "$pkg")
 }
 
+HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 what=${1:-all}
 case "$what" in
   k8s) build_k8s ;;
   etcd) build_simple etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3 ;;
-  helm) build_simple helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+  helm) build_simple helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$HELM_LDFLAGS" ;;
   all)
     build_simple etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3
     build_k8s
-    build_simple helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+    build_simple helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$HELM_LDFLAGS"
     ;;
   *) echo "usage: $0 [k8s|etcd|helm|all]" >&2; exit 2 ;;
 esac

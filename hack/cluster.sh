@@ -192,13 +192,8 @@ setup_storage() {
     --count 20 --dir "$STATE/pv" --size 5Gi --node-name "$NODE_NAME" >/dev/null
 }
 
-up() {
-  local t0=$SECONDS
+control_plane() {
   bash "$REPO/hack/build-k8s.sh" all
-  bash "$REPO/hack/venv.sh" >/dev/null
-  bash "$REPO/hack/install-flyway.sh" >/dev/null
-  bash "$REPO/hack/postgres.sh" start
-  bash "$REPO/hack/postgres.sh" seed
   make_certs
   kubeconfig "$KUBECONFIG_ADMIN" kubernetes-admin admin
   start_etcd
@@ -206,6 +201,15 @@ up() {
   start_controller_manager
   start_scheduler
   wait_for 60 "default ServiceAccount" "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" get serviceaccount default -n default
+}
+
+up() {
+  local t0=$SECONDS
+  bash "$REPO/hack/venv.sh" >/dev/null
+  bash "$REPO/hack/install-flyway.sh" >/dev/null
+  bash "$REPO/hack/postgres.sh" start
+  bash "$REPO/hack/postgres.sh" seed
+  control_plane
   setup_storage
   start_node_agent
   log "cluster ready in $((SECONDS - t0))s"
@@ -234,6 +238,7 @@ status() {
 
 case "${1:-up}" in
   up) up ;;
+  control-plane) control_plane ;;
   down) down ;;
   status) status ;;
   reset) down; rm -rf "$STATE"; log "cluster state wiped" ;;
