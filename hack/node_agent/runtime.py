@@ -1,0 +1,117 @@
+"""Starting, signalling and reaping container processes (each one supervised by node_agent.shim)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .state import proc_start_time
+
+log = logging.getLogger(__name__)
+
+HACK_DIR = str(Path(__file__).resolve().parent.parent)
+
+# Shims this agent process started: they are our children, so they must be wait()ed for or they
+# stay zombies (and a zombie looks alive in /proc). Adopted shims (from before an agent restart)
+# have been re-parented to init, which reaps them.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_children_lock = threading.Lock()
+
+
+def own_mntns() -> str:
+    return os.readlink("/proc/self/ns/mnt")
+
+
+def mntns_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def reap() -> None:
+    with _children_lock:
+        for pid, proc in list(_children.items()):
+            if proc.poll() is not None:
+                del _children[pid]
+
+
+def is_alive(pid: int | None, pid_start: int | None) -> bool:
+    if not pid:
+        return False
+    reap()
+    now = proc_start_time(pid)
+    return now is not None and (pid_start is None or now == pid_start)
+
+
+def start_shim(spec: dict[str, Any], spec_file: Path, log_file: Path) -> tuple[int, int | None]:
+    """Start ``unshare -m --propagation private -- python -m node_agent.shim SPEC`` in a new session,
+    stdout+stderr appended to ``log_file``. Returns (pid, /proc start time)."""
+    spec_file.write_text(json.dumps(spec))
+    spec_file.chmod(0o600)  # it holds the container's env, secrets included
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                "unshare", "-m", "--propagation", "private", "--",
+                sys.executable, "-m", "node_agent.shim", str(spec_file),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Own session and process group: the agent's own signals (SIGTERM on restart, ^C) never
+            # reach pods, and killpg(pid) reaches the whole container.
+            start_new_session=True,
+            close_fds=True,
+            env={"PYTHONPATH": HACK_DIR, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                 "PYTHONDONTWRITEBYTECODE": "1"},
+        )  # fmt: skip
+    with _children_lock:
+        _children[proc.pid] = proc
+    return proc.pid, proc_start_time(proc.pid)
+
+
+def members(mntns: str | None) -> list[int]:
+    """Every process living in the mount namespace ``mntns`` (the container's, even daemonised ones)."""
+    if not mntns or mntns == own_mntns():
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and mntns_of(int(entry)) == mntns:
+            pids.append(int(entry))
+    return pids
+
+
+def signal_container(pid: int | None, pid_start: int | None, mntns: str | None, sig: int) -> None:
+    """Send ``sig`` to the container's process group, and (for SIGKILL) to every process in its
+    mount namespace, which also catches processes that left the group."""
+    if pid and is_alive(pid, pid_start):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if sig == signal.SIGKILL:
+        for p in members(mntns):
+            try:
+                os.kill(p, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def container_gone(pid: int | None, pid_start: int | None, mntns: str | None) -> bool:
+    return not is_alive(pid, pid_start) and not members(mntns)
+
+
+def read_exit(exit_file: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(exit_file.read_text())
+        return data
+    except (OSError, ValueError):
+        return None
