@@ -82,12 +82,23 @@ def expand_with(text: str, env: Mapping[str, str]) -> str:
 # Quantities (only what resourceFieldRef and the QoS class need).
 
 _SUFFIX = {
-    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
-    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
-}  # fmt: skip
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 
 
@@ -107,7 +118,7 @@ def resource_field_value(container: Obj, resource: str, divisor: str | None) -> 
     value = (resources.get(kind) or {}).get(name)
     if value is None and kind == "requests":
         # An unset request defaults to the limit (API defaulting) - and to 0 when neither is set.
-        value = (resources.get("limits") or {}).get(name, "0" if name != "cpu" else "0")
+        value = (resources.get("limits") or {}).get(name, "0")
     if value is None:
         value = NODE_ALLOCATABLE.get(name, "0")
     div = parse_quantity(divisor or "1")
@@ -168,9 +179,7 @@ def service_env(api_host: str, api_port: int) -> dict[str, str]:
     }
 
 
-def _key_ref(
-    sources: Sources, namespace: str, ref: Obj, kind: str, var: str
-) -> str | None:
+def _key_ref(sources: Sources, namespace: str, ref: Obj, kind: str, var: str) -> str | None:
     """configMapKeyRef / secretKeyRef; ``None`` when optional and absent."""
     name = ref.get("name", "")
     key = ref.get("key", "")

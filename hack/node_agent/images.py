@@ -112,7 +112,10 @@ class ImageTable:
             env_raw = raw.get("env") or {}
             if not isinstance(env_raw, dict):
                 raise ValueError(f"{source}: images[{i}].env must be a mapping")
-            ex = lambda v: expand_vars(str(v), variables)  # noqa: E731 - tiny local helper
+
+            def ex(v: Any) -> str:
+                return expand_vars(str(v), variables)
+
             wd = raw.get("workingDir")
             common = {
                 "path": tuple(ex(p) for p in _str_list(raw.get("path"), "path")),

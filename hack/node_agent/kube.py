@@ -39,13 +39,15 @@ class ApiError(Exception):
 class Kube:
     def __init__(self, kubeconfig: str) -> None:
         cfg = k8s_client.Configuration()
-        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         self.base = cfg.host.rstrip("/")
         parsed = urlparse(self.base)
         self.api_host = parsed.hostname or "127.0.0.1"
         self.api_port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._verify: str | bool = (cfg.ssl_ca_cert or True) if cfg.verify_ssl else False
-        self._cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file else None
+        self._cert: tuple[str, str] | None = (
+            (cfg.cert_file, cfg.key_file or cfg.cert_file) if cfg.cert_file else None
+        )
         token = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization")
         if token and not token.lower().startswith("bearer "):
             token = f"Bearer {token}"

@@ -71,7 +71,9 @@ def run_probe(
             out = (res.stdout + res.stderr).decode("utf-8", errors="replace").strip()[-512:]
             return res.returncode == 0, f"exec probe failed (exit {res.returncode}): {out}"
         if "grpc" in probe:
-            log.warning("container %s: gRPC probes are not implemented; reported as passing", container.get("name"))
+            log.warning(
+                "container %s: gRPC probes are not implemented; reported as passing", container.get("name")
+            )
             return True, ""
         return True, ""
     except subprocess.TimeoutExpired:
@@ -161,8 +163,14 @@ class Prober:
                 except Exception:
                     log.exception("probe callback failed")
             if not ok:
-                log.info("%s probe of %s failed (%d/%d): %s", self.kind, self.container.get("name"),
-                         failures, failure_threshold, detail)  # fmt: skip
+                log.info(
+                    "%s probe of %s failed (%d/%d): %s",
+                    self.kind,
+                    self.container.get("name"),
+                    failures,
+                    failure_threshold,
+                    detail,
+                )
             if self.kind == "startup" and self.result:
                 return  # the startup probe stops once it succeeded
             if self.kind in ("liveness", "startup") and self.failed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -60,8 +61,15 @@ def start_shim(spec: dict[str, Any], spec_file: Path, log_file: Path) -> tuple[i
     with log_file.open("ab") as out:
         proc = subprocess.Popen(
             [
-                "unshare", "-m", "--propagation", "private", "--",
-                sys.executable, "-m", "node_agent.shim", str(spec_file),
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "--",
+                sys.executable,
+                "-m",
+                "node_agent.shim",
+                str(spec_file),
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -70,9 +78,12 @@ def start_shim(spec: dict[str, Any], spec_file: Path, log_file: Path) -> tuple[i
             # reach pods, and killpg(pid) reaches the whole container.
             start_new_session=True,
             close_fds=True,
-            env={"PYTHONPATH": HACK_DIR, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                 "PYTHONDONTWRITEBYTECODE": "1"},
-        )  # fmt: skip
+            env={
+                "PYTHONPATH": HACK_DIR,
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            },
+        )
     with _children_lock:
         _children[proc.pid] = proc
     return proc.pid, proc_start_time(proc.pid)
@@ -93,16 +104,12 @@ def signal_container(pid: int | None, pid_start: int | None, mntns: str | None, 
     """Send ``sig`` to the container's process group, and (for SIGKILL) to every process in its
     mount namespace, which also catches processes that left the group."""
     if pid and is_alive(pid, pid_start):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
     if sig == signal.SIGKILL:
         for p in members(mntns):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def container_gone(pid: int | None, pid_start: int | None, mntns: str | None) -> bool:

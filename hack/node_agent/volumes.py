@@ -8,6 +8,7 @@ entry), so they can be refreshed while the container runs and readers never see 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import shutil
@@ -173,13 +174,16 @@ class VolumeManager:
             "spec": {
                 "audiences": [audience] if audience else [],
                 "expirationSeconds": expiration,
-                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": meta["uid"]},
+                "boundObjectRef": {
+                    "kind": "Pod",
+                    "apiVersion": "v1",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
             },
         }
         try:
-            res = self.kube.create(
-                f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body
-            )
+            res = self.kube.create(f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body)
         except ApiError as e:
             raise VolumeError(f"failed to fetch token for serviceaccount {sa}: {e}") from e
         status = res.get("status") or {}
@@ -187,15 +191,15 @@ class VolumeManager:
         ttl = float(expiration)
         exp = status.get("expirationTimestamp")
         if exp:
-            try:
+            with contextlib.suppress(ValueError):
                 ttl = datetime.fromisoformat(str(exp).replace("Z", "+00:00")).timestamp() - time.time()
-            except ValueError:
-                pass
         # Like the kubelet: refresh at 80% of the lifetime, and at least daily.
         self._tokens[key] = Token(token, time.time() + min(ttl * 0.8, 86400))
         return token.encode()
 
-    def _projected(self, pod: Obj, vol: Obj, sources: ApiSources, pod_ip: str, host_ip: str) -> dict[str, Any]:
+    def _projected(
+        self, pod: Obj, vol: Obj, sources: ApiSources, pod_ip: str, host_ip: str
+    ) -> dict[str, Any]:
         ns = pod["metadata"]["namespace"]
         mode = _mode(vol.get("defaultMode"), DEFAULT_MODE)
         files: dict[str, tuple[bytes, int]] = {}
@@ -208,27 +212,41 @@ class VolumeManager:
                 c = src["configMap"]
                 files.update(
                     _select_items(
-                        sources.configmap_files(ns, c.get("name", "")), c.get("items"), mode,
-                        f'configmap "{c.get("name", "")}"', bool(c.get("optional")),
+                        sources.configmap_files(ns, c.get("name", "")),
+                        c.get("items"),
+                        mode,
+                        f'configmap "{c.get("name", "")}"',
+                        bool(c.get("optional")),
                     )
-                )  # fmt: skip
+                )
             elif "secret" in src:
                 s = src["secret"]
                 files.update(
                     _select_items(
-                        sources.secret_files(ns, s.get("name", "")), s.get("items"), mode,
-                        f'secret "{s.get("name", "")}"', bool(s.get("optional")),
+                        sources.secret_files(ns, s.get("name", "")),
+                        s.get("items"),
+                        mode,
+                        f'secret "{s.get("name", "")}"',
+                        bool(s.get("optional")),
                     )
-                )  # fmt: skip
+                )
             elif "downwardAPI" in src:
-                files.update(self._downward(pod, src["downwardAPI"].get("items") or [], mode, pod_ip, host_ip))
+                files.update(
+                    self._downward(pod, src["downwardAPI"].get("items") or [], mode, pod_ip, host_ip)
+                )
             else:
-                log.warning("pod %s/%s: unsupported projected source %s ignored", ns, pod["metadata"]["name"],
-                            sorted(src))  # fmt: skip
+                log.warning(
+                    "pod %s/%s: unsupported projected source %s ignored",
+                    ns,
+                    pod["metadata"]["name"],
+                    sorted(src),
+                )
         return files
 
     @staticmethod
-    def _downward(pod: Obj, items: list[Obj], mode: int, pod_ip: str, host_ip: str) -> dict[str, tuple[bytes, int]]:
+    def _downward(
+        pod: Obj, items: list[Obj], mode: int, pod_ip: str, host_ip: str
+    ) -> dict[str, tuple[bytes, int]]:
         files: dict[str, tuple[bytes, int]] = {}
         containers = (pod.get("spec") or {}).get("containers") or []
         for item in items:
@@ -239,7 +257,7 @@ class VolumeManager:
                     raise VolumeError(str(e)) from e
             elif "resourceFieldRef" in item:
                 rf = item["resourceFieldRef"]
-                c = next((c for c in containers if c.get("name") == rf.get("containerName")), {})
+                c: Obj = next((c for c in containers if c.get("name") == rf.get("containerName")), {})
                 value = resource_field_value(c, rf.get("resource", ""), rf.get("divisor"))
             else:
                 continue
@@ -258,18 +276,24 @@ class VolumeManager:
                 c = vol["configMap"]
                 mode = _mode(c.get("defaultMode"), DEFAULT_MODE)
                 files = _select_items(
-                    sources.configmap_files(ns, c.get("name", "")), c.get("items"), mode,
-                    f'configmap "{c.get("name", "")}"', bool(c.get("optional")),
-                )  # fmt: skip
+                    sources.configmap_files(ns, c.get("name", "")),
+                    c.get("items"),
+                    mode,
+                    f'configmap "{c.get("name", "")}"',
+                    bool(c.get("optional")),
+                )
                 write_atomic_dir(target, files)
                 result[name] = (target, True)
             elif "secret" in vol:
                 s = vol["secret"]
                 mode = _mode(s.get("defaultMode"), DEFAULT_MODE)
                 files = _select_items(
-                    sources.secret_files(ns, s.get("secretName", "")), s.get("items"), mode,
-                    f'secret "{s.get("secretName", "")}"', bool(s.get("optional")),
-                )  # fmt: skip
+                    sources.secret_files(ns, s.get("secretName", "")),
+                    s.get("items"),
+                    mode,
+                    f'secret "{s.get("secretName", "")}"',
+                    bool(s.get("optional")),
+                )
                 write_atomic_dir(target, files)
                 result[name] = (target, True)
             elif "projected" in vol:
@@ -277,8 +301,9 @@ class VolumeManager:
                 result[name] = (target, True)
             elif "downwardAPI" in vol:
                 d = vol["downwardAPI"]
-                files = self._downward(pod, d.get("items") or [], _mode(d.get("defaultMode"), DEFAULT_MODE),
-                                       pod_ip, host_ip)  # fmt: skip
+                files = self._downward(
+                    pod, d.get("items") or [], _mode(d.get("defaultMode"), DEFAULT_MODE), pod_ip, host_ip
+                )
                 write_atomic_dir(target, files)
                 result[name] = (target, True)
             elif "emptyDir" in vol:
@@ -298,7 +323,10 @@ class VolumeManager:
                 result[name] = (path, False)
             elif "persistentVolumeClaim" in vol:
                 pvc_src = vol["persistentVolumeClaim"]
-                result[name] = (self._pvc_path(ns, pvc_src.get("claimName", "")), bool(pvc_src.get("readOnly")))
+                result[name] = (
+                    self._pvc_path(ns, pvc_src.get("claimName", "")),
+                    bool(pvc_src.get("readOnly")),
+                )
             else:
                 kinds = sorted(k for k in vol if k != "name")
                 raise VolumeError(f"volume {name}: unsupported volume type {kinds} on this node")
@@ -319,7 +347,9 @@ class VolumeManager:
         spec = pv.get("spec") or {}
         path = (spec.get("local") or {}).get("path") or (spec.get("hostPath") or {}).get("path")
         if not path:
-            raise VolumeError(f"persistentvolume {pv_name} is neither local nor hostPath; this node cannot mount it")
+            raise VolumeError(
+                f"persistentvolume {pv_name} is neither local nor hostPath; this node cannot mount it"
+            )
         p = Path(path)
         if not p.exists():
             if "hostPath" in spec:
@@ -354,12 +384,14 @@ def container_mounts(
                 sub_src.mkdir(parents=True, exist_ok=True)
             # Resolve here: for ConfigMap volumes the entry is a symlink into ..data.
             src = sub_src.resolve()
-        mounts.append({
-            "src": str(src),
-            "dst": vm.get("mountPath", ""),
-            # ConfigMap/Secret/projected volumes are always read-only in a real kubelet.
-            "readOnly": bool(vm.get("readOnly")) or forced_ro,
-        })  # fmt: skip
+        mounts.append(
+            {
+                "src": str(src),
+                "dst": vm.get("mountPath", ""),
+                # ConfigMap/Secret/projected volumes are always read-only in a real kubelet.
+                "readOnly": bool(vm.get("readOnly")) or forced_ro,
+            }
+        )
     path = container.get("terminationMessagePath") or "/dev/termination-log"
     mounts.append({"src": str(termination_log), "dst": path, "readOnly": False})
     return mounts
