@@ -94,6 +94,7 @@ class Agent:
         self._events_sent: dict[tuple[str, str, str, str], float] = {}
         self._events_lock = threading.Lock()
         self._transition: dict[str, str] = {}
+        self._taints_forbidden = False
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -234,9 +235,15 @@ class Agent:
         node = self.kube.patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self._node_status()})
         taints = (node.get("spec") or {}).get("taints") or []
         keep = [t for t in taints if t.get("key") not in STALE_TAINTS]
-        if len(keep) != len(taints):
-            self.kube.patch(f"/api/v1/nodes/{self.node_name}", {"spec": {"taints": keep or None}}, MERGE)
-            log.info("removed stale taints %s", [t["key"] for t in taints if t not in keep])
+        if len(keep) != len(taints) and not self._taints_forbidden:
+            try:
+                self.kube.patch(f"/api/v1/nodes/{self.node_name}", {"spec": {"taints": keep or None}}, MERGE)
+                log.info("removed stale taints %s", [t["key"] for t in taints if t not in keep])
+            except ApiError as e:
+                # NodeRestriction forbids a node to touch its own taints; the node lifecycle
+                # controller then removes them itself once it sees Ready.
+                self._taints_forbidden = True
+                log.info("cannot remove stale taints myself (%s); the node lifecycle controller will", e)
         self.renew_lease(node["metadata"]["uid"])
 
     def renew_lease(self, node_uid: str) -> None:

@@ -59,6 +59,9 @@ class Kube:
         s: requests.Session | None = getattr(self._local, "session", None)
         if s is None:
             s = requests.Session()
+            # Not the environment: REQUESTS_CA_BUNDLE would silently replace the kubeconfig's CA
+            # (a known requests quirk), and no proxy stands between us and the apiserver.
+            s.trust_env = False
             s.verify = self._verify
             if self._cert:
                 s.cert = self._cert

@@ -723,7 +723,8 @@ class PodWorker:
         # What we sent last is newer than the watched pod (the watch event may still be in flight):
         # without this, a transition time would be re-invented on every tick until it arrives.
         existing.update({cond["type"]: cond for cond in (self.last_sent or {}).get("conditions") or []})
-        gates_ok = all(existing.get(g, {}).get("status") == "True" for g in gates)
+        gates_false = [g for g in gates if existing.get(g, {}).get("status") != "True"]
+        gates_ok = not gates_false
 
         def cond(type_: str, ok: bool, reason: str | None = None, message: str | None = None) -> Obj:
             status = "True" if ok else "False"
@@ -746,21 +747,21 @@ class PodWorker:
                 "Initialized",
                 not pending_init,
                 completed or "ContainersNotInitialized",
-                f"containers with incomplete status: {incomplete}",
+                f"containers with incomplete status: [{' '.join(incomplete)}]",
             ),
             cond(
                 "ContainersReady",
                 containers_ready,
                 completed or "ContainersNotReady",
-                f"containers with unready status: {unready}",
+                f"containers with unready status: [{' '.join(unready)}]",
             ),
             cond(
                 "Ready",
                 containers_ready and gates_ok,
                 completed or ("ContainersNotReady" if unready else "ReadinessGatesNotReady"),
-                f"containers with unready status: {unready}"
+                f"containers with unready status: [{' '.join(unready)}]"
                 if unready
-                else f"readiness gates not ready: {gates}",
+                else f"corresponding condition of pod readiness gate not True: {gates_false}",
             ),
         ]
         if not self._containers(True):
