@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,12 @@ def is_alive(pid: int | None, pid_start: int | None) -> bool:
     return now is not None and (pid_start is None or now == pid_start)
 
 
-def start_shim(spec: dict[str, Any], spec_file: Path, log_file: Path) -> tuple[int, int | None]:
+def start_shim(
+    spec: dict[str, Any], spec_file: Path, log_file: Path, on_exit: Callable[[], None] | None = None
+) -> tuple[int, int | None]:
     """Start ``unshare -m --propagation private -- python -m node_agent.shim SPEC`` in a new session,
-    stdout+stderr appended to ``log_file``. Returns (pid, /proc start time)."""
+    stdout+stderr appended to ``log_file``. Returns (pid, /proc start time). ``on_exit`` is called
+    (from a helper thread) when the shim ends, so the pod worker notices at once instead of polling."""
     spec_file.write_text(json.dumps(spec))
     spec_file.chmod(0o600)  # it holds the container's env, secrets included
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +90,15 @@ def start_shim(spec: dict[str, Any], spec_file: Path, log_file: Path) -> tuple[i
         )
     with _children_lock:
         _children[proc.pid] = proc
-    return proc.pid, proc_start_time(proc.pid)
+    start = proc_start_time(proc.pid)
+
+    def wait() -> None:
+        proc.wait()
+        if on_exit is not None:
+            on_exit()
+
+    threading.Thread(target=wait, name=f"wait-{proc.pid}", daemon=True).start()
+    return proc.pid, start
 
 
 def members(mntns: str | None) -> list[int]:

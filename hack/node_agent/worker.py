@@ -153,7 +153,7 @@ class PodWorker:
                     env: dict[str, str] = {}
                     with contextlib.suppress(OSError, ValueError, KeyError):
                         env = json.loads((self._cdir(c["name"]) / f"{cr.run}.spec.json").read_text())["env"]
-                    self._start_probers(c, cr, env)
+                    self._start_probers(c, cr, env, ready=self._api_ready(c["name"]))
         log.info("pod %s/%s: re-adopted (ip %s)", self.rec.namespace, self.rec.name, self.rec.ip)
 
     def _adopt_unknown(self, pod: Obj) -> None:
@@ -335,7 +335,7 @@ class PodWorker:
             return
         cwd = c.get("workingDir") or img.working_dir or "/"
         spec = {"argv": argv, "env": full_env, "cwd": cwd, "exit_file": str(exit_file), "mounts": mounts}
-        pid, pid_start = runtime.start_shim(spec, cdir / f"{run}.spec.json", log_file)
+        pid, pid_start = runtime.start_shim(spec, cdir / f"{run}.spec.json", log_file, on_exit=self.wake.set)
         cr.run, cr.pid, cr.pid_start, cr.mntns, cr.started_at = run, pid, pid_start, None, started_at
         self.waiting.pop(name, None)
         self._save()
@@ -356,7 +356,12 @@ class PodWorker:
         if not init:
             self._start_probers(c, cr, env)
 
-    def _start_probers(self, c: Obj, cr: ContainerRecord, env: dict[str, str]) -> None:
+    def _api_ready(self, name: str) -> bool:
+        statuses = (self.pod.get("status") or {}).get("containerStatuses") or []
+        return any(s.get("name") == name and s.get("ready") for s in statuses)
+
+    def _start_probers(self, c: Obj, cr: ContainerRecord, env: dict[str, str], ready: bool = False) -> None:
+        """``ready``: what the API last said - an agent restart must not flap a ready pod to unready."""
         name = c["name"]
         self._stop_probers(name)
         started = parse_time(cr.started_at) or time.time()
@@ -381,6 +386,9 @@ class PodWorker:
                     on_change=lambda _p: self.wake.set(),
                     gate=startup_ok if kind != "startup" else lambda: True,
                 )
+        if ready:
+            for p in probers.values():
+                p.result = True
         for p in probers.values():
             p.start()
 
