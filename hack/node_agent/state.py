@@ -80,8 +80,9 @@ class ContainerRecord:
     pid_start: int | None = None
     mntns: str | None = None  # e.g. "mnt:[4026532281]", to find every process of the container
     started_at: str | None = None
-    # The last finished run.
+    # The last finished run, and the one before it (lastState once the container is done for good).
     last: Termination | None = None
+    prev: Termination | None = None
     # No restart before this unix time (kubelet crash-loop back-off).
     backoff_until: float = 0.0
     backoff_seconds: float = 0.0
@@ -89,9 +90,10 @@ class ContainerRecord:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ContainerRecord:
-        last = d.pop("last", None)
+        last, prev = d.pop("last", None), d.pop("prev", None)
         rec = cls(**d)
         rec.last = Termination(**last) if last else None
+        rec.prev = Termination(**prev) if prev else None
         return rec
 
 

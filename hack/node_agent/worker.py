@@ -57,6 +57,21 @@ def parse_time(value: str | None) -> float | None:
         return None
 
 
+def terminated_state(t: Termination | None) -> Obj | None:
+    """A ContainerState with ``terminated`` (``None`` when there is no such run)."""
+    if t is None:
+        return None
+    term = {
+        "exitCode": t.exit_code,
+        "reason": t.reason,
+        "startedAt": t.started_at,
+        "finishedAt": t.finished_at,
+        "containerID": t.container_id or None,
+        "message": t.message or None,
+    }
+    return {"terminated": {k: v for k, v in term.items() if v is not None}}
+
+
 class PodWorker:
     def __init__(self, agent: Agent, pod: Obj, record: PodRecord | None) -> None:
         meta = pod["metadata"]
@@ -327,6 +342,7 @@ class PodWorker:
             # containerd reports an unstartable process as a terminated run: StartError, exit 128.
             with log_file.open("a") as f:
                 f.write(f"node-agent: {e}\n")
+            cr.prev = cr.last
             cr.last = Termination(128, "StartError", str(e), started_at, now_iso(), "")
             self.waiting.pop(name, None)
             self._event("Warning", "Failed", f"Error: {e}", name)
@@ -453,6 +469,7 @@ class PodWorker:
                         c.get("terminationMessagePolicy"),
                         code,
                     )
+                cr.prev = cr.last
                 cr.last = Termination(
                     code,
                     reason,
@@ -612,19 +629,7 @@ class PodWorker:
             "ready": False,
             "started": False,
         }
-        last = None
-        if cr.last:
-            last = {
-                "terminated": {
-                    "exitCode": cr.last.exit_code,
-                    "reason": cr.last.reason,
-                    "startedAt": cr.last.started_at,
-                    "finishedAt": cr.last.finished_at,
-                    "containerID": cr.last.container_id or None,
-                    "message": cr.last.message or None,
-                }
-            }
-            last["terminated"] = {k: v for k, v in last["terminated"].items() if v is not None}
+        last = terminated_state(cr.last)
         probers = self.probers.get(name, {})
         if cr.pid:
             st["state"] = {"running": {"startedAt": cr.started_at}}
@@ -646,6 +651,9 @@ class PodWorker:
             st["ready"] = init and cr.last is not None and cr.last.exit_code == 0
             if cr.last and cr.last.container_id:
                 st["containerID"] = cr.last.container_id
+            prev = terminated_state(cr.prev)
+            if prev:
+                st["lastState"] = prev
             return st, "stopped"
         if last:
             if time.time() < cr.backoff_until:
