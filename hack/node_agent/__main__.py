@@ -127,6 +127,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             a.decode(errors="replace").startswith(marker) for a in cmdline
         ):
             targets.append((int(entry), None, runtime.mntns_of(int(entry))))
+    # The /proc scan finds the recorded shims again: one entry per process.
+    targets = list({t[0] or t[2]: t for t in targets}.values())
     for pid, start, ns in targets:
         runtime.signal_container(pid, start, ns, signal.SIGTERM)
     deadline = time.time() + args.grace
