@@ -1,0 +1,308 @@
+"""End-to-end fixtures: a live cluster (KUBECONFIG), real PostgreSQL, real Flyway, the real operator.
+
+Each test gets its own namespace (PodSecurity `restricted` enforced, so the admission plugin checks every Job
+the operator creates), its own copy of the parking database at V5, the gateway Deployment at 3 replicas and the
+migrations ConfigMap. The operator runs as a separate process watching the `e2e-*` namespaces, so a test can
+SIGKILL it and start it again; with MO_E2E_OPERATOR=external an operator already running in the cluster is used
+(e.g. the Helm chart's on kind).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.support import postgres
+from tests.support.kube import load_config, temporary_namespace
+from tests.support.operator import REPO, OperatorProcess
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.e2e
+
+GROUP, VERSION, PLURAL = "dbops.io", "v1alpha1", "databasemigrations"
+CRD_PATH = REPO / "crds" / "dbops.io_databasemigrations.yaml"
+MIGRATIONS = REPO / "examples" / "parking" / "migrations"
+MIGRATIONS_NEXT = REPO / "examples" / "parking" / "migrations-next"
+GATEWAY_IMAGE = os.environ.get("MO_E2E_GATEWAY_IMAGE", "ghcr.io/dbops/parking-gateway:0.1.0")
+TERMINAL = {"Succeeded", "RolledBack", "Failed"}
+
+
+@pytest.fixture(scope="session")
+def api() -> client.ApiClient:
+    return load_config()
+
+
+@pytest.fixture(scope="session")
+def crd(api: client.ApiClient) -> None:
+    """Installs (or updates) the committed CRD and waits until it is Established."""
+    ext = client.ApiextensionsV1Api(api)
+    body = yaml.safe_load(CRD_PATH.read_text())
+    name = body["metadata"]["name"]
+    try:
+        current = ext.read_custom_resource_definition(name)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, body)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        ext.create_custom_resource_definition(body)
+
+    def established() -> bool:
+        status = ext.read_custom_resource_definition(name).status
+        return any(c.type == "Established" and c.status == "True" for c in (status.conditions or []))
+
+    wait_for(established, timeout=60, what=f"CRD {name} Established")
+
+
+@pytest.fixture(scope="session")
+def operator(crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess | None]:
+    if os.environ.get("MO_E2E_OPERATOR") == "external":
+        yield None
+        return
+    process = OperatorProcess("e2e-*", tmp_path_factory.mktemp("operator"))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _migration_files(*variants: str) -> dict[str, str]:
+    files = {p.name: p.read_text() for p in sorted(MIGRATIONS.glob("V*.sql"))}
+    for variant in variants:
+        for p in sorted((MIGRATIONS_NEXT / variant).iterdir()):
+            if p.name.startswith("V"):
+                files[p.name] = p.read_text()
+    return files
+
+
+@dataclass
+class ParkingApp:
+    """One test's world: namespace, database, gateway, migrations ConfigMap."""
+
+    api: client.ApiClient
+    namespace: str
+    database: str
+    operator: OperatorProcess | None
+    replicas: int = 3
+    created: list[str] = field(default_factory=list)
+
+    # ---- Kubernetes objects ------------------------------------------------------------------------------
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api)
+
+    def set_migrations(self, *variants: str, name: str = "api-gateway-migrations") -> str:
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name), data=_migration_files(*variants)
+        )
+        try:
+            self.core.replace_namespaced_config_map(name, self.namespace, body)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            self.core.create_namespaced_config_map(self.namespace, body)
+        return name
+
+    def spec(self, **overrides: Any) -> dict[str, Any]:
+        endpoint = postgres.cluster_endpoint()
+        spec: dict[str, Any] = {
+            "database": {
+                "host": endpoint.host,
+                "port": endpoint.port,
+                "name": self.database,
+                "credentialsSecret": {"name": "parking-db-admin"},
+            },
+            "migrations": {"configMap": {"name": "api-gateway-migrations"}},
+            "backup": {"method": "Dump", "volume": {"claimName": "db-backups"}},
+            "maintenance": {"deployment": {"name": "api-gateway"}},
+            "verify": {"requiredTables": ["clients", "parking_spots", "tickets"]},
+            "rollback": {"strategy": "Restore"},
+        }
+        for key, value in overrides.items():
+            spec[key] = value
+        return spec
+
+    def create_migration(self, name: str, spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "DatabaseMigration",
+            "metadata": {"name": name, **metadata},
+            "spec": spec,
+        }
+        self.created.append(name)
+        return dict(self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body))
+
+    def get(self, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        for c in self.status(name).get("conditions") or []:
+            if c.get("type") == type_:
+                return dict(c)
+        return None
+
+    def describe(self, name: str) -> str:
+        try:
+            status = self.status(name)
+        except ApiException as error:
+            return f"(cannot read {name}: {error.status})"
+        brief = {k: status.get(k) for k in ("phase", "message", "conditions", "log", "jobs")}
+        text = yaml.safe_dump(brief, sort_keys=False, width=160)
+        if self.operator is not None:
+            text += "\n--- operator log tail ---\n" + self.operator.tail(40)
+        return text
+
+    def wait_phase(self, name: str, phases: set[str] | str, timeout: float = 300) -> dict[str, Any]:
+        wanted = {phases} if isinstance(phases, str) else phases
+
+        def reached() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status.get("phase") in wanted else None
+
+        return wait_for(reached, timeout=timeout, what=f"{name} in phase {sorted(wanted)}",
+                        interval=0.5, describe=lambda: self.describe(name))
+
+    def wait_done(self, name: str, timeout: float = 420) -> dict[str, Any]:
+        return self.wait_phase(name, TERMINAL, timeout)
+
+    def deployment(self) -> client.V1Deployment:
+        return self.apps.read_namespaced_deployment("api-gateway", self.namespace)
+
+    def gateway_pods(self) -> list[client.V1Pod]:
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector="app=api-gateway").items)
+
+    def wait_gateway_available(self, replicas: int | None = None, timeout: float = 180) -> None:
+        want = self.replicas if replicas is None else replicas
+
+        def available() -> bool:
+            d = self.deployment()
+            return (d.spec.replicas == want and (d.status.available_replicas or 0) == want
+                    and (d.status.updated_replicas or 0) == want and len(self.gateway_pods()) == want)
+
+        wait_for(available, timeout=timeout, what=f"api-gateway available at {want} replicas",
+                 describe=lambda: str(self.deployment().status))
+
+    def jobs(self, name: str) -> list[client.V1Job]:
+        return list(self.batch.list_namespaced_job(self.namespace, label_selector=f"dbops.io/migration={name}").items)
+
+    def events(self, name: str) -> list[client.CoreV1Event]:
+        return list(self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}").items)
+
+
+def _secret(name: str, data: dict[str, str]) -> client.V1Secret:
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name),
+        data={k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    )
+
+
+def gateway_deployment(database: str, replicas: int) -> dict[str, Any]:
+    endpoint = postgres.cluster_endpoint()
+    restricted_container = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+
+    def secret_env(env: str, key: str) -> dict[str, Any]:
+        return {"name": env, "valueFrom": {"secretKeyRef": {"name": "parking-db-app", "key": key}}}
+
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "api-gateway", "labels": {"app": "api-gateway"}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "api-gateway"}},
+            "template": {
+                "metadata": {"labels": {"app": "api-gateway"}},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [{
+                        "name": "gateway",
+                        "image": GATEWAY_IMAGE,
+                        "env": [
+                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            {"name": "DB_HOST", "value": endpoint.host},
+                            {"name": "DB_PORT", "value": str(endpoint.port)},
+                            {"name": "DB_NAME", "value": database},
+                            secret_env("DB_USER", "username"),
+                            secret_env("DB_PASSWORD", "password"),
+                            {"name": "REQUIRED_SCHEMA_VERSION", "value": "5"},
+                        ],
+                        "ports": [{"containerPort": 8080, "name": "http"}],
+                        "readinessProbe": {"httpGet": {"path": "/actuator/health", "port": 8080},
+                                           "periodSeconds": 2, "failureThreshold": 2},
+                        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 10,
+                                          "failureThreshold": 6},
+                        "securityContext": restricted_container,
+                    }],
+                },
+            },
+        },
+    }
+
+
+@pytest.fixture
+def parking(api: client.ApiClient, operator: OperatorProcess | None, crd: None) -> Iterator[ParkingApp]:
+    with postgres.cloned_database() as database, temporary_namespace(api, "e2e") as namespace:
+        app = ParkingApp(api=api, namespace=namespace, database=database, operator=operator)
+        core = client.CoreV1Api(api)
+        login = {"username": postgres.APP_ROLE, "password": postgres.APP_PASSWORD}
+        core.create_namespaced_secret(namespace, _secret("parking-db-admin", login))
+        core.create_namespaced_secret(namespace, _secret("parking-db-app", login))
+        core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="db-backups"),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"],
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ))
+        app.set_migrations()
+        client.AppsV1Api(api).create_namespaced_deployment(namespace, gateway_deployment(database, app.replicas))
+        app.wait_gateway_available()
+        try:
+            yield app
+        finally:
+            # never leave a test's migration running into the namespace deletion
+            for name in app.created:
+                try:
+                    app.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+                except ApiException:
+                    pass
+
+
+def read_sql(variant: str) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((MIGRATIONS_NEXT / variant).glob("*.sql"))}
+
+
+def repo_path(*parts: str) -> Path:
+    return REPO.joinpath(*parts)
