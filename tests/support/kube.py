@@ -64,3 +64,23 @@ def pod_of_job(api: client.ApiClient, namespace: str, job: str) -> list[client.V
 def job_condition(api: client.ApiClient, namespace: str, job: str, condition: str) -> bool:
     status = client.BatchV1Api(api).read_namespaced_job_status(job, namespace).status
     return any(c.type == condition and c.status == "True" for c in (status.conditions or []))
+
+
+def kubectl_binary() -> str:
+    """kubectl from $KUBECTL, else the local cluster's build, else PATH."""
+    import shutil
+    import subprocess
+
+    if os.environ.get("KUBECTL"):
+        return os.environ["KUBECTL"]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        bin_dir = subprocess.run(
+            ["bash", "-c", f"source {repo}/hack/versions.sh && echo $BIN_DIR"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        if os.path.exists(os.path.join(bin_dir, "kubectl")):
+            return os.path.join(bin_dir, "kubectl")
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return shutil.which("kubectl") or "kubectl"

@@ -117,6 +117,21 @@ def test_container_mounts_with_subpath_and_read_only(tmp_path: Path) -> None:
         )
 
 
+def test_container_mounts_private_tmp(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    plain = container_mounts({"name": "c"}, {}, {}, tmp_path / "term", tmp)
+    assert plain[0] == {"src": str(tmp), "dst": "/tmp", "readOnly": False}
+    # /tmp is mounted before a termination-log path under it (the shim mounts parents first).
+    assert plain[1]["dst"] == "/dev/termination-log"
+    # A volume mounted at /tmp wins over the private directory.
+    data = tmp_path / "data"
+    data.mkdir()
+    container = {"name": "c", "volumeMounts": [{"name": "data", "mountPath": "/tmp/"}]}
+    mounts = container_mounts(container, {"data": (data, False)}, {}, tmp_path / "term", tmp)
+    assert [m["src"] for m in mounts if m["dst"] in ("/tmp", "/tmp/")] == [str(data)]
+    assert str(tmp) not in [m["src"] for m in mounts]
+
+
 def run_shim(tmp_path: Path, argv: list[str]) -> dict[str, object]:
     spec = {
         "argv": argv,

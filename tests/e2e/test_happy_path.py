@@ -1,0 +1,71 @@
+"""The runbook end to end on the parking example: V1..V5 applied, gateway at 3 replicas, a DatabaseMigration
+bringing V6 (a new table, a data backfill and a foreign key)."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.e2e.conftest import ParkingApp
+from tests.support import postgres
+from tests.support.kube import kubectl_binary
+from tests.support.sampler import Sampler
+
+
+def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(parking: ParkingApp) -> None:
+    parking.set_migrations("good")
+    spec = parking.spec(migrations={"configMap": {"name": "api-gateway-migrations"}, "targetVersion": "6"},
+                        verify={"requiredTables": ["clients", "parking_spots", "tickets", "parking_zones"],
+                                "checks": [{"name": "every-spot-has-a-zone",
+                                            "sql": "select count(*) = 0 from parking_spots where zone_id is null"}]})
+    with Sampler(parking.api, parking.namespace, "parking-db-v6") as sampler:
+        parking.create_migration("parking-db-v6", spec)
+        # what `kubectl wait` users (and Argo CD) rely on
+        wait = subprocess.run(
+            [kubectl_binary(), "wait", "--for=condition=Ready", "dbmig/parking-db-v6", "-n", parking.namespace,
+             "--timeout=400s"], capture_output=True, text=True)
+        assert wait.returncode == 0, wait.stderr + parking.describe("parking-db-v6")
+        parking.wait_gateway_available(3)
+
+    status = parking.status("parking-db-v6")
+    assert status["phase"] == "Succeeded", parking.describe("parking-db-v6")
+    assert status["observedGeneration"] == parking.get("parking-db-v6")["metadata"]["generation"]
+
+    # the gateway was stopped for the migration and only then
+    migrating = sampler.during("Migrating")
+    assert migrating, f"never saw the Migrating phase: {sampler.phases_seen()}"
+    assert all(s.replicas == 0 and s.pods == 0 for s in migrating), migrating
+    assert all(s.replicas == 3 for s in sampler.during("Preflight")), sampler.during("Preflight")
+    order = sampler.phases_seen()
+    assert order.index("BackingUp") < order.index("Migrating") < order.index("Verifying") < order.index("Succeeded")
+
+    # V6 applied, visible in status and in the database
+    assert [m["version"] for m in status["pending"]] == ["6"]
+    applied = {m["version"]: m for m in status["applied"]}
+    assert applied["6"]["script"] == "V6__add_parking_zones.sql"
+    assert applied["6"]["checksum"] is not None
+    rows = postgres.history(parking.database)
+    assert rows[-1][0] == "6" and rows[-1][4] is True
+    assert all(row[4] for row in rows)
+
+    before, after = status["before"], status["after"]
+    assert before["version"] == "5" and after["version"] == "6"
+    assert after["tables"] == before["tables"] + 1
+    assert after["foreignKeys"] == before["foreignKeys"] + 1
+    assert after["rows"]["parking_zones"] > 0
+    assert after["rows"]["parking_spots"] == before["rows"]["parking_spots"]
+
+    # the backup exists and was verified before anything changed
+    assert status["backup"]["verified"] is True and status["backup"]["sizeBytes"] > 0
+    assert status["maintenance"]["originalReplicas"] == 3
+    conditions = {c["type"]: c for c in status["conditions"]}
+    for type_ in ("Ready", "BackupComplete", "Migrated", "Verified"):
+        assert conditions[type_]["status"] == "True", conditions[type_]
+    assert conditions["MaintenanceMode"]["status"] == "False"
+    assert conditions["Stalled"]["status"] == "False"
+    assert status["log"] and any("V6" in entry["message"] or "6" in entry["message"] for entry in status["log"])
+
+    # restart safety's other half: one Job per step, never recreated
+    for name, uids in sampler.job_uids().items():
+        assert len(uids) == 1, f"job {name} was created more than once"
+    reasons = {e.reason for e in parking.events("parking-db-v6")}
+    assert len(reasons) >= 4, reasons
