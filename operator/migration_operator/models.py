@@ -27,8 +27,11 @@ def _cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def immutable(field: str) -> dict[str, Any]:
     """A transition rule that rejects any change of `field` once the object exists."""
-    return {"x-kubernetes-validations": [_cel("self == oldSelf", f"{field} is immutable: create a new "
-                                              "DatabaseMigration for a new run")]}
+    return {
+        "x-kubernetes-validations": [
+            _cel("self == oldSelf", f"{field} is immutable: create a new DatabaseMigration for a new run")
+        ]
+    }
 
 
 class ApiModel(BaseModel):
@@ -68,12 +71,15 @@ class DatabaseSpec(ApiModel):
     host: Name = Field(description="Host name or IP address of the PostgreSQL server.")
     port: int = Field(5432, ge=1, le=65535, description="TCP port of the PostgreSQL server.")
     name: Annotated[str, Field(min_length=1, max_length=63)] = Field(description="Database name.")
-    credentials_secret: CredentialsSecret = Field(description="Secret with the login of a role that owns "
-                                                  "the schema (it runs the migrations).")
+    credentials_secret: CredentialsSecret = Field(
+        description="Secret with the login of a role that owns the schema (it runs the migrations)."
+    )
     ssl_mode: SslMode = Field(SslMode.PREFER, description="libpq sslmode for every connection.")
     maintenance_database: Annotated[str, Field(min_length=1, max_length=63)] = Field(
-        "postgres", description="Database the operator connects to for CREATE/ALTER DATABASE "
-        "(backup.method Clone and its rollback).")
+        "postgres",
+        description="Database the operator connects to for CREATE/ALTER DATABASE "
+        "(backup.method Clone and its rollback).",
+    )
 
 
 class ConfigMapSource(ApiModel):
@@ -83,28 +89,40 @@ class ConfigMapSource(ApiModel):
 class ImageSource(ApiModel):
     image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
         description="Image that contains the migration files. The Flyway Job copies them from `path` with "
-        "an init container running this image (it needs `cp` and `sh`).")
+        "an init container running this image (it needs `cp` and `sh`)."
+    )
     path: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^/")] = Field(
-        "/flyway/sql", description="Absolute directory of the migration files inside the image.")
+        "/flyway/sql", description="Absolute directory of the migration files inside the image."
+    )
 
 
 class MigrationsSpec(ApiModel):
     """Where the Flyway migrations come from and how far to go. Exactly one source."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("has(self.configMap) != has(self.image)",
-             "exactly one of migrations.configMap or migrations.image must be set"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "has(self.configMap) != has(self.image)",
+                    "exactly one of migrations.configMap or migrations.image must be set",
+                ),
+            ]
+        }
+    )
 
     config_map: ConfigMapSource | None = Field(None, description="Migrations from a ConfigMap (max 1 MiB).")
     image: ImageSource | None = Field(None, description="Migrations from a directory of an image.")
     target_version: Annotated[str, Field(max_length=64, pattern=r"^(latest|[0-9]+([._][0-9]+)*)$")] | None = (
-        Field(None, description="Flyway target version (e.g. \"6\" or \"2.1\"); default: the latest."))
+        Field(None, description='Flyway target version (e.g. "6" or "2.1"); default: the latest.')
+    )
     table: Annotated[str, Field(min_length=1, max_length=63)] = Field(
-        "flyway_schema_history", description="Flyway schema history table.")
+        "flyway_schema_history", description="Flyway schema history table."
+    )
     schemas: list[Annotated[str, Field(min_length=1, max_length=63)]] = Field(
-        default_factory=list, max_length=32,
-        description="Schemas Flyway manages (default: the role's default schema, usually public).")
+        default_factory=list,
+        max_length=32,
+        description="Schemas Flyway manages (default: the role's default schema, usually public).",
+    )
 
 
 class BackupMethod(StrEnum):
@@ -124,21 +142,37 @@ class VolumeSource(ApiModel):
 class BackupSpec(ApiModel):
     """The backup taken before anything changes the database."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("!self.enabled || self.method != 'Dump' || has(self.volume)",
-             "backup.method Dump needs backup.volume.claimName"),
-        _cel("self.method != 'Clone' || self.timing == 'AfterDrain'",
-             "backup.method Clone copies the drained database: timing must be AfterDrain"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!self.enabled || self.method != 'Dump' || has(self.volume)",
+                    "backup.method Dump needs backup.volume.claimName",
+                ),
+                _cel(
+                    "self.method != 'Clone' || self.timing == 'AfterDrain'",
+                    "backup.method Clone copies the drained database: timing must be AfterDrain",
+                ),
+            ]
+        }
+    )
 
-    enabled: bool = Field(True, description="Take a backup. Disabling it emits a warning event and rules "
-                          "out rollback.strategy Restore.")
-    method: BackupMethod = Field(BackupMethod.DUMP, description="Dump: pg_dump -Fc to a PVC, verified with "
-                                 "pg_restore --list. Clone: CREATE DATABASE <db>_pre_<id> TEMPLATE <db>.")
+    enabled: bool = Field(
+        True,
+        description="Take a backup. Disabling it emits a warning event and rules "
+        "out rollback.strategy Restore.",
+    )
+    method: BackupMethod = Field(
+        BackupMethod.DUMP,
+        description="Dump: pg_dump -Fc to a PVC, verified with "
+        "pg_restore --list. Clone: CREATE DATABASE <db>_pre_<id> TEMPLATE <db>.",
+    )
     timing: BackupTiming = Field(
-        BackupTiming.AFTER_DRAIN, description="AfterDrain (default): the backup is taken once the app is "
+        BackupTiming.AFTER_DRAIN,
+        description="AfterDrain (default): the backup is taken once the app is "
         "stopped, so a restore loses no write. BeforeMaintenance: the runbook's order (backup while the "
-        "app still runs, shorter downtime; writes between backup and drain are lost on Restore).")
+        "app still runs, shorter downtime; writes between backup and drain are lost on Restore).",
+    )
     volume: VolumeSource | None = Field(None, description="Where Dump writes (required for Dump).")
 
 
@@ -151,10 +185,12 @@ class AppSessionFilter(ApiModel):
 
     Empty: every session on the database that is not the operator's or its Jobs'."""
 
-    usernames: list[Name] = Field(default_factory=list, max_length=64,
-                                  description="Only sessions of these roles count.")
+    usernames: list[Name] = Field(
+        default_factory=list, max_length=64, description="Only sessions of these roles count."
+    )
     application_names: list[Name] = Field(
-        default_factory=list, max_length=64, description="Only sessions with these application_name values.")
+        default_factory=list, max_length=64, description="Only sessions with these application_name values."
+    )
 
 
 class MaintenanceSpec(ApiModel):
@@ -167,17 +203,21 @@ class MaintenanceSpec(ApiModel):
 class VerifyCheck(ApiModel):
     name: Annotated[str, Field(min_length=1, max_length=63)] = Field(description="Name shown in status.")
     sql: Annotated[str, Field(min_length=1, max_length=65536)] = Field(
-        description="A read-only query returning one boolean; the check passes when it is true.")
+        description="A read-only query returning one boolean; the check passes when it is true."
+    )
 
 
 class VerifySpec(ApiModel):
     """Checks after the migration; any failure rolls back."""
 
-    required_tables: list[Name] = Field(default_factory=list, max_length=256,
-                                        description="Tables that must exist (schema.table or table).")
+    required_tables: list[Name] = Field(
+        default_factory=list, max_length=256, description="Tables that must exist (schema.table or table)."
+    )
     checks: list[VerifyCheck] = Field(default_factory=list, max_length=64)
-    allow_dropped_objects: bool = Field(False, description="Accept fewer foreign keys or indexes than "
-                                        "before (the migration drops them on purpose).")
+    allow_dropped_objects: bool = Field(
+        False,
+        description="Accept fewer foreign keys or indexes than before (the migration drops them on purpose).",
+    )
 
 
 class RollbackStrategy(StrEnum):
@@ -195,10 +235,16 @@ class ConfigMapKeyRef(ApiModel):
 class CompensateSpec(ApiModel):
     """SQL that undoes the migration, run in one transaction (psql --single-transaction)."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("has(self.sql) != has(self.configMapKeyRef)",
-             "rollback.compensate needs exactly one of sql or configMapKeyRef"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "has(self.sql) != has(self.configMapKeyRef)",
+                    "rollback.compensate needs exactly one of sql or configMapKeyRef",
+                ),
+            ]
+        }
+    )
 
     sql: Annotated[str, Field(min_length=1, max_length=SQL_MAX)] | None = None
     config_map_key_ref: ConfigMapKeyRef | None = None
@@ -207,22 +253,33 @@ class CompensateSpec(ApiModel):
 class RollbackSpec(ApiModel):
     """What to do when the migration or its verification fails."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("self.strategy != 'Compensate' || has(self.compensate)",
-             "rollback.strategy Compensate requires rollback.compensate (sql or configMapKeyRef)"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.strategy != 'Compensate' || has(self.compensate)",
+                    "rollback.strategy Compensate requires rollback.compensate (sql or configMapKeyRef)",
+                ),
+            ]
+        }
+    )
 
     strategy: RollbackStrategy = Field(
-        RollbackStrategy.RESTORE, description="Restore: the backup (pg_restore, or the Clone renamed back). "
+        RollbackStrategy.RESTORE,
+        description="Restore: the backup (pg_restore, or the Clone renamed back). "
         "Repair: flyway repair (removes failed rows, keeps what succeeded). "
         "Compensate: run rollback.compensate. "
-        "None: stop; the app stays down and the condition says what to do.")
+        "None: stop; the app stays down and the condition says what to do.",
+    )
     compensate: CompensateSpec | None = None
 
 
 class ApprovalSpec(ApiModel):
-    required: bool = Field(False, description="Wait in AwaitingApproval until the annotation "
-                           f"{constants.APPROVED_ANNOTATION}: \"true\" is set.")
+    required: bool = Field(
+        False,
+        description="Wait in AwaitingApproval until the annotation "
+        f'{constants.APPROVED_ANNOTATION}: "true" is set.',
+    )
 
 
 class TimeoutsSpec(ApiModel):
@@ -239,8 +296,10 @@ class TimeoutsSpec(ApiModel):
 
 Short = Annotated[str, Field(max_length=NAME_MAX)]
 # A resource quantity ("500m", "1Gi" or 2): int-or-string in the schema, like core/v1.
-Quantity = Annotated[str | int, WithJsonSchema({"x-kubernetes-int-or-string": True,
-                                                "anyOf": [{"type": "integer"}, {"type": "string"}]})]
+Quantity = Annotated[
+    str | int,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
 
 
 class Toleration(ApiModel):
@@ -264,9 +323,11 @@ class JobTemplateSpec(ApiModel):
     """Control over the pods the operator spawns (pg_dump, Flyway, psql)."""
 
     postgres_image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
-        constants.DEFAULT_POSTGRES_IMAGE, description="Image with pg_dump, pg_restore and psql.")
+        constants.DEFAULT_POSTGRES_IMAGE, description="Image with pg_dump, pg_restore and psql."
+    )
     flyway_image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
-        constants.DEFAULT_FLYWAY_IMAGE, description="Image with the `flyway` command.")
+        constants.DEFAULT_FLYWAY_IMAGE, description="Image with the `flyway` command."
+    )
     image_pull_policy: str | None = Field(None, pattern=r"^(Always|IfNotPresent|Never)$")
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
     service_account_name: Name | None = None
@@ -274,26 +335,38 @@ class JobTemplateSpec(ApiModel):
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements,
-        description="Container resources (requests/limits) for every spawned container.")
+        description="Container resources (requests/limits) for every spawned container.",
+    )
     run_as_user: int = Field(constants.DEFAULT_RUN_AS, ge=1)
     run_as_group: int = Field(constants.DEFAULT_RUN_AS, ge=1)
     fs_group: int = Field(constants.DEFAULT_RUN_AS, ge=1)
     labels: dict[str, Short] = Field(default_factory=dict, max_length=64, description="Extra pod labels.")
     annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
-        default_factory=dict, max_length=64, description="Extra pod annotations.")
+        default_factory=dict, max_length=64, description="Extra pod annotations."
+    )
 
 
 class DatabaseMigrationSpec(ApiModel):
     """One run of the migration runbook against one database. Immutable except `approval`."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        _cel("self.rollback.strategy != 'Restore' || self.backup.enabled",
-             "rollback.strategy Restore needs backup.enabled"),
-        _cel("has(self.maintenance) == has(oldSelf.maintenance)",
-             "spec.maintenance cannot be added or removed: create a new DatabaseMigration"),
-        _cel("self.backup.method != 'Clone' || has(self.maintenance)",
-             "backup.method Clone needs spec.maintenance: the database is copied once the app is stopped"),
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.rollback.strategy != 'Restore' || self.backup.enabled",
+                    "rollback.strategy Restore needs backup.enabled",
+                ),
+                _cel(
+                    "has(self.maintenance) == has(oldSelf.maintenance)",
+                    "spec.maintenance cannot be added or removed: create a new DatabaseMigration",
+                ),
+                _cel(
+                    "self.backup.method != 'Clone' || has(self.maintenance)",
+                    "backup.method Clone needs spec.maintenance (the copy is taken once the app is stopped)",
+                ),
+            ]
+        }
+    )
 
     database: DatabaseSpec = Field(json_schema_extra=immutable("spec.database"))
     migrations: MigrationsSpec = Field(json_schema_extra=immutable("spec.migrations"))
@@ -302,11 +375,16 @@ class DatabaseMigrationSpec(ApiModel):
     verify: VerifySpec = Field(default_factory=VerifySpec, json_schema_extra=immutable("spec.verify"))
     rollback: RollbackSpec = Field(default_factory=RollbackSpec, json_schema_extra=immutable("spec.rollback"))
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec, description="The only mutable part of spec.")
-    dry_run: bool = Field(False, description="Preflight only (flyway info + validate, pending list), then "
-                          "Succeeded; nothing is written.", json_schema_extra=immutable("spec.dryRun"))
+    dry_run: bool = Field(
+        False,
+        description="Preflight only (flyway info + validate, pending list), then "
+        "Succeeded; nothing is written.",
+        json_schema_extra=immutable("spec.dryRun"),
+    )
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec, json_schema_extra=immutable("spec.timeouts"))
-    job_template: JobTemplateSpec = Field(default_factory=JobTemplateSpec,
-                                          json_schema_extra=immutable("spec.jobTemplate"))
+    job_template: JobTemplateSpec = Field(
+        default_factory=JobTemplateSpec, json_schema_extra=immutable("spec.jobTemplate")
+    )
 
 
 # -------------------------------------------------------------------------------------------------- status
@@ -416,8 +494,7 @@ class DatabaseMigrationStatus(ApiModel):
     phase_started_at: str | None = None
     rollback: RollbackStatus | None = None
     lock: str | None = Field(None, description="Lease that serialises migrations of this database.")
-    flyway: dict[str, Any] | None = Field(
-        None, description="Summary of the last Flyway output (free-form).")
+    flyway: dict[str, Any] | None = Field(None, description="Summary of the last Flyway output (free-form).")
 
 
 class DatabaseMigration(ApiModel):

@@ -25,7 +25,8 @@ def _schema() -> dict[str, Any]:
 def test_committed_crd_matches_the_models() -> None:
     assert CRD_FILE.read_text() == crd.render(), (
         "crds/dbops.io_databasemigrations.yaml is stale: run "
-        "`python -m migration_operator.crd > crds/dbops.io_databasemigrations.yaml`")
+        "`python -m migration_operator.crd > crds/dbops.io_databasemigrations.yaml`"
+    )
 
 
 def test_schema_is_structural() -> None:
@@ -55,8 +56,23 @@ def test_names_and_printer_columns() -> None:
 
 def test_every_status_field_the_operator_writes_is_declared() -> None:
     status = _schema()["properties"]["status"]["properties"]
-    for field in ("phase", "message", "observedGeneration", "conditions", "before", "after", "pending",
-                  "applied", "backup", "maintenance", "jobs", "log", "startedAt", "completedAt", "rollback"):
+    for field in (
+        "phase",
+        "message",
+        "observedGeneration",
+        "conditions",
+        "before",
+        "after",
+        "pending",
+        "applied",
+        "backup",
+        "maintenance",
+        "jobs",
+        "log",
+        "startedAt",
+        "completedAt",
+        "rollback",
+    ):
         assert field in status, field
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
     assert status["before"]["properties"]["rows"]["additionalProperties"] == {"type": "integer"}
@@ -67,12 +83,19 @@ def test_spec_defaults_and_rules() -> None:
     assert spec["properties"]["database"]["properties"]["port"]["default"] == 5432
     assert spec["properties"]["rollback"]["properties"]["strategy"]["default"] == "Restore"
     assert spec["properties"]["rollback"]["default"] == {}
-    rules = [r["rule"] for node in (spec, *spec["properties"].values())
-             for r in node.get("x-kubernetes-validations", [])]
+    rules = [
+        r["rule"]
+        for node in (spec, *spec["properties"].values())
+        for r in node.get("x-kubernetes-validations", [])
+    ]
     assert "has(self.configMap) != has(self.image)" in str(
-        spec["properties"]["migrations"]["x-kubernetes-validations"])
-    immutable = [name for name, node in spec["properties"].items()
-                 if any(r["rule"] == "self == oldSelf" for r in node.get("x-kubernetes-validations", []))]
+        spec["properties"]["migrations"]["x-kubernetes-validations"]
+    )
+    immutable = [
+        name
+        for name, node in spec["properties"].items()
+        if any(r["rule"] == "self == oldSelf" for r in node.get("x-kubernetes-validations", []))
+    ]
     assert "approval" not in immutable
     assert {"database", "migrations", "backup", "rollback", "dryRun", "jobTemplate"} <= set(immutable)
     assert rules
@@ -119,4 +142,4 @@ def test_default_flyway_image_follows_hack_versions() -> None:
     versions = (ROOT / "hack" / "versions.sh").read_text()
     match = re.search(r"FLYWAY_VERSION=\$\{FLYWAY_VERSION:-(\d+)\.(\d+)", versions)
     assert match, "FLYWAY_VERSION not found in hack/versions.sh"
-    assert constants.DEFAULT_FLYWAY_IMAGE == f"flyway/flyway:{match[1]}.{match[2]}"
+    assert f"flyway/flyway:{match[1]}.{match[2]}" == constants.DEFAULT_FLYWAY_IMAGE

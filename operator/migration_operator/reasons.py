@@ -1,0 +1,82 @@
+"""Condition types and CamelCase reasons: the vocabulary of status.conditions and of events.
+
+One module, like atlas-operator's reason.go, so users (and the Argo CD health check) can grep for them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Condition types.
+READY: Final = "Ready"
+RECONCILING: Final = "Reconciling"
+STALLED: Final = "Stalled"
+BACKUP_COMPLETE: Final = "BackupComplete"
+MAINTENANCE_MODE: Final = "MaintenanceMode"
+MIGRATED: Final = "Migrated"
+VERIFIED: Final = "Verified"
+ROLLED_BACK: Final = "RolledBack"
+CONDITION_TYPES: Final = (
+    READY,
+    RECONCILING,
+    STALLED,
+    BACKUP_COMPLETE,
+    MAINTENANCE_MODE,
+    MIGRATED,
+    VERIFIED,
+    ROLLED_BACK,
+)
+
+# Progress.
+PENDING: Final = "Pending"
+WAITING_FOR_LOCK: Final = "WaitingForLock"
+AWAITING_APPROVAL: Final = "AwaitingApproval"
+APPROVED: Final = "Approved"
+PREFLIGHT: Final = "Preflight"
+VALIDATING: Final = "Validating"
+BACKING_UP: Final = "BackingUp"
+SCALING_DOWN: Final = "ScalingDown"
+DRAINING: Final = "Draining"
+DRAINED: Final = "Drained"
+MIGRATING: Final = "Migrating"
+VERIFYING: Final = "Verifying"
+SCALING_UP: Final = "ScalingUp"
+ROLLING_BACK: Final = "RollingBack"
+NOT_STARTED: Final = "NotStarted"
+
+# Outcomes.
+SUCCEEDED: Final = "Succeeded"
+DRY_RUN_COMPLETE: Final = "DryRunComplete"
+NOTHING_TO_MIGRATE: Final = "NothingToMigrate"
+BACKUP_SUCCEEDED: Final = "BackupSucceeded"
+BACKUP_DISABLED: Final = "BackupDisabled"
+BACKUP_FAILED: Final = "BackupFailed"
+MIGRATION_SUCCEEDED: Final = "MigrationSucceeded"
+MIGRATION_FAILED: Final = "MigrationFailed"
+VERIFICATION_SUCCEEDED: Final = "VerificationSucceeded"
+VERIFICATION_FAILED: Final = "VerificationFailed"
+APP_RESTORED: Final = "AppRestored"
+APP_NOT_AVAILABLE: Final = "AppNotAvailable"
+NO_DEPLOYMENT: Final = "NoMaintenanceDeployment"
+DRAIN_TIMEOUT: Final = "DrainTimeout"
+ROLLBACK_SUCCEEDED: Final = "RollbackSucceeded"
+ROLLBACK_FAILED: Final = "RollbackFailed"
+ROLLBACK_DISABLED: Final = "RollbackDisabled"
+NOTHING_TO_ROLL_BACK: Final = "NothingToRollBack"
+FAILED: Final = "Failed"
+
+# Preflight failures: precise, so a user knows what to fix.
+BAD_CREDENTIALS: Final = "BadCredentials"
+CREDENTIALS_SECRET_NOT_FOUND: Final = "CredentialsSecretNotFound"
+DATABASE_UNREACHABLE: Final = "DatabaseUnreachable"
+DATABASE_NOT_FOUND: Final = "DatabaseNotFound"
+FAILED_MIGRATION_IN_HISTORY: Final = "FailedMigrationInHistory"
+CHECKSUM_MISMATCH: Final = "ChecksumMismatch"
+MISSING_MIGRATION: Final = "MissingMigration"
+VALIDATION_FAILED: Final = "ValidationFailed"
+DEPLOYMENT_NOT_FOUND: Final = "DeploymentNotFound"
+MIGRATIONS_CONFIGMAP_NOT_FOUND: Final = "MigrationsConfigMapNotFound"
+COMPENSATE_CONFIGMAP_NOT_FOUND: Final = "CompensateConfigMapNotFound"
+BACKUP_VOLUME_NOT_FOUND: Final = "BackupVolumeNotFound"
+INVALID_SPEC: Final = "InvalidSpec"
+TIMEOUT: Final = "Timeout"
