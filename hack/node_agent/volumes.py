@@ -364,8 +364,11 @@ def container_mounts(
     volumes: Mapping[str, tuple[Path, bool]],
     env: Mapping[str, str],
     termination_log: Path,
+    tmp_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """The shim's mount list for one container: its volumeMounts plus the termination-log file."""
+    """The shim's mount list for one container: its volumeMounts, the termination-log file and, with
+    ``tmp_dir``, a private /tmp (a container has its own filesystem; here they share the host's, so two
+    pods writing /tmp/x would clash) unless a volumeMount already targets /tmp."""
     mounts: list[dict[str, Any]] = []
     for vm in container.get("volumeMounts") or []:
         name = vm.get("name", "")
@@ -392,6 +395,8 @@ def container_mounts(
                 "readOnly": bool(vm.get("readOnly")) or forced_ro,
             }
         )
+    if tmp_dir is not None and not any(Path(m["dst"]) == Path("/tmp") for m in mounts):
+        mounts.append({"src": str(tmp_dir), "dst": "/tmp", "readOnly": False})
     path = container.get("terminationMessagePath") or "/dev/termination-log"
     mounts.append({"src": str(termination_log), "dst": path, "readOnly": False})
     return mounts

@@ -333,11 +333,16 @@ class PodWorker:
         term_file.write_text("")  # a fresh file per run, like the kubelet
         exit_file = cdir / f"{run}.exit"
         exit_file.unlink(missing_ok=True)
+        # A fresh private /tmp per run, like a new container's filesystem (world-writable + sticky).
+        tmp_dir = cdir / "tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir()
+        tmp_dir.chmod(0o1777)
         started_at = now_iso()
         try:
             argv = container_argv(c, img, env)
             argv[0] = resolve_program(argv[0], full_env.get("PATH", ""))
-            mounts = container_mounts(c, self.volumes or {}, env, term_file)
+            mounts = container_mounts(c, self.volumes or {}, env, term_file, tmp_dir)
         except (CommandError, VolumeError) as e:
             # containerd reports an unstartable process as a terminated run: StartError, exit 128.
             with log_file.open("a") as f:
@@ -601,9 +606,12 @@ class PodWorker:
         self.finished = True
 
     def _cleanup(self) -> None:
-        """Forget the pod: volumes (secrets!), spec files (env!) and the IP go; logs stay for `logs`."""
+        """Forget the pod: volumes (secrets!), private /tmp dirs, spec files (env!) and the IP go; logs stay
+        for `logs`."""
         self._stop_probers()
         shutil.rmtree(self.dir / "volumes", ignore_errors=True)
+        for d in self.dir.glob("*/tmp"):
+            shutil.rmtree(d, ignore_errors=True)
         for f in self.dir.glob("*/*.spec.json"):
             f.unlink(missing_ok=True)
         (self.dir / "state.json").unlink(missing_ok=True)
