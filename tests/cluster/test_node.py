@@ -5,64 +5,16 @@ Needs KUBECONFIG pointing at the local cluster with the node agent running (hack
 
 from __future__ import annotations
 
-import os
 import urllib.request
-from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import pytest
 from kubernetes import client
-from tests.support.kube import apply_yaml, job_condition, load_config, pod_of_job, temporary_namespace
+from tests.support.kube import apply_yaml, job_condition, pod_of_job, unique_name
+from tests.support.pods import container, is_ready, job, pod, pod_state
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
-
-# PodSecurity "restricted" is enforced in the test namespaces; the agent accepts (and ignores) it.
-SECURITY = {
-    "runAsNonRoot": True,
-    "runAsUser": 1000,
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
-@pytest.fixture(scope="module")
-def api() -> client.ApiClient:
-    if not os.environ.get("KUBECONFIG"):
-        pytest.skip("KUBECONFIG is not set (start the local cluster: hack/cluster.sh up)")
-    api = load_config()
-    node = client.CoreV1Api(api).read_node("local-node")
-    if not any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []):
-        pytest.skip("node local-node is not Ready (is the node agent running?)")
-    return api
-
-
-@pytest.fixture
-def ns(api: client.ApiClient) -> Iterator[str]:
-    with temporary_namespace(api, "node") as name:
-        yield name
-
-
-def container(name: str, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "image": image, "command": command, "securityContext": SECURITY, **extra}
-
-
-def job(name: str, containers: list[dict[str, Any]], backoff_limit: int = 0) -> dict[str, Any]:
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name},
-        "spec": {
-            "backoffLimit": backoff_limit,
-            "template": {"spec": {"restartPolicy": "Never", "containers": containers}},
-        },
-    }
-
-
-def pod_state(api: client.ApiClient, ns: str, selector: str) -> str:
-    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector).items
-    return "; ".join(f"{p.metadata.name} {p.status.phase} {p.status.container_statuses}" for p in pods)
 
 
 def test_job_runs_to_completion(api: client.ApiClient, ns: str) -> None:
@@ -104,9 +56,9 @@ def test_failing_job_honours_backoff_limit(api: client.ApiClient, ns: str) -> No
     assert any(c.type == "Failed" and c.reason == "BackoffLimitExceeded" for c in status.conditions)
     pods = pod_of_job(api, ns, "fail")
     assert len(pods) == 3
-    for pod in pods:
-        assert pod.status.phase == "Failed"
-        term = pod.status.container_statuses[0].state.terminated
+    for failed in pods:
+        assert failed.status.phase == "Failed"
+        term = failed.status.container_statuses[0].state.terminated
         assert (term.exit_code, term.reason) == (3, "Error")
         assert term.message == "going down\n"
 
@@ -297,3 +249,33 @@ def test_unknown_image_is_an_image_pull_error(api: client.ApiClient, ns: str) ->
     pod_now = core.read_namespaced_pod("noimage", ns)
     assert pod_now.status.phase == "Pending"
     assert "is not in" in pod_now.status.container_statuses[0].state.waiting.message
+
+
+def test_containers_have_a_private_tmp(api: client.ApiClient, ns: str) -> None:
+    # Two pods write the same /tmp file at the same time: each one keeps reading back its own content
+    # (exec readiness probes run in the container's mount namespace), and the host's /tmp is untouched.
+    name = unique_name("x")
+    pods = [
+        pod(
+            p,
+            [
+                container(
+                    "main",
+                    "busybox",
+                    ["sh", "-c", f"echo {p} > /tmp/{name} && exec sleep 600"],
+                    readinessProbe={"exec": {"command": ["grep", "-qx", p, f"/tmp/{name}"]}, "periodSeconds": 1},
+                )
+            ],
+            terminationGracePeriodSeconds=1,
+        )
+        for p in ("a", "b")
+    ]
+    apply_yaml(api, ns, pods)
+    core = client.CoreV1Api(api)
+    wait_for(
+        lambda: all(is_ready(core.read_namespaced_pod(p, ns)) for p in ("a", "b")),
+        timeout=60,
+        what="pods a and b Ready, each seeing its own /tmp file",
+        describe=lambda: pod_state(api, ns, ""),
+    )
+    assert not Path("/tmp", name).exists()
