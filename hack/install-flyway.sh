@@ -9,6 +9,12 @@
 # the PostgreSQL plugin, the JSON/TOML/XML config readers, logging, console), then let
 # `mvn dependency:copy-dependencies` resolve the rest; ~/.m2 is the download cache.
 #
+# Version: 12.4.0 (Java 17+). Newer CLIs are not installable from the registry reachable here: for 12.11.0 and
+# 13.x, flyway-commandline's own modules (flyway-verb-*, flyway-nc-core, flyway-core-utilities, ...) are not
+# served, although flyway-core and flyway-database-postgresql are.
+# Exit codes: the CLI exits 0 when a migration fails during `migrate` and when `validate -outputType=json`
+# finds problems; callers must read the JSON (success / validationSuccessful / error).
+#
 # Idempotent: a completed install is marked with .complete and a second run returns at once.
 # Usage: hack/install-flyway.sh [--force]
 set -euo pipefail
