@@ -1,0 +1,133 @@
+"""Flyway safety flags, Job scripts and output parsing (fixtures are real Flyway 12 outputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from migration_operator import flyway, reasons
+from migration_operator.models import parse_spec
+
+DATA = Path(__file__).parent / "data" / "flyway"
+SPEC = parse_spec(
+    {
+        "database": {"host": "db.example", "name": "parking_db", "credentialsSecret": {"name": "s"}},
+        "migrations": {"configMap": {"name": "m"}, "targetVersion": "6"},
+        "backup": {"volume": {"claimName": "b"}},
+    }
+)
+
+
+def section(name: str, filename: str) -> str:
+    return f"==> {name} <==\n{(DATA / filename).read_text()}\n"
+
+
+def test_every_command_carries_the_runbook_safety_flags() -> None:
+    for command in ("info", "validate", "migrate", "repair"):
+        args = flyway.command_line(SPEC, command)
+        for flag in (
+            "-baselineOnMigrate=false",
+            "-validateOnMigrate=true",
+            "-outOfOrder=false",
+            "-cleanDisabled=true",
+            "-ignoreMigrationPatterns=",
+        ):
+            assert flag in args, (command, flag)
+        assert args[0] == "flyway" and args[-1] == command
+        assert not any("password" in a.lower() or "user=" in a.lower() for a in args)
+
+
+def test_preflight_validate_ignores_only_pending_and_sets_the_key_once() -> None:
+    args = flyway.command_line(SPEC, "validate", preflight=True)
+    assert "-ignoreMigrationPatterns=*:pending" in args
+    assert sum(a.startswith("-ignoreMigrationPatterns") for a in args) == 1
+
+
+def test_clean_is_never_run() -> None:
+    with pytest.raises(AssertionError):
+        flyway.command_line(SPEC, "clean")
+    with pytest.raises(ValueError):
+        flyway.command_line(SPEC, "baseline")
+
+
+def test_target_and_jdbc_url() -> None:
+    assert "-target=6" in flyway.command_line(SPEC, "migrate")
+    assert "-target=6" not in flyway.command_line(SPEC, "repair")
+    url = flyway.jdbc_url(SPEC, "migrate")
+    assert url == (
+        "jdbc:postgresql://db.example:5432/parking_db?sslmode=prefer&ApplicationName=migration-operator-migrate"
+    )
+
+
+def test_job_script_copies_configmap_files_and_writes_the_termination_log() -> None:
+    script = flyway.job_script(SPEC, "migrate")
+    assert "cp -L /migrations-src/* /migrations/" in script
+    assert "/dev/termination-log" in script and "head -c 4096" in script
+    assert "emit migrate" in script and script.rstrip().endswith("exit $rc")
+    validate = flyway.job_script(SPEC, "validate")
+    assert validate.index("run validate") < validate.index("run info")
+
+
+def test_successful_validate_with_info_lists_pending() -> None:
+    result = flyway.parse_validate_output(
+        section("validate", "validate-ok.json") + section("info", "info-pending.json")
+    )
+    assert result.successful
+    assert result.schema_version == "2"
+    assert [(p.version, p.description, p.script) for p in result.pending or []] == [("3", "zones", "V3__zones.sql")]
+
+
+def test_truncated_info_leaves_pending_unknown() -> None:
+    output = (section("validate", "validate-ok.json") + section("info", "info-pending.json"))[:700]
+    result = flyway.parse_validate_output(output)
+    assert result.successful and result.pending is None
+
+
+def test_checksum_mismatch_is_classified() -> None:
+    result = flyway.parse_validate_output(section("validate", "validate-checksum.json"))
+    assert not result.successful
+    reason, message = flyway.classify_validate_failure(result, None)
+    assert reason == reasons.CHECKSUM_MISMATCH
+    assert "Migration checksum mismatch for migration version 1" in message
+
+
+def test_strict_validate_reports_pending_as_validation_error() -> None:
+    result = flyway.parse_validate_output(section("validate", "validate-pending-strict.json"))
+    assert not result.successful and "not applied" in (result.error or "")
+
+
+def test_bad_password_is_classified_as_bad_credentials() -> None:
+    result = flyway.parse_validate_output(section("validate", "validate-bad-password.json")[:4096])
+    reason, message = flyway.classify_validate_failure(result, None)
+    assert reason == reasons.BAD_CREDENTIALS
+    assert "password authentication failed" in message
+
+
+def test_successful_migrate_is_parsed() -> None:
+    result = flyway.parse_migrate_output(section("migrate", "migrate-ok.json"))
+    assert result.success and result.migrations_executed == 1
+    assert (result.initial_schema_version, result.target_schema_version) == ("2", "3")
+
+
+def test_failed_migrate_message_survives_truncation_to_4096_bytes() -> None:
+    output = section("migrate", "migrate-failed.json")
+    assert len(output) > 4096
+    result = flyway.parse_migrate_output(output[:4096])
+    assert not result.success
+    assert result.error_code == "FAILED_VERSIONED_MIGRATION"
+    assert 'ERROR: relation "nope" does not exist' in (result.error or "")
+    assert "Run Flyway with -X" not in (result.error or "")
+
+
+def test_plain_text_output_becomes_the_error() -> None:
+    result = flyway.parse_migrate_output("==> migrate <==\nsh: flyway: not found\n")
+    assert not result.success and result.error == "sh: flyway: not found"
+    assert flyway.error_text("compensating SQL failed (psql exit 3), rolled back: ERROR: boom") is not None
+
+
+def test_migration_file_names() -> None:
+    found = flyway.migration_file("V6__add_parking_zones.sql")
+    assert found is not None and (found.version, found.description) == ("6", "add parking zones")
+    assert flyway.migration_file("V2_1__x.sql").version == "2.1"  # type: ignore[union-attr]
+    assert flyway.migration_file("R__views.sql") is None and flyway.migration_file("README.md") is None

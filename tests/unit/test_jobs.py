@@ -1,0 +1,179 @@
+"""Job manifests: restricted pods, secrets only by reference, deterministic names, ownership."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from migration_operator import jobs
+from migration_operator.models import parse_spec
+
+BODY = {"metadata": {"name": "parking-db-v6", "namespace": "parking", "uid": "1234abcd-0000"}}
+BASE: dict[str, Any] = {
+    "database": {
+        "host": "127.0.0.1",
+        "port": 15432,
+        "name": "parking_db",
+        "credentialsSecret": {"name": "parking-db-admin"},
+    },
+    "migrations": {"configMap": {"name": "api-gateway-migrations"}},
+    "backup": {"volume": {"claimName": "db-backups"}},
+    "rollback": {"strategy": "Compensate", "compensate": {"sql": "drop table parking_zones;"}},
+}
+SPEC = parse_spec(BASE)
+STEPS = sorted(jobs.STEPS)
+
+
+def pod(job: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = job["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_pods_pass_restricted_pod_security(step: str) -> None:
+    spec = pod(jobs.build_job(BODY, SPEC, step))
+    security = spec["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 65532
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in spec["containers"] + spec.get("initContainers", []):
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+        assert container["command"][:2] == ["sh", "-c"]
+    for volume in spec["volumes"]:
+        assert set(volume) & {"emptyDir", "configMap", "persistentVolumeClaim", "secret"}, volume
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_credentials_only_by_secret_reference(step: str) -> None:
+    job = jobs.build_job(BODY, SPEC, step)
+    container = pod(job)["containers"][0]
+    secret_vars = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    user, password = ("FLYWAY_USER", "FLYWAY_PASSWORD") if step in jobs.FLYWAY_STEPS else ("PGUSER", "PGPASSWORD")
+    assert secret_vars == {
+        user: {"name": "parking-db-admin", "key": "username"},
+        password: {"name": "parking-db-admin", "key": "password"},
+    }
+    command = json.dumps(container["command"]).lower().replace("--no-password", "")
+    assert "password" not in command
+    assert not [e for e in container["env"] if "PASSWORD" in e["name"] and "value" in e]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_names_labels_owner_and_no_retries(step: str) -> None:
+    job = jobs.build_job(BODY, SPEC, step)
+    assert job["metadata"]["name"] == f"parking-db-v6-{step}"
+    assert job["metadata"]["namespace"] == "parking"
+    labels = job["metadata"]["labels"]
+    assert labels == {
+        "app.kubernetes.io/managed-by": "migration-operator",
+        "dbops.io/migration": "parking-db-v6",
+        "dbops.io/step": step,
+    }
+    assert job["spec"]["template"]["metadata"]["labels"] == labels
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner == {
+        "apiVersion": "dbops.io/v1alpha1",
+        "kind": "DatabaseMigration",
+        "name": "parking-db-v6",
+        "uid": "1234abcd-0000",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert job["spec"]["backoffLimit"] == 0
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+    container = pod(job)["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_long_names_are_shortened_deterministically() -> None:
+    name = "a-very-long-database-migration-name-for-the-parking-database-release-2026"
+    first, second = jobs.job_name(name, "backup-verify"), jobs.job_name(name, "backup-verify")
+    assert first == second and len(first) <= 63 and first.endswith("-backup-verify")
+    assert jobs.job_name(name + "x", "migrate") != jobs.job_name(name + "y", "migrate")
+    assert len(jobs.label_value(name)) <= 63
+
+
+def test_default_images_and_template_controls() -> None:
+    spec = parse_spec(
+        {
+            **BASE,
+            "jobTemplate": {
+                "postgresImage": "registry.local/postgres:16",
+                "serviceAccountName": "migrator",
+                "nodeSelector": {"pool": "db"},
+                "tolerations": [{"key": "db", "operator": "Exists"}],
+                "imagePullSecrets": [{"name": "regcred"}],
+                "resources": {"limits": {"memory": "1Gi", "cpu": 1}},
+                "runAsUser": 1001,
+                "labels": {"team": "parking"},
+            },
+        }
+    )
+    backup = jobs.build_job(BODY, spec, "backup")
+    spec_pod = pod(backup)
+    assert spec_pod["containers"][0]["image"] == "registry.local/postgres:16"
+    assert spec_pod["serviceAccountName"] == "migrator" and spec_pod["nodeSelector"] == {"pool": "db"}
+    assert spec_pod["tolerations"] == [{"key": "db", "operator": "Exists"}]
+    assert spec_pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec_pod["containers"][0]["resources"] == {"limits": {"memory": "1Gi", "cpu": 1}}
+    assert spec_pod["securityContext"]["runAsUser"] == 1001
+    assert backup["metadata"]["labels"]["team"] == "parking"
+    assert pod(jobs.build_job(BODY, SPEC, "migrate"))["containers"][0]["image"] == "flyway/flyway:12.4"
+    assert pod(jobs.build_job(BODY, SPEC, "backup"))["containers"][0]["image"] == "postgres:15"
+
+
+def test_flyway_jobs_mount_migrations_and_postgres_jobs_the_backup() -> None:
+    migrate = pod(jobs.build_job(BODY, SPEC, "migrate"))
+    mounts = {m["mountPath"] for m in migrate["containers"][0]["volumeMounts"]}
+    assert {"/tmp", "/migrations", "/migrations-src"} <= mounts
+    env = {e["name"]: e.get("value") for e in migrate["containers"][0]["env"]}
+    assert env["FLYWAY_URL"].startswith("jdbc:postgresql://127.0.0.1:15432/parking_db")
+    restore = pod(jobs.build_job(BODY, SPEC, "restore"))
+    assert {"name": "backup", "persistentVolumeClaim": {"claimName": "db-backups"}} in restore["volumes"]
+    env = {e["name"]: e.get("value") for e in restore["containers"][0]["env"]}
+    assert env["BACKUP_FILE"] == jobs.backup_file("parking-db-v6", "1234abcd-0000")
+    assert env["PGAPPNAME"] == "migration-operator-restore" and env["PGPORT"] == "15432"
+
+
+def test_image_source_copies_migrations_with_an_init_container() -> None:
+    spec = parse_spec({**BASE, "migrations": {"image": {"image": "registry/app-migrations:6", "path": "/sql/"}}})
+    job_pod = pod(jobs.build_job(BODY, spec, "migrate"))
+    init = job_pod["initContainers"][0]
+    assert init["image"] == "registry/app-migrations:6" and "cp -R /sql/. /migrations/" in init["command"][2]
+    assert not any("configMap" in v for v in job_pod["volumes"])
+
+
+def test_compensate_from_configmap_key() -> None:
+    spec = parse_spec(
+        {
+            **BASE,
+            "rollback": {
+                "strategy": "Compensate",
+                "compensate": {"configMapKeyRef": {"name": "undo", "key": "V6.undo.sql"}},
+            },
+        }
+    )
+    job_pod = pod(jobs.build_job(BODY, spec, "compensate"))
+    assert {
+        "name": "compensate",
+        "configMap": {"name": "undo", "items": [{"key": "V6.undo.sql", "path": "compensate.sql"}]},
+    } in job_pod["volumes"]
+    env = {e["name"]: e.get("value") for e in job_pod["containers"][0]["env"]}
+    assert env["COMPENSATE_FILE"] == "/compensate/compensate.sql" and "COMPENSATE_SQL" not in env
+    assert "--single-transaction" in job_pod["containers"][0]["command"][2]
+
+
+def test_backup_output_parsing() -> None:
+    ok = jobs.parse_backup_output("verified=true\nsizeBytes=2048\ntocEntries=12\npath=x.dump\n")
+    assert ok == {"verified": True, "sizeBytes": 2048, "tocEntries": 12, "path": "x.dump"}
+    failed = jobs.parse_backup_output("verified=false\nerror=pg_dump failed: FATAL: no\nsecond line\n")
+    assert failed is not None and failed["verified"] is False
+    assert failed["error"] == "pg_dump failed: FATAL: no\nsecond line"
+    assert jobs.parse_backup_output(None) is None
+    empty = jobs.parse_backup_output("verified=true\nsizeBytes=0\n")
+    assert empty is not None and empty["verified"] is False

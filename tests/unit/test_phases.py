@@ -1,0 +1,759 @@
+"""One test per transition of the phase machine (migration_operator.phases.decide)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migration_operator import phases, reasons
+from migration_operator.models import (
+    AppliedMigration,
+    DatabaseMigrationSpec,
+    DatabaseMigrationStatus,
+    PendingMigration,
+    Phase,
+    Snapshot,
+    parse_spec,
+)
+from migration_operator.phases import (
+    CloneDatabase,
+    CloneObservation,
+    ConditionChange,
+    CreateJob,
+    DatabaseCheck,
+    Decision,
+    DeploymentObservation,
+    JobObservation,
+    LockObservation,
+    Observations,
+    ReleaseLock,
+    ScaleDeployment,
+    Session,
+    SwapCloneBack,
+    Verification,
+)
+
+FLYWAY = Path(__file__).parent / "data" / "flyway"
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+NAME, UID = "parking-db-v6", "0f1e2d3c-aaaa-bbbb-cccc-000000000000"
+
+
+def make_spec(**overrides: Any) -> DatabaseMigrationSpec:
+    spec: dict[str, Any] = {
+        "database": {
+            "host": "127.0.0.1",
+            "port": 15432,
+            "name": "parking_db",
+            "credentialsSecret": {"name": "parking-db-admin"},
+        },
+        "migrations": {"configMap": {"name": "api-gateway-migrations"}},
+        "backup": {"volume": {"claimName": "db-backups"}},
+        "maintenance": {"deployment": {"name": "api-gateway"}},
+        "verify": {"requiredTables": ["clients", "parking_zones"]},
+    }
+    for key, value in overrides.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return parse_spec(spec)
+
+
+def make_status(phase: Phase | None, started_seconds_ago: float = 1, **fields: Any) -> DatabaseMigrationStatus:
+    data: dict[str, Any] = {"phaseStartedAt": phases.iso(NOW - timedelta(seconds=started_seconds_ago))}
+    if phase is not None:
+        data["phase"] = phase.value
+    data.update(fields)
+    return DatabaseMigrationStatus.model_validate(data)
+
+
+def observe(**fields: Any) -> Observations:
+    return Observations(now=NOW, **fields)
+
+
+def run(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations) -> Decision:
+    return phases.decide(spec, status, obs, NAME, UID)
+
+
+def condition(decision: Decision, kind: str) -> ConditionChange:
+    matches = [c for c in decision.conditions if c.type == kind]
+    assert matches, f"no {kind} condition in {decision.conditions}"
+    return matches[-1]
+
+
+def flyway_section(name: str, *files: str) -> str:
+    return "".join(f"==> {name if i == 0 else 'info'} <==\n{(FLYWAY / f).read_text()}\n" for i, f in enumerate(files))
+
+
+LOCKED = LockObservation(acquired=True)
+HEALTHY_DB = DatabaseCheck(
+    reachable=True,
+    history_table_exists=True,
+    history=(
+        AppliedMigration(version="1", script="V1__init.sql", checksum=1),
+        AppliedMigration(version="5", script="V5__x.sql", checksum=5),
+    ),
+)
+BEFORE = Snapshot(
+    version="5", tables=12, foreignKeys=9, indexes=20, rows={"public.clients": 3}, tableNames=["public.clients"]
+)
+PENDING6 = [PendingMigration(version="6", description="add parking zones", script="V6__add_parking_zones.sql")]
+DEPLOYMENT_UP = DeploymentObservation(exists=True, replicas=3, available_replicas=3, updated_replicas=3, pods=3)
+DEPLOYMENT_DOWN = DeploymentObservation(
+    exists=True, replicas=0, pods=0, original_replicas_annotation=3, annotation_owner=NAME
+)
+MAINTENANCE = {"deployment": "api-gateway", "originalReplicas": 3, "scaledDownAt": "2026-01-02T03:00:00Z"}
+
+
+# ----------------------------------------------------------------------------------------------- Pending
+def test_new_run_with_free_lock_goes_to_preflight() -> None:
+    decision = run(make_spec(), make_status(None), observe(lock=LOCKED))
+    assert decision.phase == Phase.PREFLIGHT
+    assert decision.status["startedAt"] == phases.iso(NOW)
+    assert condition(decision, reasons.READY).status == "False"
+    assert condition(decision, reasons.RECONCILING).status == "True"
+
+
+def test_new_run_needing_approval_waits_in_awaiting_approval() -> None:
+    spec = make_spec(approval={"required": True})
+    decision = run(spec, make_status(None), observe(lock=LOCKED))
+    assert decision.phase == Phase.AWAITING_APPROVAL
+    assert "dbops.io/approved=true" in decision.message
+    assert condition(decision, reasons.RECONCILING).reason == reasons.AWAITING_APPROVAL
+    assert not decision.actions
+
+
+def test_second_migration_of_same_database_waits_for_lock_naming_holder() -> None:
+    lock = LockObservation(acquired=False, holder="parking/parking-db-v5")
+    decision = run(make_spec(), make_status(Phase.PENDING), observe(lock=lock))
+    assert decision.phase == Phase.PENDING
+    reconciling = condition(decision, reasons.RECONCILING)
+    assert reconciling.reason == reasons.WAITING_FOR_LOCK
+    assert "parking/parking-db-v5" in reconciling.message
+    assert decision.requeue_after
+
+
+# -------------------------------------------------------------------------------------- AwaitingApproval
+def test_unapproved_run_keeps_waiting() -> None:
+    spec = make_spec(approval={"required": True})
+    decision = run(spec, make_status(Phase.AWAITING_APPROVAL), observe(lock=LOCKED))
+    assert decision.phase == Phase.AWAITING_APPROVAL and not decision.actions
+
+
+def test_approved_run_proceeds_to_preflight() -> None:
+    spec = make_spec(approval={"required": True})
+    decision = run(spec, make_status(Phase.AWAITING_APPROVAL), observe(lock=LOCKED, approved=True))
+    assert decision.phase == Phase.PREFLIGHT
+    assert decision.log and decision.log.startswith("approved")
+
+
+def test_approved_run_with_busy_database_waits_in_pending() -> None:
+    spec = make_spec(approval={"required": True})
+    busy = LockObservation(acquired=False, holder="other/run")
+    decision = run(spec, make_status(Phase.AWAITING_APPROVAL), observe(lock=busy, approved=True))
+    assert decision.phase == Phase.PENDING
+    assert condition(decision, reasons.RECONCILING).reason == reasons.WAITING_FOR_LOCK
+
+
+# --------------------------------------------------------------------------------------------- Preflight
+def _assert_untouched_failure(decision: Decision, reason: str) -> None:
+    assert decision.phase == Phase.FAILED
+    assert condition(decision, reasons.STALLED).status == "True"
+    assert condition(decision, reasons.STALLED).reason == reason
+    assert condition(decision, reasons.READY).reason == reason
+    assert not any(isinstance(a, ScaleDeployment | CreateJob) for a in decision.actions)
+    assert ReleaseLock() in decision.actions
+    assert "not touched" in decision.message
+
+
+def test_missing_configmap_fails_preflight_without_touching_the_app() -> None:
+    obs = observe(
+        lock=LOCKED, missing=((reasons.MIGRATIONS_CONFIGMAP_NOT_FOUND, "ConfigMap api-gateway-migrations not found"),)
+    )
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), obs)
+    _assert_untouched_failure(decision, reasons.MIGRATIONS_CONFIGMAP_NOT_FOUND)
+    assert "api-gateway-migrations" in decision.message
+
+
+def test_wrong_password_fails_preflight_with_bad_credentials() -> None:
+    database = DatabaseCheck(
+        reachable=False, reason=reasons.BAD_CREDENTIALS, message='password authentication failed for user "parking"'
+    )
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), observe(lock=LOCKED, database=database))
+    _assert_untouched_failure(decision, reasons.BAD_CREDENTIALS)
+    assert "password authentication failed" in condition(decision, reasons.STALLED).message
+
+
+def test_unreachable_database_fails_preflight() -> None:
+    database = DatabaseCheck(reachable=False, reason=reasons.DATABASE_UNREACHABLE, message="connection refused")
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), observe(lock=LOCKED, database=database))
+    _assert_untouched_failure(decision, reasons.DATABASE_UNREACHABLE)
+
+
+def test_failed_row_in_history_fails_preflight() -> None:
+    database = DatabaseCheck(
+        reachable=True,
+        history_table_exists=True,
+        history=(
+            AppliedMigration(version="5", script="V5__x.sql"),
+            AppliedMigration(version="6", script="V6__idx.sql", success=False),
+        ),
+    )
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), observe(lock=LOCKED, database=database))
+    _assert_untouched_failure(decision, reasons.FAILED_MIGRATION_IN_HISTORY)
+    assert "V6__idx.sql" in decision.message
+
+
+def test_preflight_creates_the_validate_job_once_checks_pass() -> None:
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), observe(lock=LOCKED, database=HEALTHY_DB))
+    assert decision.phase == Phase.PREFLIGHT
+    assert decision.actions == [CreateJob("validate")]
+
+
+def test_preflight_waits_for_a_running_validate_job() -> None:
+    obs = observe(lock=LOCKED, database=HEALTHY_DB, jobs={"validate": JobObservation("Running")})
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), obs)
+    assert decision.phase == Phase.PREFLIGHT and decision.actions == []
+
+
+def test_modified_applied_migration_fails_preflight_with_checksum_mismatch() -> None:
+    output = flyway_section("validate", "validate-checksum.json")
+    obs = observe(lock=LOCKED, database=HEALTHY_DB, jobs={"validate": JobObservation("Failed", output=output)})
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), obs)
+    _assert_untouched_failure(decision, reasons.CHECKSUM_MISMATCH)
+    assert "checksum mismatch for migration version 1" in decision.message
+
+
+def test_validate_job_without_output_fails_with_job_reason() -> None:
+    obs = observe(
+        lock=LOCKED, database=HEALTHY_DB, jobs={"validate": JobObservation("Failed", failure="DeadlineExceeded")}
+    )
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), obs)
+    assert decision.phase == Phase.FAILED
+    assert condition(decision, reasons.STALLED).reason == reasons.VALIDATION_FAILED
+
+
+def _validated(**extra: Any) -> Observations:
+    output = flyway_section("validate", "validate-ok.json", "info-pending.json")
+    return observe(
+        lock=LOCKED,
+        database=HEALTHY_DB,
+        snapshot=BEFORE,
+        jobs={"validate": JobObservation("Succeeded", output=output)},
+        **extra,
+    )
+
+
+def test_validated_run_enters_maintenance_first_and_records_before_and_pending() -> None:
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), _validated())
+    assert decision.phase == Phase.ENTERING_MAINTENANCE
+    assert decision.status["before"]["version"] == "5"
+    assert [p["version"] for p in decision.status["pending"]] == ["3"]  # from flyway info (the fixture)
+    assert decision.status["pending"][0]["script"] == "V3__zones.sql"
+
+
+def test_backup_before_maintenance_timing_backs_up_first() -> None:
+    spec = make_spec(backup={"volume": {"claimName": "db-backups"}, "timing": "BeforeMaintenance"})
+    decision = run(spec, make_status(Phase.PREFLIGHT), _validated())
+    assert decision.phase == Phase.BACKING_UP
+
+
+def test_dry_run_succeeds_after_preflight_listing_pending() -> None:
+    spec = make_spec(dryRun=True)
+    decision = run(spec, make_status(Phase.PREFLIGHT), _validated())
+    assert decision.phase == Phase.SUCCEEDED
+    assert condition(decision, reasons.READY).reason == reasons.DRY_RUN_COMPLETE
+    assert "3 zones" in decision.message
+    assert ReleaseLock() in decision.actions
+    assert not any(isinstance(a, CreateJob | ScaleDeployment) for a in decision.actions)
+
+
+def test_nothing_pending_succeeds_without_touching_anything() -> None:
+    output = flyway_section("validate", "validate-ok.json")
+    local = (PendingMigration(version="1", script="V1__init.sql"), PendingMigration(version="5", script="V5__x.sql"))
+    obs = observe(
+        lock=LOCKED,
+        database=HEALTHY_DB,
+        local_migrations=local,
+        jobs={"validate": JobObservation("Succeeded", output=output)},
+    )
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), obs)
+    assert decision.phase == Phase.SUCCEEDED
+    assert condition(decision, reasons.READY).reason == reasons.NOTHING_TO_MIGRATE
+
+
+def test_pending_falls_back_to_configmap_files_without_flyway_info() -> None:
+    output = flyway_section("validate", "validate-ok.json")
+    local = (
+        PendingMigration(version="5", script="V5__x.sql"),
+        *PENDING6,
+        PendingMigration(version="7", script="V7__later.sql"),
+    )
+    spec = make_spec(migrations={"configMap": {"name": "m"}, "targetVersion": "6"})
+    obs = observe(
+        lock=LOCKED,
+        database=HEALTHY_DB,
+        local_migrations=local,
+        jobs={"validate": JobObservation("Succeeded", output=output)},
+    )
+    decision = run(spec, make_status(Phase.PREFLIGHT), obs)
+    assert [p["version"] for p in decision.status["pending"]] == ["6"]
+
+
+def test_disabled_backup_warns_and_skips_backing_up() -> None:
+    spec = make_spec(backup={"enabled": False}, rollback={"strategy": "Repair"}, maintenance=None)
+    decision = run(spec, make_status(Phase.PREFLIGHT), _validated())
+    assert decision.phase == Phase.MIGRATING
+    assert decision.warning
+    assert condition(decision, reasons.BACKUP_COMPLETE).reason == reasons.BACKUP_DISABLED
+
+
+def test_preflight_timeout_fails() -> None:
+    obs = observe(lock=LOCKED, database=HEALTHY_DB, jobs={"validate": JobObservation("Running")})
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT, started_seconds_ago=5000), obs)
+    assert decision.phase == Phase.FAILED
+    assert condition(decision, reasons.STALLED).reason == reasons.TIMEOUT
+
+
+# ----------------------------------------------------------------------------------- EnteringMaintenance
+def test_entering_maintenance_records_original_replicas_and_scales_to_zero() -> None:
+    decision = run(make_spec(), make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=DEPLOYMENT_UP))
+    assert decision.actions == [ScaleDeployment(0, record_original=3)]
+    assert decision.status["maintenance"]["originalReplicas"] == 3
+    assert condition(decision, reasons.MAINTENANCE_MODE).status == "True"
+
+
+def test_restart_after_scale_down_rereads_original_replicas_from_annotation() -> None:
+    decision = run(make_spec(), make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=DEPLOYMENT_DOWN))
+    assert decision.status["maintenance"]["originalReplicas"] == 3
+    assert decision.phase == Phase.BACKING_UP
+
+
+def test_stale_annotation_of_another_run_is_ignored_when_app_is_up() -> None:
+    deployment = DeploymentObservation(
+        exists=True,
+        replicas=2,
+        available_replicas=2,
+        pods=2,
+        original_replicas_annotation=5,
+        annotation_owner="old-run",
+    )
+    decision = run(make_spec(), make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=deployment))
+    assert decision.actions == [ScaleDeployment(0, record_original=2)]
+
+
+def test_drain_waits_for_remaining_pods() -> None:
+    deployment = DeploymentObservation(exists=True, replicas=0, pods=2)
+    status = make_status(Phase.ENTERING_MAINTENANCE, maintenance=MAINTENANCE)
+    decision = run(make_spec(), status, observe(deployment=deployment))
+    assert decision.phase == Phase.ENTERING_MAINTENANCE
+    assert "2 pod(s)" in decision.message
+    assert condition(decision, reasons.RECONCILING).reason == reasons.DRAINING
+
+
+def test_drain_waits_for_app_sessions_and_names_them() -> None:
+    session = Session(pid=4242, usename="gateway", application_name="PostgreSQL JDBC Driver", state="idle")
+    status = make_status(Phase.ENTERING_MAINTENANCE, maintenance=MAINTENANCE)
+    decision = run(make_spec(), status, observe(deployment=DEPLOYMENT_DOWN, app_sessions=(session,)))
+    assert decision.phase == Phase.ENTERING_MAINTENANCE
+    assert "pid 4242" in decision.message
+
+
+def test_drained_app_moves_on_to_backup() -> None:
+    status = make_status(Phase.ENTERING_MAINTENANCE, maintenance=MAINTENANCE)
+    decision = run(make_spec(), status, observe(deployment=DEPLOYMENT_DOWN))
+    assert decision.phase == Phase.BACKING_UP
+    assert condition(decision, reasons.MAINTENANCE_MODE).reason == reasons.DRAINED
+
+
+def test_drain_timeout_rolls_back_with_database_untouched() -> None:
+    status = make_status(Phase.ENTERING_MAINTENANCE, started_seconds_ago=1000, maintenance=MAINTENANCE)
+    decision = run(make_spec(), status, observe(deployment=DeploymentObservation(exists=True, pods=1)))
+    assert decision.phase == Phase.ROLLING_BACK
+    assert decision.status["rollback"]["reason"] == reasons.DRAIN_TIMEOUT
+    assert decision.status["rollback"]["databaseChanged"] is False
+
+
+def test_missing_deployment_fails_before_touching_anything() -> None:
+    decision = run(
+        make_spec(), make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=DeploymentObservation(exists=False))
+    )
+    assert decision.phase == Phase.FAILED
+    assert condition(decision, reasons.STALLED).reason == reasons.DEPLOYMENT_NOT_FOUND
+
+
+# ---------------------------------------------------------------------------------------------- BackingUp
+def test_backing_up_creates_the_dump_job() -> None:
+    decision = run(make_spec(), make_status(Phase.BACKING_UP, maintenance=MAINTENANCE), observe())
+    assert decision.actions == [CreateJob("backup")]
+    assert decision.status["backup"]["pvc"] == "db-backups"
+    assert decision.status["backup"]["path"].startswith(NAME)
+
+
+def test_backing_up_waits_for_running_dump() -> None:
+    decision = run(make_spec(), make_status(Phase.BACKING_UP), observe(jobs={"backup": JobObservation("Running")}))
+    assert decision.phase == Phase.BACKING_UP and not decision.actions
+
+
+def test_verified_dump_completes_backup_and_starts_migrating() -> None:
+    output = "verified=true\nsizeBytes=4096\ntocEntries=37\npath=x.dump\n"
+    status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE)
+    decision = run(make_spec(), status, observe(jobs={"backup": JobObservation("Succeeded", output=output)}))
+    assert decision.phase == Phase.MIGRATING
+    assert decision.status["backup"]["sizeBytes"] == 4096 and decision.status["backup"]["verified"] is True
+    assert condition(decision, reasons.BACKUP_COMPLETE).status == "True"
+
+
+def test_failed_dump_before_maintenance_fails_with_app_untouched() -> None:
+    spec = make_spec(backup={"volume": {"claimName": "db-backups"}, "timing": "BeforeMaintenance"})
+    output = "verified=false\nerror=pg_dump failed: permission denied for table secrets\n"
+    decision = run(spec, make_status(Phase.BACKING_UP), observe(jobs={"backup": JobObservation("Failed", output)}))
+    assert decision.phase == Phase.FAILED
+    assert condition(decision, reasons.BACKUP_COMPLETE).reason == reasons.BACKUP_FAILED
+    assert "permission denied" in decision.message
+
+
+def test_failed_dump_after_drain_rolls_back_to_restore_the_app() -> None:
+    status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE)
+    decision = run(make_spec(), status, observe(jobs={"backup": JobObservation("Failed", failure="DeadlineExceeded")}))
+    assert decision.phase == Phase.ROLLING_BACK
+    assert decision.status["rollback"]["databaseChanged"] is False
+
+
+def test_clone_backup_creates_then_detects_the_clone() -> None:
+    spec = make_spec(backup={"method": "Clone"})
+    status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE)
+    first = run(spec, status, observe(clone=CloneObservation(source_exists=True, clone_exists=False)))
+    clone_name, _ = phases.clone_names(spec, UID)
+    assert first.actions == [CloneDatabase(clone_name)]
+    done = run(spec, status, observe(clone=CloneObservation(source_exists=True, clone_exists=True, size_bytes=9)))
+    assert done.phase == Phase.MIGRATING
+    assert done.status["backup"]["cloneDatabase"] == clone_name
+
+
+# ---------------------------------------------------------------------------------------------- Migrating
+def _migrating_status(**fields: Any) -> DatabaseMigrationStatus:
+    base: dict[str, Any] = {
+        "maintenance": MAINTENANCE,
+        "before": BEFORE.model_dump(by_alias=True),
+        "pending": [p.model_dump(by_alias=True) for p in PENDING6],
+    }
+    base.update(fields)
+    return make_status(Phase.MIGRATING, **base)
+
+
+def test_migrating_creates_the_flyway_job_and_refreshes_before() -> None:
+    fresh = BEFORE.model_copy(update={"rows": {"public.clients": 4}})
+    decision = run(make_spec(), _migrating_status(), observe(snapshot=fresh))
+    assert decision.actions == [CreateJob("migrate")]
+    assert decision.status["before"]["rows"] == {"public.clients": 4}
+    assert condition(decision, reasons.MIGRATED).status == "False"
+
+
+def test_running_migration_reports_blocked_locks() -> None:
+    obs = observe(
+        jobs={"migrate": JobObservation("Running")},
+        blocked_locks=("pid 77 waits for AccessExclusiveLock on clients held by pid 12",),
+    )
+    decision = run(make_spec(), _migrating_status(jobs={"migrate": "x"}), obs)
+    assert decision.phase == Phase.MIGRATING and "blocked lock" in decision.message
+
+
+def test_successful_migration_moves_to_verifying() -> None:
+    output = flyway_section("migrate", "migrate-ok.json")
+    decision = run(
+        make_spec(),
+        _migrating_status(jobs={"migrate": "x"}),
+        observe(jobs={"migrate": JobObservation("Succeeded", output=output)}),
+    )
+    assert decision.phase == Phase.VERIFYING
+    assert condition(decision, reasons.MIGRATED).status == "True"
+    assert decision.status["flyway"]["migrationsExecuted"] == 1
+
+
+def test_failed_migration_rolls_back_with_flyway_error_text() -> None:
+    output = flyway_section("migrate", "migrate-failed.json")[:4096]
+    decision = run(
+        make_spec(),
+        _migrating_status(jobs={"migrate": "x"}),
+        observe(jobs={"migrate": JobObservation("Failed", output=output)}),
+    )
+    assert decision.phase == Phase.ROLLING_BACK
+    assert 'relation "nope" does not exist' in decision.status["rollback"]["error"]
+    assert decision.status["rollback"]["databaseChanged"] is True
+    assert 'relation "nope" does not exist' in condition(decision, reasons.MIGRATED).message
+    assert condition(decision, reasons.MIGRATED).reason == reasons.MIGRATION_FAILED
+
+
+def test_migration_reported_failed_in_json_with_exit_zero_is_still_a_failure() -> None:
+    output = flyway_section("migrate", "migrate-failed.json")
+    decision = run(
+        make_spec(),
+        _migrating_status(jobs={"migrate": "x"}),
+        observe(jobs={"migrate": JobObservation("Succeeded", output=output)}),
+    )
+    assert decision.phase == Phase.ROLLING_BACK
+
+
+# ---------------------------------------------------------------------------------------------- Verifying
+def _after(**changes: Any) -> Snapshot:
+    values: dict[str, Any] = {
+        "version": "6",
+        "tables": 13,
+        "foreign_keys": 10,
+        "indexes": 21,
+        "table_names": ["public.clients", "public.parking_zones"],
+    }
+    values.update(changes)
+    return Snapshot(**values)
+
+
+def _verifying_status() -> DatabaseMigrationStatus:
+    return make_status(
+        Phase.VERIFYING,
+        maintenance=MAINTENANCE,
+        before=BEFORE.model_dump(by_alias=True),
+        pending=[p.model_dump(by_alias=True) for p in PENDING6],
+        jobs={"migrate": "x"},
+    )
+
+
+def test_verified_migration_records_after_and_exits_maintenance() -> None:
+    applied = (AppliedMigration(version="6", script="V6__add_parking_zones.sql", checksum=12, execution_time_ms=84),)
+    verification = Verification(snapshot=_after(), applied=applied)
+    decision = run(make_spec(), _verifying_status(), observe(verification=verification))
+    assert decision.phase == Phase.EXITING_MAINTENANCE
+    assert decision.status["after"]["version"] == "6"
+    assert decision.status["applied"][0]["executionTimeMs"] == 84
+    assert condition(decision, reasons.VERIFIED).status == "True"
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "checks", "expected"),
+    [
+        (_after(version="5"), {}, "expected 6"),
+        (_after(table_names=["public.clients"]), {}, "required table parking_zones missing"),
+        (_after(foreign_keys=3), {}, "foreign keys dropped"),
+        (_after(), {"no-orphans": False}, "check no-orphans returned false"),
+        (_after(), {"no-orphans": "ERROR: syntax error"}, "check no-orphans failed: ERROR: syntax error"),
+    ],
+)
+def test_failed_verification_rolls_back_naming_the_problem(
+    snapshot: Snapshot, checks: dict[str, Any], expected: str
+) -> None:
+    spec = make_spec(
+        verify={
+            "requiredTables": ["clients", "parking_zones"],
+            "checks": [{"name": "no-orphans", "sql": "select true"}],
+        }
+    )
+    checks = checks or {"no-orphans": True}
+    decision = run(spec, _verifying_status(), observe(verification=Verification(snapshot, check_results=checks)))
+    assert decision.phase == Phase.ROLLING_BACK
+    assert expected in decision.status["rollback"]["error"]
+    assert condition(decision, reasons.VERIFIED).reason == reasons.VERIFICATION_FAILED
+
+
+def test_failed_history_row_after_migration_fails_verification() -> None:
+    verification = Verification(_after(), failed_rows=(AppliedMigration(version="7", script="V7.sql", success=False),))
+    decision = run(make_spec(), _verifying_status(), observe(verification=verification))
+    assert decision.phase == Phase.ROLLING_BACK and "failed row" in decision.message
+
+
+def test_dropped_indexes_are_accepted_when_allowed() -> None:
+    spec = make_spec(verify={"allowDroppedObjects": True})
+    verification = Verification(snapshot=_after(indexes=1))
+    decision = run(spec, _verifying_status(), observe(verification=verification))
+    assert decision.phase == Phase.EXITING_MAINTENANCE
+
+
+def test_unreachable_database_during_verification_retries() -> None:
+    decision = run(
+        make_spec(), _verifying_status(), observe(verification=Verification(Snapshot(), error="connection refused"))
+    )
+    assert decision.phase == Phase.VERIFYING and decision.requeue_after
+
+
+# ------------------------------------------------------------------------------------- ExitingMaintenance
+def _exiting_status() -> DatabaseMigrationStatus:
+    return make_status(
+        Phase.EXITING_MAINTENANCE,
+        maintenance=MAINTENANCE,
+        before=BEFORE.model_dump(by_alias=True),
+        after=_after().model_dump(by_alias=True),
+        jobs={"migrate": "x"},
+        applied=[{"version": "6", "script": "V6__add_parking_zones.sql"}],
+    )
+
+
+def test_exiting_maintenance_scales_back_to_original_replicas() -> None:
+    decision = run(make_spec(), _exiting_status(), observe(deployment=DEPLOYMENT_DOWN))
+    assert decision.actions == [ScaleDeployment(3)]
+    assert decision.phase == Phase.EXITING_MAINTENANCE
+
+
+def test_exiting_maintenance_waits_for_available_app() -> None:
+    deployment = DeploymentObservation(exists=True, replicas=3, available_replicas=1, updated_replicas=3, pods=3)
+    decision = run(make_spec(), _exiting_status(), observe(deployment=deployment))
+    assert decision.phase == Phase.EXITING_MAINTENANCE and "1/3" in decision.message
+
+
+def test_available_app_completes_the_run_ready() -> None:
+    decision = run(make_spec(), _exiting_status(), observe(deployment=DEPLOYMENT_UP))
+    assert decision.phase == Phase.SUCCEEDED
+    assert condition(decision, reasons.READY).status == "True"
+    assert condition(decision, reasons.STALLED).status == "False"
+    assert condition(decision, reasons.MAINTENANCE_MODE).status == "False"
+    assert phases.ClearMaintenanceRecord() in decision.actions and ReleaseLock() in decision.actions
+    assert "from version 5 to 6" in decision.message
+    assert decision.status["completedAt"]
+
+
+def test_app_not_available_in_time_rolls_back() -> None:
+    deployment = DeploymentObservation(exists=True, replicas=3, available_replicas=0, updated_replicas=3, pods=3)
+    status = _exiting_status().model_copy(update={"phase_started_at": phases.iso(NOW - timedelta(hours=1))})
+    decision = run(make_spec(), status, observe(deployment=deployment))
+    assert decision.phase == Phase.ROLLING_BACK
+    assert decision.status["rollback"]["reason"] == reasons.APP_NOT_AVAILABLE
+
+
+# -------------------------------------------------------------------------------------------- RollingBack
+def _rolling_status(strategy: str = "Restore", changed: bool = True, **rollback: Any) -> DatabaseMigrationStatus:
+    data = {
+        "strategy": strategy,
+        "reason": reasons.MIGRATION_FAILED,
+        "error": 'ERROR: relation "nope" does not exist',
+        "databaseChanged": changed,
+        **rollback,
+    }
+    return make_status(Phase.ROLLING_BACK, maintenance=MAINTENANCE, rollback=data, jobs={"migrate": "x"})
+
+
+def test_restore_rollback_creates_the_restore_job() -> None:
+    decision = run(make_spec(), _rolling_status(), observe(deployment=DEPLOYMENT_DOWN))
+    assert decision.actions == [CreateJob("restore")]
+
+
+def test_rollback_stops_a_running_app_before_restoring() -> None:
+    decision = run(make_spec(), _rolling_status(), observe(deployment=DEPLOYMENT_UP))
+    assert decision.actions == [ScaleDeployment(0)]
+
+
+def test_finished_restore_marks_database_restored() -> None:
+    decision = run(
+        make_spec(),
+        _rolling_status(),
+        observe(deployment=DEPLOYMENT_DOWN, jobs={"restore": JobObservation("Succeeded", "restored=true")}),
+    )
+    assert decision.status["rollback"]["databaseRestored"] is True
+    assert decision.phase == Phase.ROLLING_BACK
+
+
+def test_restored_database_brings_the_app_back() -> None:
+    decision = run(make_spec(), _rolling_status(databaseRestored=True), observe(deployment=DEPLOYMENT_DOWN))
+    assert decision.actions == [ScaleDeployment(3)]
+
+
+def test_rollback_completes_rolled_back_with_the_original_error() -> None:
+    decision = run(make_spec(), _rolling_status(databaseRestored=True), observe(deployment=DEPLOYMENT_UP))
+    assert decision.phase == Phase.ROLLED_BACK
+    rolled_back = condition(decision, reasons.ROLLED_BACK)
+    assert rolled_back.status == "True" and rolled_back.reason == "RestoreSucceeded"
+    assert 'relation "nope" does not exist' in rolled_back.message
+    assert condition(decision, reasons.READY).status == "False"
+    assert ReleaseLock() in decision.actions
+
+
+def test_failed_restore_still_restores_the_app_then_fails() -> None:
+    failed = run(
+        make_spec(),
+        _rolling_status(),
+        observe(deployment=DEPLOYMENT_DOWN, jobs={"restore": JobObservation("Failed", "restore failed: disk full")}),
+    )
+    assert failed.status["rollback"]["failed"] is True
+    status = _rolling_status(failed=True, failure="pg_restore of the backup failed: disk full")
+    scale = run(make_spec(), status, observe(deployment=DEPLOYMENT_DOWN))
+    assert scale.actions == [ScaleDeployment(3)]
+    final = run(make_spec(), status, observe(deployment=DEPLOYMENT_UP))
+    assert final.phase == Phase.FAILED
+    assert condition(final, reasons.STALLED).reason == reasons.ROLLBACK_FAILED
+    assert "disk full" in final.message
+
+
+def test_strategy_none_stops_and_leaves_the_app_down() -> None:
+    spec = make_spec(rollback={"strategy": "None"})
+    decision = run(spec, _rolling_status("None"), observe(deployment=DEPLOYMENT_DOWN))
+    assert decision.phase == Phase.FAILED
+    assert not any(isinstance(a, ScaleDeployment) for a in decision.actions)
+    stalled = condition(decision, reasons.STALLED)
+    assert stalled.reason == reasons.ROLLBACK_DISABLED
+    assert "left at 0 replicas" in stalled.message and "original 3" in stalled.message
+
+
+@pytest.mark.parametrize(("strategy", "step"), [("Repair", "repair"), ("Compensate", "compensate")])
+def test_repair_and_compensate_run_their_job(strategy: str, step: str) -> None:
+    rollback: dict[str, Any] = {"strategy": strategy}
+    if strategy == "Compensate":
+        rollback["compensate"] = {"sql": "drop table parking_zones;"}
+    decision = run(make_spec(rollback=rollback), _rolling_status(strategy), observe(deployment=DEPLOYMENT_DOWN))
+    assert decision.actions == [CreateJob(step)]
+
+
+def test_clone_rollback_swaps_databases_then_marks_restored() -> None:
+    spec = make_spec(backup={"method": "Clone"})
+    clone_name, failed_name = phases.clone_names(spec, UID)
+    first = run(
+        spec,
+        _rolling_status(),
+        observe(deployment=DEPLOYMENT_DOWN, clone=CloneObservation(source_exists=True, clone_exists=True)),
+    )
+    assert first.actions == [SwapCloneBack(clone_name, failed_name)]
+    done = run(
+        spec,
+        _rolling_status(),
+        observe(
+            deployment=DEPLOYMENT_DOWN,
+            clone=CloneObservation(source_exists=True, clone_exists=False, failed_copy_exists=True),
+        ),
+    )
+    assert done.status["rollback"]["databaseRestored"] is True
+
+
+def test_rollback_with_untouched_database_only_restores_the_app() -> None:
+    status = _rolling_status(changed=False).model_copy(update={"jobs": {}})
+    scale = run(make_spec(), status, observe(deployment=DEPLOYMENT_DOWN))
+    assert scale.actions == [ScaleDeployment(3)]
+    final = run(make_spec(), status, observe(deployment=DEPLOYMENT_UP))
+    assert final.phase == Phase.ROLLED_BACK
+    assert condition(final, reasons.ROLLED_BACK).reason == reasons.NOTHING_TO_ROLL_BACK
+
+
+# ---------------------------------------------------------------------------------------------- terminal
+@pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED])
+def test_terminal_phases_only_release_the_lock(phase: Phase) -> None:
+    decision = run(make_spec(), make_status(phase, message="done"), observe())
+    assert decision.phase == phase and decision.actions == [ReleaseLock()] and not decision.conditions
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def test_work_phases_follow_backup_timing_and_maintenance() -> None:
+    assert phases.work_phases(make_spec())[:3] == [Phase.ENTERING_MAINTENANCE, Phase.BACKING_UP, Phase.MIGRATING]
+    early = make_spec(backup={"volume": {"claimName": "b"}, "timing": "BeforeMaintenance"})
+    assert phases.work_phases(early)[:2] == [Phase.BACKING_UP, Phase.ENTERING_MAINTENANCE]
+    bare = make_spec(maintenance=None, backup={"enabled": False}, rollback={"strategy": "Repair"})
+    assert phases.work_phases(bare) == [Phase.MIGRATING, Phase.VERIFYING, Phase.SUCCEEDED]
+
+
+def test_clone_names_fit_postgres_identifiers() -> None:
+    spec = make_spec(database={"host": "h", "name": "x" * 63, "credentialsSecret": {"name": "s"}})
+    pre, failed = phases.clone_names(spec, UID)
+    assert len(pre) <= 63 and len(failed) <= 63 and pre.endswith("_pre_0f1e2d3c")
+
+
+def test_version_ordering_is_numeric() -> None:
+    assert phases.version_key("10") > phases.version_key("9")
+    assert phases.version_key("2.1") > phases.version_key("2")
+    assert phases.version_key("1_5") == phases.version_key("1.5")
