@@ -5,7 +5,7 @@
 Kubernetes wants a *structural* schema: every node has a `type`, no `$ref`, no `anyOf` around a type, no
 `title`. pydantic's JSON schema is close; this module inlines the `$defs`, turns `Optional[X]` into plain X
 (the API server prunes nulls of optional fields, which is what `has()` in our CEL rules expects), gives
-object-valued defaults (`default_factory=Model`) a `default: {}` so their nested defaults apply, and marks
+object-valued defaults (`default_factory=Model`) the model's full default object so their nested defaults apply, and marks
 free-form maps (`dict[str, Any]`) with `x-kubernetes-preserve-unknown-fields`. A short generator of our own
 was preferred to `kube-custom-resource`: forty lines, no dependency, and we control every rule it emits.
 """
@@ -33,7 +33,9 @@ class _KubeJsonSchema(GenerateJsonSchema):
             value = factory()  # type: ignore[call-arg]
             inner = self.generate_inner(schema["schema"])
             if isinstance(value, BaseModel):
-                return {**inner, "default": {}}
+                # The full default object, not `{}`: the API server evaluates the CEL rules of a structural
+                # schema against its defaults, and `{}` lacks the keys the rules read (no such key: method).
+                return {**inner, "default": value.model_dump(by_alias=True, exclude_none=True, mode="json")}
             return inner
         return super().default_schema(schema)
 
