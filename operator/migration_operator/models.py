@@ -370,7 +370,10 @@ class DatabaseMigrationSpec(ApiModel):
 
     database: DatabaseSpec = Field(json_schema_extra=immutable("spec.database"))
     migrations: MigrationsSpec = Field(json_schema_extra=immutable("spec.migrations"))
-    backup: BackupSpec = Field(default_factory=BackupSpec, json_schema_extra=immutable("spec.backup"))
+    backup: BackupSpec = Field(
+        description="Required: say where the backup goes (method Dump + volume, or Clone), or disable it.",
+        json_schema_extra=immutable("spec.backup"),
+    )
     maintenance: MaintenanceSpec | None = Field(None, json_schema_extra=immutable("spec.maintenance"))
     verify: VerifySpec = Field(default_factory=VerifySpec, json_schema_extra=immutable("spec.verify"))
     rollback: RollbackSpec = Field(default_factory=RollbackSpec, json_schema_extra=immutable("spec.rollback"))
