@@ -426,6 +426,7 @@ class Snapshot(ApiModel):
     rows: dict[str, int] = Field(default_factory=dict)
     table_names: list[str] = Field(default_factory=list)
     checksums: dict[str, str] = Field(default_factory=dict)
+    last_installed_rank: int | None = None
     taken_at: str | None = None
 
 

@@ -1,0 +1,265 @@
+"""The operator's own PostgreSQL queries (psycopg 3, async: the event loop never blocks).
+
+Everything except the Clone operations runs in read-only sessions (`default_transaction_read_only=on`), so
+preflight, dry runs, monitoring and verification cannot write. Every connection says
+`application_name=migration-operator`, which is how drain and monitoring tell our sessions from the app's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from . import constants, reasons
+from .models import AppliedMigration, DatabaseMigrationSpec, Snapshot
+from .phases import CloneObservation, DatabaseCheck, Session, Verification
+
+CONNECT_TIMEOUT = 10
+STATEMENT_TIMEOUT_MS = 60_000
+CHECKSUM_ROW_LIMIT = 200_000  # larger tables get a row count only
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never print a password, even in a traceback
+        return f"Credentials(username={self.username!r}, password=***)"
+
+
+def conninfo(spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: str | None = None,
+             read_only: bool = True) -> dict[str, Any]:
+    options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    if read_only:
+        options += " -c default_transaction_read_only=on"
+    return {
+        "host": spec.database.host,
+        "port": spec.database.port,
+        "dbname": dbname or spec.database.name,
+        "user": credentials.username,
+        "password": credentials.password,
+        "sslmode": str(spec.database.ssl_mode),
+        "application_name": constants.APPLICATION_NAME,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "options": options,
+    }
+
+
+async def connect(spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: str | None = None,
+                  read_only: bool = True) -> psycopg.AsyncConnection[dict[str, Any]]:
+    return await psycopg.AsyncConnection.connect(
+        **conninfo(spec, credentials, dbname=dbname, read_only=read_only), autocommit=True, row_factory=dict_row)
+
+
+def classify_connection_error(error: Exception) -> tuple[str, str]:
+    """(reason, message) for a failed connection; the message never contains the password."""
+    state = getattr(error, "sqlstate", None)
+    text = " ".join(str(error).split())
+    if state in ("28P01", "28000") or "password authentication failed" in text or "no password supplied" in text:
+        return reasons.BAD_CREDENTIALS, f"cannot log in: {text}"
+    if state == "3D000" or re.search(r'database ".*" does not exist', text):
+        return reasons.DATABASE_NOT_FOUND, text
+    return reasons.DATABASE_UNREACHABLE, f"cannot connect: {text}"
+
+
+def _history_identifier(spec: DatabaseMigrationSpec) -> sql.Composable:
+    table = sql.Identifier(spec.migrations.table)
+    if spec.migrations.schemas:
+        return sql.SQL("{}.{}").format(sql.Identifier(spec.migrations.schemas[0]), table)
+    return table
+
+
+async def _history_exists(conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec) -> bool:
+    name = (f"{spec.migrations.schemas[0]}.{spec.migrations.table}" if spec.migrations.schemas
+            else spec.migrations.table)
+    cursor = await conn.execute("select to_regclass(%s) is not null as present", [name])
+    row = await cursor.fetchone()
+    return bool(row and row["present"])
+
+
+def _applied(row: dict[str, Any]) -> AppliedMigration:
+    installed = row.get("installed_on")
+    return AppliedMigration(
+        version=row.get("version"),
+        description=row.get("description") or "",
+        script=row.get("script") or "",
+        checksum=row.get("checksum"),
+        execution_time_ms=row.get("execution_time"),
+        installed_on=installed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if isinstance(installed, datetime) else None,
+        success=bool(row.get("success")),
+    )
+
+
+async def history(conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec,
+                  after_rank: int | None = None) -> list[tuple[int, AppliedMigration]]:
+    if not await _history_exists(conn, spec):
+        return []
+    query = sql.SQL(
+        "select installed_rank, version, description, script, checksum, execution_time, installed_on, success "
+        "from {} where installed_rank > %s order by installed_rank"
+    ).format(_history_identifier(spec))
+    cursor = await conn.execute(query, [after_rank or 0])
+    return [(int(row["installed_rank"]), _applied(row)) for row in await cursor.fetchall()]
+
+
+async def check(spec: DatabaseMigrationSpec, credentials: Credentials) -> DatabaseCheck:
+    """Preflight: reachable with these credentials; the whole history (failed rows included)."""
+    try:
+        async with await connect(spec, credentials) as conn:
+            rows = await history(conn, spec)
+            exists = bool(rows) or await _history_exists(conn, spec)
+    except psycopg.Error as error:
+        reason, message = classify_connection_error(error)
+        return DatabaseCheck(reachable=False, reason=reason, message=message)
+    return DatabaseCheck(reachable=True, history_table_exists=exists, history=tuple(row for _, row in rows))
+
+
+async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec) -> Snapshot:
+    """The runbook's "document current state": version, tables, FKs, indexes, rows (and content checksums)."""
+    cursor = await conn.execute(
+        "select schemaname, tablename from pg_tables where schemaname <> all(%s) "
+        "and schemaname not like 'pg\\_temp%%' order by 1, 2", [list(SYSTEM_SCHEMAS)])
+    tables = [(row["schemaname"], row["tablename"]) for row in await cursor.fetchall()]
+    cursor = await conn.execute(
+        "select count(*) as n from pg_constraint c join pg_namespace n on n.oid = c.connamespace "
+        "where c.contype = 'f' and n.nspname <> all(%s)", [list(SYSTEM_SCHEMAS)])
+    foreign_keys = int((await cursor.fetchone() or {"n": 0})["n"])
+    cursor = await conn.execute("select count(*) as n from pg_indexes where schemaname <> all(%s)",
+                                [list(SYSTEM_SCHEMAS)])
+    indexes = int((await cursor.fetchone() or {"n": 0})["n"])
+    rows: dict[str, int] = {}
+    checksums: dict[str, str] = {}
+    for schema, table in tables:
+        identifier = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        key = f"{schema}.{table}"
+        cursor = await conn.execute(sql.SQL("select count(*) as n from {}").format(identifier))
+        rows[key] = int((await cursor.fetchone() or {"n": 0})["n"])
+        if rows[key] <= CHECKSUM_ROW_LIMIT:
+            cursor = await conn.execute(sql.SQL(
+                "select coalesce(md5(string_agg(t::text, E'\\n' order by t::text)), md5('')) as sum from {} t"
+            ).format(identifier))
+            checksums[key] = str((await cursor.fetchone() or {"sum": ""})["sum"])
+    version = None
+    last_rank = None
+    for rank, row in await history(conn, spec):
+        last_rank = rank
+        if row.success and row.version:
+            version = row.version
+    return Snapshot(version=version, tables=len(tables), foreign_keys=foreign_keys, indexes=indexes, rows=rows,
+                    table_names=[f"{s}.{t}" for s, t in tables], checksums=checksums,
+                    last_installed_rank=last_rank, taken_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+async def take_snapshot(spec: DatabaseMigrationSpec, credentials: Credentials) -> Snapshot:
+    async with await connect(spec, credentials) as conn:
+        return await snapshot(conn, spec)
+
+
+def _is_app_session(row: dict[str, Any], spec: DatabaseMigrationSpec) -> bool:
+    application = row.get("application_name") or ""
+    if application.startswith(constants.APPLICATION_NAME):
+        return False
+    session_filter = spec.maintenance.app_session_filter if spec.maintenance else None
+    if session_filter and session_filter.usernames and row.get("usename") not in session_filter.usernames:
+        return False
+    return not (session_filter and session_filter.application_names
+                and application not in session_filter.application_names)
+
+
+async def sessions(spec: DatabaseMigrationSpec, credentials: Credentials) -> list[Session]:
+    """Sessions on the database that belong to the app (not ours, not our Jobs')."""
+    async with await connect(spec, credentials) as conn:
+        cursor = await conn.execute(
+            "select pid, usename, application_name, state, host(client_addr) as client from pg_stat_activity "
+            "where datname = current_database() and pid <> pg_backend_pid() "
+            "and coalesce(backend_type, 'client backend') = 'client backend' order by pid")
+        return [Session(pid=row["pid"], usename=row["usename"], application_name=row["application_name"],
+                        state=row["state"], client=row["client"])
+                for row in await cursor.fetchall() if _is_app_session(row, spec)]
+
+
+async def blocked_locks(spec: DatabaseMigrationSpec, credentials: Credentials) -> list[str]:
+    """The runbook's lock monitoring: who waits for which lock, and who holds it."""
+    async with await connect(spec, credentials) as conn:
+        cursor = await conn.execute(
+            "select l.pid, l.mode, l.locktype, l.relation::regclass::text as relation, "
+            "pg_blocking_pids(l.pid) as blockers, a.application_name "
+            "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
+            "where not l.granted and a.datname = current_database() order by l.pid")
+        return [
+            f"pid {row['pid']} ({row['application_name'] or '-'}) waits for {row['mode']} on "
+            f"{row['relation'] or row['locktype']} held by pid(s) {', '.join(map(str, row['blockers'] or [])) or '?'}"
+            for row in await cursor.fetchall()
+        ]
+
+
+async def verify(spec: DatabaseMigrationSpec, credentials: Credentials, last_rank: int | None) -> Verification:
+    """Facts after the migration: snapshot, failed rows, this run's history rows, the user's checks."""
+    try:
+        async with await connect(spec, credentials) as conn:
+            after = await snapshot(conn, spec)
+            rows = await history(conn, spec)
+            failed = tuple(row for _, row in rows if not row.success)
+            applied = tuple(row for rank, row in rows if last_rank is None or rank > last_rank)
+            results: dict[str, bool | str] = {}
+            for user_check in spec.verify.checks:
+                try:
+                    async with conn.transaction():
+                        cursor = await conn.execute(user_check.sql)  # type: ignore[arg-type]
+                        row = await cursor.fetchone()
+                        value = next(iter(row.values())) if row else None
+                        results[user_check.name] = value is True
+                except psycopg.Error as error:
+                    results[user_check.name] = " ".join(str(error).split())[:500]
+    except psycopg.Error as error:
+        return Verification(snapshot=Snapshot(), error=" ".join(str(error).split()))
+    return Verification(snapshot=after, failed_rows=failed, applied=applied, check_results=results)
+
+
+# --------------------------------------------------------------------------------- Clone (writes, careful)
+async def clone_state(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str, failed_name: str,
+                      error: str | None = None) -> CloneObservation:
+    async with await connect(spec, credentials, dbname=spec.database.maintenance_database) as conn:
+        cursor = await conn.execute("select datname, pg_database_size(oid) as size from pg_database "
+                                    "where datname = any(%s)", [[spec.database.name, clone_name, failed_name]])
+        found = {row["datname"]: int(row["size"]) for row in await cursor.fetchall()}
+    return CloneObservation(source_exists=spec.database.name in found, clone_exists=clone_name in found,
+                            failed_copy_exists=failed_name in found, size_bytes=found.get(clone_name), error=error)
+
+
+async def create_clone(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str) -> None:
+    """CREATE DATABASE <clone> TEMPLATE <db>: needs the app drained (no session may use the source)."""
+    async with await connect(spec, credentials, dbname=spec.database.maintenance_database, read_only=False) as conn:
+        cursor = await conn.execute("select 1 from pg_database where datname = %s", [clone_name])
+        if await cursor.fetchone():
+            return
+        await conn.execute(sql.SQL("create database {} template {}").format(
+            sql.Identifier(clone_name), sql.Identifier(spec.database.name)))
+
+
+async def swap_clone_back(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str,
+                          failed_name: str) -> None:
+    """Rename the migrated database aside and the pre-run clone into its place (idempotent)."""
+    database = spec.database.name
+    async with await connect(spec, credentials, dbname=spec.database.maintenance_database, read_only=False) as conn:
+        cursor = await conn.execute("select datname from pg_database where datname = any(%s)",
+                                    [[database, clone_name, failed_name]])
+        present = {row["datname"] for row in await cursor.fetchall()}
+        await conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                           "where datname = any(%s) and pid <> pg_backend_pid()", [[database, clone_name]])
+        if database in present and failed_name not in present:
+            await conn.execute(sql.SQL("alter database {} rename to {}").format(
+                sql.Identifier(database), sql.Identifier(failed_name)))
+            present = (present - {database}) | {failed_name}
+        if clone_name in present and database not in present:
+            await conn.execute(sql.SQL("alter database {} rename to {}").format(
+                sql.Identifier(clone_name), sql.Identifier(database)))
