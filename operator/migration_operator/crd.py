@@ -5,9 +5,10 @@
 Kubernetes wants a *structural* schema: every node has a `type`, no `$ref`, no `anyOf` around a type, no
 `title`. pydantic's JSON schema is close; this module inlines the `$defs`, turns `Optional[X]` into plain X
 (the API server prunes nulls of optional fields, which is what `has()` in our CEL rules expects), gives
-object-valued defaults (`default_factory=Model`) the model's full default object so their nested defaults apply, and marks
-free-form maps (`dict[str, Any]`) with `x-kubernetes-preserve-unknown-fields`. A short generator of our own
-was preferred to `kube-custom-resource`: forty lines, no dependency, and we control every rule it emits.
+object-valued defaults (`default_factory=Model`) the model's full default object so their nested defaults
+apply, and marks free-form maps (`dict[str, Any]`) with `x-kubernetes-preserve-unknown-fields`. A short
+generator of our own was preferred to `kube-custom-resource`: forty lines, no dependency, and we control
+every rule it emits.
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password=***)"
 
 
-def conninfo(spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: str | None = None,
-             read_only: bool = True) -> dict[str, Any]:
+def conninfo(
+    spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: str | None = None, read_only: bool = True
+) -> dict[str, Any]:
     options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
     if read_only:
         options += " -c default_transaction_read_only=on"
@@ -53,10 +54,12 @@ def conninfo(spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: s
     }
 
 
-async def connect(spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: str | None = None,
-                  read_only: bool = True) -> psycopg.AsyncConnection[dict[str, Any]]:
+async def connect(
+    spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: str | None = None, read_only: bool = True
+) -> psycopg.AsyncConnection[dict[str, Any]]:
     return await psycopg.AsyncConnection.connect(
-        **conninfo(spec, credentials, dbname=dbname, read_only=read_only), autocommit=True, row_factory=dict_row)
+        **conninfo(spec, credentials, dbname=dbname, read_only=read_only), autocommit=True, row_factory=dict_row
+    )
 
 
 def classify_connection_error(error: Exception) -> tuple[str, str]:
@@ -78,8 +81,7 @@ def _history_identifier(spec: DatabaseMigrationSpec) -> sql.Composable:
 
 
 async def _history_exists(conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec) -> bool:
-    name = (f"{spec.migrations.schemas[0]}.{spec.migrations.table}" if spec.migrations.schemas
-            else spec.migrations.table)
+    name = f"{spec.migrations.schemas[0]}.{spec.migrations.table}" if spec.migrations.schemas else spec.migrations.table
     cursor = await conn.execute("select to_regclass(%s) is not null as present", [name])
     row = await cursor.fetchone()
     return bool(row and row["present"])
@@ -94,13 +96,15 @@ def _applied(row: dict[str, Any]) -> AppliedMigration:
         checksum=row.get("checksum"),
         execution_time_ms=row.get("execution_time"),
         installed_on=installed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if isinstance(installed, datetime) else None,
+        if isinstance(installed, datetime)
+        else None,
         success=bool(row.get("success")),
     )
 
 
-async def history(conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec,
-                  after_rank: int | None = None) -> list[tuple[int, AppliedMigration]]:
+async def history(
+    conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec, after_rank: int | None = None
+) -> list[tuple[int, AppliedMigration]]:
     if not await _history_exists(conn, spec):
         return []
     query = sql.SQL(
@@ -127,14 +131,19 @@ async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: Database
     """The runbook's "document current state": version, tables, FKs, indexes, rows (and content checksums)."""
     cursor = await conn.execute(
         "select schemaname, tablename from pg_tables where schemaname <> all(%s) "
-        "and schemaname not like 'pg\\_temp%%' order by 1, 2", [list(SYSTEM_SCHEMAS)])
+        "and schemaname not like 'pg\\_temp%%' order by 1, 2",
+        [list(SYSTEM_SCHEMAS)],
+    )
     tables = [(row["schemaname"], row["tablename"]) for row in await cursor.fetchall()]
     cursor = await conn.execute(
         "select count(*) as n from pg_constraint c join pg_namespace n on n.oid = c.connamespace "
-        "where c.contype = 'f' and n.nspname <> all(%s)", [list(SYSTEM_SCHEMAS)])
+        "where c.contype = 'f' and n.nspname <> all(%s)",
+        [list(SYSTEM_SCHEMAS)],
+    )
     foreign_keys = int((await cursor.fetchone() or {"n": 0})["n"])
-    cursor = await conn.execute("select count(*) as n from pg_indexes where schemaname <> all(%s)",
-                                [list(SYSTEM_SCHEMAS)])
+    cursor = await conn.execute(
+        "select count(*) as n from pg_indexes where schemaname <> all(%s)", [list(SYSTEM_SCHEMAS)]
+    )
     indexes = int((await cursor.fetchone() or {"n": 0})["n"])
     rows: dict[str, int] = {}
     checksums: dict[str, str] = {}
@@ -144,9 +153,11 @@ async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: Database
         cursor = await conn.execute(sql.SQL("select count(*) as n from {}").format(identifier))
         rows[key] = int((await cursor.fetchone() or {"n": 0})["n"])
         if rows[key] <= CHECKSUM_ROW_LIMIT:
-            cursor = await conn.execute(sql.SQL(
-                "select coalesce(md5(string_agg(t::text, E'\\n' order by t::text)), md5('')) as sum from {} t"
-            ).format(identifier))
+            cursor = await conn.execute(
+                sql.SQL(
+                    "select coalesce(md5(string_agg(t::text, E'\\n' order by t::text)), md5('')) as sum from {} t"
+                ).format(identifier)
+            )
             checksums[key] = str((await cursor.fetchone() or {"sum": ""})["sum"])
     version = None
     last_rank = None
@@ -154,9 +165,17 @@ async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: Database
         last_rank = rank
         if row.success and row.version:
             version = row.version
-    return Snapshot(version=version, tables=len(tables), foreign_keys=foreign_keys, indexes=indexes, rows=rows,
-                    table_names=[f"{s}.{t}" for s, t in tables], checksums=checksums,
-                    last_installed_rank=last_rank, taken_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return Snapshot(
+        version=version,
+        tables=len(tables),
+        foreign_keys=foreign_keys,
+        indexes=indexes,
+        rows=rows,
+        table_names=[f"{s}.{t}" for s, t in tables],
+        checksums=checksums,
+        last_installed_rank=last_rank,
+        taken_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
 
 
 async def take_snapshot(spec: DatabaseMigrationSpec, credentials: Credentials) -> Snapshot:
@@ -171,8 +190,9 @@ def _is_app_session(row: dict[str, Any], spec: DatabaseMigrationSpec) -> bool:
     session_filter = spec.maintenance.app_session_filter if spec.maintenance else None
     if session_filter and session_filter.usernames and row.get("usename") not in session_filter.usernames:
         return False
-    return not (session_filter and session_filter.application_names
-                and application not in session_filter.application_names)
+    return not (
+        session_filter and session_filter.application_names and application not in session_filter.application_names
+    )
 
 
 async def sessions(spec: DatabaseMigrationSpec, credentials: Credentials) -> list[Session]:
@@ -181,10 +201,19 @@ async def sessions(spec: DatabaseMigrationSpec, credentials: Credentials) -> lis
         cursor = await conn.execute(
             "select pid, usename, application_name, state, host(client_addr) as client from pg_stat_activity "
             "where datname = current_database() and pid <> pg_backend_pid() "
-            "and coalesce(backend_type, 'client backend') = 'client backend' order by pid")
-        return [Session(pid=row["pid"], usename=row["usename"], application_name=row["application_name"],
-                        state=row["state"], client=row["client"])
-                for row in await cursor.fetchall() if _is_app_session(row, spec)]
+            "and coalesce(backend_type, 'client backend') = 'client backend' order by pid"
+        )
+        return [
+            Session(
+                pid=row["pid"],
+                usename=row["usename"],
+                application_name=row["application_name"],
+                state=row["state"],
+                client=row["client"],
+            )
+            for row in await cursor.fetchall()
+            if _is_app_session(row, spec)
+        ]
 
 
 async def blocked_locks(spec: DatabaseMigrationSpec, credentials: Credentials) -> list[str]:
@@ -194,7 +223,8 @@ async def blocked_locks(spec: DatabaseMigrationSpec, credentials: Credentials) -
             "select l.pid, l.mode, l.locktype, l.relation::regclass::text as relation, "
             "pg_blocking_pids(l.pid) as blockers, a.application_name "
             "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
-            "where not l.granted and a.datname = current_database() order by l.pid")
+            "where not l.granted and a.datname = current_database() order by l.pid"
+        )
         return [
             f"pid {row['pid']} ({row['application_name'] or '-'}) waits for {row['mode']} on "
             f"{row['relation'] or row['locktype']} held by pid(s) {', '.join(map(str, row['blockers'] or [])) or '?'}"
@@ -214,7 +244,7 @@ async def verify(spec: DatabaseMigrationSpec, credentials: Credentials, last_ran
             for user_check in spec.verify.checks:
                 try:
                     async with conn.transaction():
-                        cursor = await conn.execute(user_check.sql)  # type: ignore[arg-type]
+                        cursor = await conn.execute(user_check.sql)
                         row = await cursor.fetchone()
                         value = next(iter(row.values())) if row else None
                         results[user_check.name] = value is True
@@ -226,14 +256,22 @@ async def verify(spec: DatabaseMigrationSpec, credentials: Credentials, last_ran
 
 
 # --------------------------------------------------------------------------------- Clone (writes, careful)
-async def clone_state(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str, failed_name: str,
-                      error: str | None = None) -> CloneObservation:
+async def clone_state(
+    spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str, failed_name: str, error: str | None = None
+) -> CloneObservation:
     async with await connect(spec, credentials, dbname=spec.database.maintenance_database) as conn:
-        cursor = await conn.execute("select datname, pg_database_size(oid) as size from pg_database "
-                                    "where datname = any(%s)", [[spec.database.name, clone_name, failed_name]])
+        cursor = await conn.execute(
+            "select datname, pg_database_size(oid) as size from pg_database where datname = any(%s)",
+            [[spec.database.name, clone_name, failed_name]],
+        )
         found = {row["datname"]: int(row["size"]) for row in await cursor.fetchall()}
-    return CloneObservation(source_exists=spec.database.name in found, clone_exists=clone_name in found,
-                            failed_copy_exists=failed_name in found, size_bytes=found.get(clone_name), error=error)
+    return CloneObservation(
+        source_exists=spec.database.name in found,
+        clone_exists=clone_name in found,
+        failed_copy_exists=failed_name in found,
+        size_bytes=found.get(clone_name),
+        error=error,
+    )
 
 
 async def create_clone(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str) -> None:
@@ -242,24 +280,34 @@ async def create_clone(spec: DatabaseMigrationSpec, credentials: Credentials, cl
         cursor = await conn.execute("select 1 from pg_database where datname = %s", [clone_name])
         if await cursor.fetchone():
             return
-        await conn.execute(sql.SQL("create database {} template {}").format(
-            sql.Identifier(clone_name), sql.Identifier(spec.database.name)))
+        await conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(clone_name), sql.Identifier(spec.database.name)
+            )
+        )
 
 
-async def swap_clone_back(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str,
-                          failed_name: str) -> None:
+async def swap_clone_back(
+    spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str, failed_name: str
+) -> None:
     """Rename the migrated database aside and the pre-run clone into its place (idempotent)."""
     database = spec.database.name
     async with await connect(spec, credentials, dbname=spec.database.maintenance_database, read_only=False) as conn:
-        cursor = await conn.execute("select datname from pg_database where datname = any(%s)",
-                                    [[database, clone_name, failed_name]])
+        cursor = await conn.execute(
+            "select datname from pg_database where datname = any(%s)", [[database, clone_name, failed_name]]
+        )
         present = {row["datname"] for row in await cursor.fetchall()}
-        await conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
-                           "where datname = any(%s) and pid <> pg_backend_pid()", [[database, clone_name]])
+        await conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where datname = any(%s) and pid <> pg_backend_pid()",
+            [[database, clone_name]],
+        )
         if database in present and failed_name not in present:
-            await conn.execute(sql.SQL("alter database {} rename to {}").format(
-                sql.Identifier(database), sql.Identifier(failed_name)))
+            await conn.execute(
+                sql.SQL("alter database {} rename to {}").format(sql.Identifier(database), sql.Identifier(failed_name))
+            )
             present = (present - {database}) | {failed_name}
         if clone_name in present and database not in present:
-            await conn.execute(sql.SQL("alter database {} rename to {}").format(
-                sql.Identifier(clone_name), sql.Identifier(database)))
+            await conn.execute(
+                sql.SQL("alter database {} rename to {}").format(sql.Identifier(clone_name), sql.Identifier(database))
+            )

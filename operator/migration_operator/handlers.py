@@ -1,0 +1,113 @@
+"""kopf wiring, and nothing else: the only module with @kopf decorators.
+
+- One daemon per DatabaseMigration runs `reconcile.reconcile_once` until the run is terminal. Between passes
+  it waits on a per-object trigger with the pass's requeue delay as a fallback timeout.
+- Watches on our Jobs (label app.kubernetes.io/managed-by=migration-operator), on Deployments used for
+  maintenance and on the DatabaseMigrations themselves (the approval annotation) fire that trigger, so the
+  run moves as soon as something changes instead of on a timer.
+- Settings in one startup handler: kopf's own progress and diff-base storage under the `dbops.io` prefix in
+  annotations (status stays ours alone, and nothing kopf-specific needs to be declared in the CRD schema);
+  finalizer `dbops.io/finalizer` (the delete handler must scale the app back if a run is deleted in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from . import constants, kube, metrics, reconcile
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+_triggers: dict[tuple[str, str], asyncio.Event] = {}
+# (namespace, deployment) -> names of the runs that use it for maintenance.
+_deployments: dict[tuple[str, str], set[str]] = {}
+ERROR_BACKOFF = (2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+def poke(namespace: str | None, name: str | None) -> None:
+    if namespace and name and (namespace, name) in _triggers:
+        _triggers[(namespace, name)].set()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.STORAGE_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=constants.STORAGE_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = constants.FINALIZER
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.networking.request_timeout = 60
+    settings.batching.error_delays = ERROR_BACKOFF
+    kube.load()
+    port = int(os.environ.get("METRICS_PORT", "8080"))
+    metrics.serve(port)
+    logger.info("migration-operator started (metrics on :%s)", port or "disabled")
+
+
+@kopf.daemon(constants.GROUP, constants.VERSION, constants.PLURAL, cancellation_timeout=5.0)
+async def run_migration(
+    name: str, namespace: str | None, spec: kopf.Spec, stopped: kopf.DaemonStopped, logger: Logger, **_: Any
+) -> None:
+    if namespace is None:
+        return
+    key = (namespace, name)
+    trigger = _triggers.setdefault(key, asyncio.Event())
+    deployment = ((dict(spec).get("maintenance") or {}).get("deployment") or {}).get("name")
+    if deployment:
+        _deployments.setdefault((namespace, deployment), set()).add(name)
+    failures = 0
+    metrics.IN_FLIGHT.inc()
+    try:
+        while not stopped:
+            trigger.clear()
+            try:
+                delay = await reconcile.reconcile_once(namespace, name, logger)
+                failures = 0
+            except kopf.TemporaryError as error:
+                logger.warning("%s; retrying in %ss", error, error.delay)
+                delay = float(error.delay or 10.0)
+            except Exception as error:  # keep the run alive: the next pass starts from the API's truth
+                delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
+                failures += 1
+                logger.exception("reconcile failed (%s); retrying in %ss", type(error).__name__, delay)
+            if delay is None:
+                return
+            if delay > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(trigger.wait(), timeout=delay)
+    finally:
+        metrics.IN_FLIGHT.dec()
+        _triggers.pop(key, None)
+        if deployment:
+            _deployments.get((namespace, deployment), set()).discard(name)
+
+
+@kopf.on.event(constants.GROUP, constants.VERSION, constants.PLURAL)
+async def migration_changed(name: str, namespace: str | None, **_: Any) -> None:
+    poke(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={constants.MANAGED_BY_LABEL: constants.MANAGED_BY_VALUE})
+async def job_changed(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("kind") == constants.KIND:
+            poke(namespace, owner.get("name"))
+
+
+@kopf.on.event("apps", "v1", "deployments", when=lambda namespace, name, **_: (namespace, name) in _deployments)
+async def deployment_changed(namespace: str | None, name: str, **_: Any) -> None:
+    for migration in list(_deployments.get((namespace or "", name), ())):
+        poke(namespace, migration)
+
+
+@kopf.on.delete(constants.GROUP, constants.VERSION, constants.PLURAL, retries=5, backoff=5, timeout=120)
+async def migration_deleted(body: kopf.Body, logger: Logger, **_: Any) -> None:
+    await reconcile.on_delete(dict(body), logger)

@@ -1,0 +1,108 @@
+"""Kubernetes API access for the handlers: the official (synchronous) client, always called in a thread so
+the kopf event loop never blocks. One place for client setup and the 404/409 idioms."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from . import constants
+
+T = TypeVar("T")
+
+
+@dataclass
+class Clients:
+    api: Any
+    core: Any
+    apps: Any
+    batch: Any
+    custom: Any
+    coordination: Any
+
+
+_clients: Clients | None = None
+
+
+def load() -> Clients:
+    global _clients
+    if _clients is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api = client.ApiClient()
+        _clients = Clients(
+            api=api,
+            core=client.CoreV1Api(api),
+            apps=client.AppsV1Api(api),
+            batch=client.BatchV1Api(api),
+            custom=client.CustomObjectsApi(api),
+            coordination=client.CoordinationV1Api(api),
+        )
+    return _clients
+
+
+async def call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.to_thread(partial(function, *args, **kwargs))
+
+
+def status_of(error: BaseException) -> int | None:
+    return error.status if isinstance(error, ApiException) else None
+
+
+async def get_or_none(function: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    try:
+        return await call(function, *args, **kwargs)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A typed client object as the API's camelCase dict."""
+    result: dict[str, Any] = load().api.sanitize_for_serialization(obj)
+    return result
+
+
+async def get_migration(namespace: str, name: str) -> dict[str, Any] | None:
+    clients = load()
+    return await get_or_none(
+        clients.custom.get_namespaced_custom_object,
+        constants.GROUP,
+        constants.VERSION,
+        namespace,
+        constants.PLURAL,
+        name,
+    )
+
+
+async def patch_migration_status(namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    clients = load()
+    result: dict[str, Any] = await call(
+        clients.custom.patch_namespaced_custom_object_status,
+        constants.GROUP,
+        constants.VERSION,
+        namespace,
+        constants.PLURAL,
+        name,
+        body,
+        _content_type="application/merge-patch+json",
+    )
+    return result
+
+
+async def read_secret_values(namespace: str, name: str, keys: list[str]) -> dict[str, str] | None:
+    secret = await get_or_none(load().core.read_namespaced_secret, name, namespace)
+    if secret is None:
+        return None
+    data = secret.data or {}
+    return {key: base64.b64decode(data[key]).decode() for key in keys if key in data}

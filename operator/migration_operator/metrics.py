@@ -1,0 +1,29 @@
+"""Prometheus metrics (default port 8080, `--metrics-port` / env METRICS_PORT; 0 disables)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+PHASE_DURATION = Histogram(
+    "dbmig_phase_duration_seconds",
+    "Time spent in each phase of a DatabaseMigration",
+    ["phase"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+)
+APP_DOWNTIME = Histogram(
+    "dbmig_app_downtime_seconds",
+    "Seconds the maintenance Deployment spent scaled to 0",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
+OUTCOMES = Counter("dbmig_migrations_total", "Finished DatabaseMigrations by outcome", ["result"])
+IN_FLIGHT = Gauge("dbmig_migrations_in_flight", "DatabaseMigrations currently running")
+TRANSITIONS = Counter("dbmig_phase_transitions_total", "Phase transitions", ["from_phase", "to_phase"])
+
+_started = False
+
+
+def serve(port: int) -> None:
+    global _started
+    if port and not _started:
+        start_http_server(port)
+        _started = True
