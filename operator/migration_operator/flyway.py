@@ -61,6 +61,9 @@ def command_line(spec: DatabaseMigrationSpec, command: str, *, preflight: bool =
         f"-locations=filesystem:{constants.MIGRATIONS_MOUNT}",
         f"-table={migrations.table}",
         "-connectRetries=3",
+        # Session-level advisory lock: a non-transactional migration (CREATE INDEX CONCURRENTLY) would
+        # otherwise wait forever for Flyway's own lock transaction.
+        "-postgresql.transactional.lock=false",
         "-outputType=json",
     ]
     if migrations.schemas:
