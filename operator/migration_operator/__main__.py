@@ -10,6 +10,7 @@ USAGE_EPILOG = """
 environment:
   KUBECONFIG             kubeconfig outside a cluster (in-cluster config is tried first)
   METRICS_PORT           Prometheus port (default 8080; 0 disables); --metrics-port wins
+  METRICS_HOST           address the metrics server binds (default 0.0.0.0)
   LOG_FORMAT             plain | full | json (default full); --log-format wins
   POD_NAMESPACE          namespace of the per-database Leases (default: each run's own namespace)
   DBOPS_LOCK_NAMESPACE   overrides POD_NAMESPACE for the Leases

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 PHASE_DURATION = Histogram(
@@ -22,8 +24,10 @@ TRANSITIONS = Counter("dbmig_phase_transitions_total", "Phase transitions", ["fr
 _started = False
 
 
-def serve(port: int) -> None:
+def serve(port: int, host: str | None = None) -> None:
+    """Serve /metrics on host:port. The host defaults to METRICS_HOST, else every address; the chart binds the
+    pod's IP, which matters where pods share a network namespace (the local cluster: every pod is on the host)."""
     global _started
     if port and not _started:
-        start_http_server(port)
+        start_http_server(port, addr=host or os.environ.get("METRICS_HOST", "0.0.0.0"))
         _started = True

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
+
 from tests.support.kube import load_config, temporary_namespace
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
 from tests.support.kube import apply_yaml, job_condition, pod_of_job, unique_name
 from tests.support.local_cluster import (
     REPO,

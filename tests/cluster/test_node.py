@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+
 from tests.support.kube import apply_yaml, job_condition, pod_of_job, unique_name
 from tests.support.pods import container, is_ready, job, pod, pod_state
 from tests.support.wait import wait_for

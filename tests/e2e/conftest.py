@@ -10,6 +10,7 @@ SIGKILL it and start it again; with MO_E2E_OPERATOR=external an operator already
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -294,10 +295,8 @@ def parking(api: client.ApiClient, operator: OperatorProcess | None, crd: None) 
         finally:
             # never leave a test's migration running into the namespace deletion
             for name in app.created:
-                try:
+                with contextlib.suppress(ApiException):
                     app.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-                except ApiException:
-                    pass
 
 
 def read_sql(variant: str) -> dict[str, str]:

@@ -41,6 +41,7 @@ class OperatorProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = os.environ | {
             "METRICS_PORT": str(self.metrics_port),
+            "METRICS_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
             "LOG_FORMAT": "json",
         }
