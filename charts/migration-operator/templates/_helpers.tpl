@@ -109,7 +109,14 @@ namespaces) or by one Role per watched namespace.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# One migration per database at a time.
+{{- end }}
+
+{{/*
+The per-database Leases (one migration per database at a time) live in the operator's own namespace
+(POD_NAMESPACE), whichever namespaces it watches: runs in different namespaces against one database must
+see each other.
+*/}}
+{{- define "migration-operator.lockRules" -}}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
