@@ -68,8 +68,12 @@ test-cluster: ## checks of the local cluster itself (Jobs, Deployments, volumes,
 test-e2e: ## end-to-end tests of the operator against $$KUBECONFIG (real PostgreSQL and Flyway)
 	@$(PY) -m pytest tests/e2e -q $(PYTEST_ARGS)
 
+.PHONY: test-install
+test-install: ## the Helm chart on $$KUBECONFIG: operator as a pod, RBAC bounds, apply -k + wait, restricted Jobs
+	@$(PY) -m pytest tests/install -q $(PYTEST_ARGS)
+
 .PHONY: test
-test: cluster lint test-unit test-lua test-chart test-cluster test-e2e ## everything: brings the local cluster up if needed
+test: cluster lint test-unit test-lua test-chart test-cluster test-e2e test-install ## everything: brings the local cluster up if needed
 
 .PHONY: test-kind
 test-kind: ## the same e2e suite on a kind cluster (needs Docker: not on these machines)

@@ -28,7 +28,8 @@ step "helm template: all namespaces, scoped, ServiceMonitor"
   --set metrics.serviceMonitor.enabled=true > "$tmp/monitor.yaml"
 grep -q -- '--all-namespaces' "$tmp/all.yaml"
 grep -q 'kind: ClusterRoleBinding' "$tmp/all.yaml"
-[[ $(grep -c '^kind: Role$' "$tmp/scoped.yaml") == 2 && $(grep -c '^kind: RoleBinding$' "$tmp/scoped.yaml") == 2 ]]
+# one Role per watched namespace, plus the Lease Role in the operator's own namespace
+[[ $(grep -c '^kind: Role$' "$tmp/scoped.yaml") == 3 && $(grep -c '^kind: RoleBinding$' "$tmp/scoped.yaml") == 3 ]]
 if grep -q -- '--all-namespaces' "$tmp/scoped.yaml"; then echo "scoped chart watches all namespaces" >&2; exit 1; fi
 grep -q 'kind: ServiceMonitor' "$tmp/monitor.yaml"
 if "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set replicaCount=2 >/dev/null 2>&1; then
