@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         log_format={"plain": kopf.LogFormat.PLAIN, "json": kopf.LogFormat.JSON}.get(log_format, kopf.LogFormat.FULL),
         log_refkey="object" if log_format == "json" else None,
     )
+
+    # kubelet probes hit the liveness endpoint every few seconds: an access line each would drown the log
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
     from . import handlers  # noqa: F401  (registers the handlers)
 
