@@ -11,7 +11,9 @@ export PATH="$BIN_DIR:$MO_CACHE/venv/current/bin:$PATH"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "resetting the example: namespace parking and database parking_db (back to V5)"
-kubectl delete namespace parking --ignore-not-found --wait=true --timeout=120s >/dev/null
+# migrations first, while the operator may still remove their finalizer (its Role goes with the namespace)
+kubectl -n parking delete databasemigrations --all --wait=true --timeout=120s >/dev/null 2>&1 || true
+kubectl delete namespace parking --ignore-not-found --wait=true --timeout=180s >/dev/null
 bash "$REPO/hack/postgres.sh" psql -d postgres -c "DROP DATABASE IF EXISTS parking_db WITH (FORCE)" \
   -c "CREATE DATABASE parking_db TEMPLATE parking_template OWNER parking_admin"
 

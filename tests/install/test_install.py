@@ -40,6 +40,13 @@ def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.
     return result
 
 
+def delete_app_namespace(kubectl: str) -> None:
+    """Migrations first, while the operator still has its Role in the namespace (deleting the namespace deletes
+    the Role too, and a DatabaseMigration whose finalizer nobody may remove would keep it Terminating)."""
+    run(kubectl, "-n", APP_NS, "delete", "databasemigrations", "--all", "--wait=true", "--timeout=120s", check=False)
+    run(kubectl, "delete", "namespace", APP_NS, "--ignore-not-found", "--wait=true", "--timeout=180s")
+
+
 def reset_parking_db() -> None:
     with postgres.connect() as conn:
         postgres.terminate_sessions(conn, "parking_db")
@@ -58,7 +65,7 @@ def chart(api: client.ApiClient) -> Iterator[None]:
     """The chart installed like a user would (release migration-operator, watching namespace parking), on a
     fresh parking namespace and a parking_db back at V5."""
     kubectl = kubectl_binary()
-    run(kubectl, "delete", "namespace", APP_NS, "--ignore-not-found", "--wait=true", "--timeout=180s")
+    delete_app_namespace(kubectl)
     reset_parking_db()
     run(kubectl, "apply", "-f", str(REPO / "manifests/examples/parking/namespace.yaml"))
     # a CRD installed earlier by other means (the e2e suite applies the committed file) is adopted by the release
@@ -72,8 +79,11 @@ def chart(api: client.ApiClient) -> Iterator[None]:
         "--namespace", OPERATOR_NS, "--create-namespace", "--set", f"watchNamespaces={{{APP_NS}}}",
         "--wait", "--timeout", "3m")
     yield
+    run(helm_binary(), "upgrade", "--install", RELEASE, str(REPO / "charts/migration-operator"),
+        "--namespace", OPERATOR_NS, "--set", f"watchNamespaces={{{APP_NS}}}", "--wait", "--timeout", "3m",
+        check=False)
+    delete_app_namespace(kubectl)
     run(helm_binary(), "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", check=False)
-    run(kubectl, "delete", "namespace", APP_NS, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_operator_runs_as_a_pod_under_the_charts_service_account(api: client.ApiClient, chart: None) -> None:
