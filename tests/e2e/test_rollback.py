@@ -11,7 +11,7 @@ V7_ERROR = "parking_spots_rate_ck"  # the CHECK constraint V7 violates (fail-in-
 
 
 def test_failed_v7_restores_the_pre_run_database(parking: ParkingApp) -> None:
-    parking.set_migrations("fail-in-tx")
+    parking.set_migrations("good", "fail-in-tx")
     before = postgres.fingerprint(parking.database)
     with Sampler(parking.api, parking.namespace, "restore") as sampler:
         parking.create_migration("restore", parking.spec(rollback={"strategy": "Restore"}))
@@ -30,7 +30,7 @@ def test_failed_v7_restores_the_pre_run_database(parking: ParkingApp) -> None:
 
 
 def test_failed_v7_with_repair_keeps_v6_and_removes_the_failed_row(parking: ParkingApp) -> None:
-    parking.set_migrations("fail-no-tx")
+    parking.set_migrations("good", "fail-no-tx")
     parking.create_migration("repair", parking.spec(rollback={"strategy": "Repair"}))
     status = parking.wait_done("repair")
     assert status["phase"] == "RolledBack", parking.describe("repair")
@@ -44,7 +44,7 @@ def test_failed_v7_with_repair_keeps_v6_and_removes_the_failed_row(parking: Park
 
 
 def test_failed_v7_with_compensate_runs_the_undo_sql_in_one_transaction(parking: ParkingApp) -> None:
-    parking.set_migrations("fail-in-tx")
+    parking.set_migrations("good", "fail-in-tx")
     before = postgres.fingerprint(parking.database)
     undo = """
         alter table parking_spots drop column zone_id;
@@ -60,7 +60,7 @@ def test_failed_v7_with_compensate_runs_the_undo_sql_in_one_transaction(parking:
 
 
 def test_failed_v7_with_rollback_none_leaves_the_app_down_and_says_why(parking: ParkingApp) -> None:
-    parking.set_migrations("fail-in-tx")
+    parking.set_migrations("good", "fail-in-tx")
     parking.create_migration("none", parking.spec(rollback={"strategy": "None"}, backup={"enabled": False}))
     status = parking.wait_done("none")
     assert status["phase"] == "Failed", parking.describe("none")
