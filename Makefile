@@ -45,8 +45,9 @@ crd: venv ## regenerate the CRD from the pydantic models, and the chart and kust
 
 .PHONY: lint
 lint: venv ## ruff and mypy --strict
-	@$(VENV)/bin/ruff check operator tests hack
+	@$(VENV)/bin/ruff check operator tests hack examples
 	@$(VENV)/bin/mypy
+	@$(VENV)/bin/mypy examples/parking/gateway/gateway.py
 
 .PHONY: test-unit
 test-unit: venv ## unit tests of pure logic (no cluster)

@@ -39,7 +39,7 @@ class ApiError(Exception):
 class Kube:
     def __init__(self, kubeconfig: str) -> None:
         cfg = k8s_client.Configuration()
-        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         self.base = cfg.host.rstrip("/")
         parsed = urlparse(self.base)
         self.api_host = parsed.hostname or "127.0.0.1"

@@ -72,3 +72,20 @@ def test_failed_v7_with_rollback_none_leaves_the_app_down_and_says_why(parking: 
     assert maintenance and maintenance["status"] == "True"
     # the record of what to scale back to survives for the human who takes over
     assert status["maintenance"]["originalReplicas"] == 3
+
+
+def test_failed_v7_with_a_clone_backup_swaps_the_copy_back(parking: ParkingApp) -> None:
+    parking.set_migrations("good", "fail-in-tx")
+    before = postgres.fingerprint(parking.database)
+    spec = parking.spec(backup={"method": "Clone"}, rollback={"strategy": "Restore"})
+    parking.create_migration("clone", spec)
+    status = parking.wait_done("clone")
+    assert status["phase"] == "RolledBack", parking.describe("clone")
+    assert status["backup"]["method"] == "Clone" and status["backup"]["cloneDatabase"]
+    # the database under the original name is the pre-run copy again; the failed one is kept aside
+    assert postgres.fingerprint(parking.database) == before
+    with postgres.connect() as conn:
+        names = {r[0] for r in conn.execute("select datname from pg_database where datname like %s",
+                                            (f"{parking.database}%",)).fetchall()}
+    assert parking.database in names and len(names) >= 2, names
+    parking.wait_gateway_available(3)
