@@ -38,6 +38,8 @@ class ImageSpec:
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
     working_dir: str | None = None
+    # The image's own files: container path -> host path, bind-mounted read-only (like an image layer).
+    files: Mapping[str, str] = field(default_factory=dict)
 
     def base_env(self) -> dict[str, str]:
         """The environment the image itself defines (Docker ENV), PATH included."""
@@ -117,7 +119,11 @@ class ImageTable:
                 return expand_vars(str(v), variables)
 
             wd = raw.get("workingDir")
+            files_raw = raw.get("files") or {}
+            if not isinstance(files_raw, dict) or not all(str(k).startswith("/") for k in files_raw):
+                raise ValueError(f"{source}: images[{i}].files must map absolute container paths to host paths")
             common = {
+                "files": {str(k): ex(v) for k, v in files_raw.items()},
                 "path": tuple(ex(p) for p in _str_list(raw.get("path"), "path")),
                 "env": {str(k): ex(v) for k, v in env_raw.items()},
                 "entrypoint": tuple(ex(a) for a in _str_list(raw.get("entrypoint"), "entrypoint")),

@@ -365,11 +365,15 @@ def container_mounts(
     env: Mapping[str, str],
     termination_log: Path,
     tmp_dir: Path | None = None,
+    image_files: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The shim's mount list for one container: its volumeMounts, the termination-log file and, with
     ``tmp_dir``, a private /tmp (a container has its own filesystem; here they share the host's, so two
     pods writing /tmp/x would clash) unless a volumeMount already targets /tmp."""
-    mounts: list[dict[str, Any]] = []
+    # The image's files first, so a volume mounted at or below one of their paths wins, as over an image layer.
+    mounts: list[dict[str, Any]] = [
+        {"src": src, "dst": dst, "readOnly": True} for dst, src in sorted((image_files or {}).items())
+    ]
     for vm in container.get("volumeMounts") or []:
         name = vm.get("name", "")
         if name not in volumes:

@@ -342,7 +342,7 @@ class PodWorker:
         try:
             argv = container_argv(c, img, env)
             argv[0] = resolve_program(argv[0], full_env.get("PATH", ""))
-            mounts = container_mounts(c, self.volumes or {}, env, term_file, tmp_dir)
+            mounts = container_mounts(c, self.volumes or {}, env, term_file, tmp_dir, img.files)
         except (CommandError, VolumeError) as e:
             # containerd reports an unstartable process as a terminated run: StartError, exit 128.
             with log_file.open("a") as f:

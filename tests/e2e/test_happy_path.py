@@ -73,3 +73,14 @@ def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(parking: Parki
         assert len(uids) == 1, f"job {name} was created more than once"
     reasons = {e.reason for e in parking.events("parking-db-v6")}
     assert len(reasons) >= 4, reasons
+
+
+def test_migrations_from_an_image_instead_of_a_configmap(parking: ParkingApp) -> None:
+    """spec.migrations.image: the files come from an image (no 1 MiB ConfigMap limit), copied by an init
+    container of that image into the Flyway Job."""
+    spec = parking.spec(migrations={"image": {"image": "ghcr.io/dbops/parking-migrations:6", "path": "/flyway/sql"}})
+    parking.create_migration("from-image", spec)
+    status = parking.wait_done("from-image")
+    assert status["phase"] == "Succeeded", parking.describe("from-image")
+    assert [m["version"] for m in status["applied"]] == ["6"]
+    assert postgres.history(parking.database)[-1][0] == "6"

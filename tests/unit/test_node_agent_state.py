@@ -164,3 +164,15 @@ def test_shim_reports_unstartable_programs(tmp_path: Path) -> None:
     result = run_shim(tmp_path, ["/no/such/program"])
     assert result["exitCode"] == 128
     assert result["reason"] == "StartError"
+
+
+def test_image_files_are_mounted_read_only_before_volumes() -> None:
+    from pathlib import Path
+
+    from node_agent.volumes import container_mounts
+
+    container = {"volumeMounts": [{"name": "data", "mountPath": "/flyway/sql/extra"}]}
+    mounts = container_mounts(container, {"data": (Path("/vol"), False)}, {}, Path("/term"), None,
+                              {"/flyway/sql/release-5": "/host/r5"})
+    assert mounts[0] == {"src": "/host/r5", "dst": "/flyway/sql/release-5", "readOnly": True}
+    assert mounts[1]["dst"] == "/flyway/sql/extra"
