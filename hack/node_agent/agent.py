@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runtime
-from .images import ImageTable
+from .images import ImageTable, default_variables
 from .kube import MERGE, ApiError, Kube
 from .state import StateDir
 from .worker import PodWorker, now_iso
@@ -97,6 +97,12 @@ class Agent:
         self._taints_forbidden = False
 
     # -- images ------------------------------------------------------------------------------------
+
+    def keep_paths(self) -> list[str]:
+        """Host paths every container must see as on the host, whatever it mounts over them: the checkout
+        and the cache the image table points into, and the state dir where the shim writes exit codes."""
+        variables = default_variables(self.images_path)
+        return [variables["REPO"], variables["MO_CACHE"], str(self.state.root.resolve())]
 
     def images(self) -> ImageTable:
         """The image table, re-read when the file changes (edit it without restarting the agent)."""

@@ -9,7 +9,11 @@ how the agent signals the whole container; it ignores SIGTERM itself so that it 
 container's graceful shutdown and can still record the exit code.
 
 SPEC is a JSON file: ``{"argv": [...], "env": {...}, "cwd": "/", "exit_file": "...",
-"mounts": [{"src": "...", "dst": "...", "readOnly": false}]}``.
+"mounts": [{"src": "...", "dst": "...", "readOnly": false}], "keep": ["/host/path", ...]}``.
+
+``keep`` lists host paths the container needs as they are on the host (the checkout, the cache with the
+Flyway install and the virtualenv, the agent's state dir with ``exit_file``): when one of them lies under a
+mount destination (a checkout in /tmp under the container's private /tmp, say), it is bound back on top.
 """
 
 from __future__ import annotations
@@ -51,10 +55,37 @@ def _mount(args: list[str]) -> None:
         raise OSError(f"mount {' '.join(args)}: {res.stderr.strip() or res.returncode}")
 
 
-def do_mounts(mounts: list[dict[str, Any]]) -> None:
+KEEP_STAGING = Path("/run/node-agent/keep")
+
+
+def _under(path: Path, mount_point: Path) -> bool:
+    return path == mount_point or mount_point in path.parents
+
+
+def do_mounts(mounts: list[dict[str, Any]], keep: list[str] | None = None) -> None:
+    # Host paths a mount would hide: first give each a second entrance outside every mount destination
+    # (a bind in this namespace only; on the host the staging dirs stay empty, and their fixed names are
+    # shared by every container, each seeing only its own binds).
+    hidden = [
+        Path(k) for k in keep or [] if Path(k).exists() and any(_under(Path(k), Path(m["dst"])) for m in mounts)
+    ]
+    staged: list[tuple[Path, Path]] = []
+    for i, path in enumerate(hidden):
+        staging = KEEP_STAGING / str(i)
+        staging.mkdir(parents=True, exist_ok=True)
+        _mount(["--bind", str(path), str(staging)])
+        staged.append((path, staging))
+    def host_view(src: Path) -> Path:
+        # A source inside a kept path is reached through its staging entrance: a mount made earlier in the
+        # loop (the private /tmp) may already hide it at its own name.
+        for path, staging in sorted(staged, key=lambda p: len(p[0].parts), reverse=True):
+            if _under(src, path):
+                return staging / src.relative_to(path)
+        return src
+
     # Parents before children, so a volume mounted inside another one is not hidden by it.
     for m in sorted(mounts, key=lambda m: Path(m["dst"]).parts):
-        src, dst = Path(m["src"]), Path(m["dst"])
+        src, dst = host_view(Path(m["src"])), Path(m["dst"])
         if src.is_dir():
             dst.mkdir(parents=True, exist_ok=True)
         else:
@@ -64,6 +95,10 @@ def do_mounts(mounts: list[dict[str, Any]]) -> None:
         _mount(["--bind", str(src), str(dst)])
         if m.get("readOnly"):
             _mount(["-o", "remount,bind,ro", str(dst)])
+    for path, staging in staged:
+        path.mkdir(parents=True, exist_ok=True)
+        _mount(["--bind", str(staging), str(path)])
+        subprocess.run(["umount", str(staging)], capture_output=True)  # only a stepping stone
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -78,7 +113,7 @@ def main(argv: list[str]) -> int:
         # the container still dies of SIGTERM by default, while SIG_IGN would be inherited.
         signal.signal(sig, _ignore)
     try:
-        do_mounts(spec.get("mounts") or [])
+        do_mounts(spec.get("mounts") or [], spec.get("keep"))
         cwd = spec.get("cwd") or "/"
         # runc creates a missing workingDir too.
         os.makedirs(cwd, exist_ok=True)

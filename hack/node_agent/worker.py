@@ -355,7 +355,8 @@ class PodWorker:
             self._save()
             return
         cwd = c.get("workingDir") or img.working_dir or "/"
-        spec = {"argv": argv, "env": full_env, "cwd": cwd, "exit_file": str(exit_file), "mounts": mounts}
+        spec = {"argv": argv, "env": full_env, "cwd": cwd, "exit_file": str(exit_file), "mounts": mounts,
+                "keep": self.agent.keep_paths()}
         pid, pid_start = runtime.start_shim(spec, cdir / f"{run}.spec.json", log_file, on_exit=self.wake.set)
         cr.run, cr.pid, cr.pid_start, cr.mntns, cr.started_at = run, pid, pid_start, None, started_at
         self.waiting.pop(name, None)
