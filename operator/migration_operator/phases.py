@@ -393,12 +393,26 @@ def _fail(
     text = f"{phase.value} failed ({reason}): {_first_line(message, 600)}"
     if phase in (Phase.PENDING, Phase.PREFLIGHT):
         text += "; the app and the database were not touched"
+    return _stalled_end(Phase.FAILED, reason, text, extra, [ReleaseLock()])
+
+
+def _stalled_end(
+    phase: Phase,
+    reason: str,
+    text: str,
+    extra: list[ConditionChange],
+    actions: list[Action],
+    status: dict[str, Any] | None = None,
+) -> Decision:
+    """A run that ended without doing what it was created for: a human has to look. Ready=False,
+    Reconciling=False and Stalled=True carry the same reason and text (kstatus, `kubectl wait`, Argo CD)."""
     return Decision(
-        phase=Phase.FAILED,
+        phase=phase,
         message=text,
         log=text,
         warning=True,
-        actions=[ReleaseLock()],
+        actions=actions,
+        status=status or {},
         conditions=[
             *extra,
             ConditionChange(reasons.READY, "False", reason, text),
@@ -1005,19 +1019,13 @@ def _rolling_back(
                 f"rollback.strategy None: stopped after {rollback.get('reason')}: {_first_line(cause, 600)}; "
                 f"the database is as Flyway left it{app}"
             )
-            return Decision(
-                phase=Phase.FAILED,
-                message=text,
-                log=text,
-                warning=True,
-                actions=[ReleaseLock()],
-                conditions=[
-                    ConditionChange(reasons.READY, "False", reasons.ROLLBACK_DISABLED, text),
-                    ConditionChange(reasons.RECONCILING, "False", reasons.ROLLBACK_DISABLED, ""),
-                    ConditionChange(reasons.STALLED, "True", reasons.ROLLBACK_DISABLED, text),
-                    ConditionChange(reasons.ROLLED_BACK, "False", reasons.ROLLBACK_DISABLED, text),
-                ],
-                status={"completedAt": iso(obs.now)},
+            return _stalled_end(
+                Phase.FAILED,
+                reasons.ROLLBACK_DISABLED,
+                text,
+                [ConditionChange(reasons.ROLLED_BACK, "False", reasons.ROLLBACK_DISABLED, text)],
+                [ReleaseLock()],
+                {"completedAt": iso(obs.now)},
             )
         if timed_out:
             rollback.update(
@@ -1131,19 +1139,13 @@ def _rolling_back(
             f"rollback failed: {rollback.get('failure')}; the run failed with {rollback.get('reason')}: "
             f"{_first_line(cause, 500)}"
         )
-        return Decision(
-            phase=Phase.FAILED,
-            message=text,
-            log=text,
-            warning=True,
-            actions=actions,
-            status={"rollback": rollback, "completedAt": iso(obs.now)},
-            conditions=[
-                ConditionChange(reasons.READY, "False", reasons.ROLLBACK_FAILED, text),
-                ConditionChange(reasons.RECONCILING, "False", reasons.ROLLBACK_FAILED, ""),
-                ConditionChange(reasons.STALLED, "True", reasons.ROLLBACK_FAILED, text),
-                ConditionChange(reasons.ROLLED_BACK, "False", reasons.ROLLBACK_FAILED, text),
-            ],
+        return _stalled_end(
+            Phase.FAILED,
+            reasons.ROLLBACK_FAILED,
+            text,
+            [ConditionChange(reasons.ROLLED_BACK, "False", reasons.ROLLBACK_FAILED, text)],
+            actions,
+            {"rollback": rollback, "completedAt": iso(obs.now)},
         )
     how = (
         {
@@ -1158,20 +1160,16 @@ def _rolling_back(
     app = f", {deployment_name} back at its replicas" if maintenance_touched(status) else ""
     text = f"rolled back ({how}{app}) after {rollback.get('reason')}: {_first_line(cause, 600)}"
     reason = f"{strategy.value}Succeeded" if changed else reasons.NOTHING_TO_ROLL_BACK
-    return Decision(
-        phase=Phase.ROLLED_BACK,
-        message=text,
-        log=text,
-        warning=True,
-        actions=actions,
-        status={"rollback": rollback, "completedAt": iso(obs.now)},
-        conditions=[
-            ConditionChange(reasons.READY, "False", reasons.ROLLED_BACK, text),
-            ConditionChange(reasons.RECONCILING, "False", reasons.ROLLED_BACK, ""),
-            ConditionChange(reasons.STALLED, "True", reasons.ROLLED_BACK, text),
+    return _stalled_end(
+        Phase.ROLLED_BACK,
+        reasons.ROLLED_BACK,
+        text,
+        [
             ConditionChange(reasons.ROLLED_BACK, "True", reason, text),
             ConditionChange(reasons.MAINTENANCE_MODE, "False", reasons.APP_RESTORED, app.strip(", "))
             if maintenance_touched(status)
             else ConditionChange(reasons.MAINTENANCE_MODE, "False", reasons.NOT_STARTED, ""),
         ],
+        actions,
+        {"rollback": rollback, "completedAt": iso(obs.now)},
     )
