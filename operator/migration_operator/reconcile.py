@@ -132,43 +132,20 @@ async def _preflight_missing(ctx: Context) -> list[tuple[str, str]]:
                 f"Secret {secret.name} lacks key {secret.username_key} or {secret.password_key}",
             )
         )
-    if (
-        spec.migrations.config_map
-        and await kube.get_or_none(clients.core.read_namespaced_config_map, spec.migrations.config_map.name, namespace)
-        is None
-    ):
-        missing.append(
-            (
-                reasons.MIGRATIONS_CONFIGMAP_NOT_FOUND,
-                f"ConfigMap {spec.migrations.config_map.name} (spec.migrations.configMap) not found",
-            )
-        )
-    if (
-        spec.maintenance
-        and await kube.get_or_none(clients.apps.read_namespaced_deployment, spec.maintenance.deployment.name, namespace)
-        is None
-    ):
-        missing.append(
-            (
-                reasons.DEPLOYMENT_NOT_FOUND,
-                f"Deployment {spec.maintenance.deployment.name} (spec.maintenance) not found",
-            )
-        )
-    if (
-        spec.backup.enabled
-        and spec.backup.method == BackupMethod.DUMP
-        and spec.backup.volume
-        and await kube.get_or_none(
-            clients.core.read_namespaced_persistent_volume_claim, spec.backup.volume.claim_name, namespace
-        )
-        is None
-    ):
-        missing.append(
-            (
-                reasons.BACKUP_VOLUME_NOT_FOUND,
-                f"PersistentVolumeClaim {spec.backup.volume.claim_name} (spec.backup.volume) not found",
-            )
-        )
+    # (reader, kind, name, reason, the field naming it) for each object the run needs, when it needs it
+    needed: list[tuple[Any, str, str, str, str]] = []
+    if spec.migrations.config_map:
+        needed.append((clients.core.read_namespaced_config_map, "ConfigMap", spec.migrations.config_map.name,
+                       reasons.MIGRATIONS_CONFIGMAP_NOT_FOUND, "spec.migrations.configMap"))
+    if spec.maintenance:
+        needed.append((clients.apps.read_namespaced_deployment, "Deployment", spec.maintenance.deployment.name,
+                       reasons.DEPLOYMENT_NOT_FOUND, "spec.maintenance"))
+    if spec.backup.enabled and spec.backup.method == BackupMethod.DUMP and spec.backup.volume:
+        needed.append((clients.core.read_namespaced_persistent_volume_claim, "PersistentVolumeClaim",
+                       spec.backup.volume.claim_name, reasons.BACKUP_VOLUME_NOT_FOUND, "spec.backup.volume"))
+    for reader, kind, name, reason, field in needed:
+        if await kube.get_or_none(reader, name, namespace) is None:
+            missing.append((reason, f"{kind} {name} ({field}) not found"))
     compensate = spec.rollback.compensate
     if spec.rollback.strategy == RollbackStrategy.COMPENSATE and compensate and compensate.config_map_key_ref:
         ref = compensate.config_map_key_ref
