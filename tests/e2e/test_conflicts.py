@@ -8,8 +8,15 @@ import threading
 from tests.e2e.conftest import ParkingApp
 
 
+def _logged_conflicts(parking: ParkingApp) -> int:
+    if parking.operator is None or not parking.operator.log_path.exists():
+        return 0
+    return parking.operator.log_path.read_text().count("status write conflicted (409)")
+
+
 def test_concurrent_writers_never_leave_the_run_stuck(parking: ParkingApp) -> None:
     parking.set_migrations("good")
+    conflicts_before = _logged_conflicts(parking)
     parking.create_migration("contended", parking.spec())
     stop = threading.Event()
     writes = 0
@@ -38,3 +45,6 @@ def test_concurrent_writers_never_leave_the_run_stuck(parking: ParkingApp) -> No
     assert writes > 20, "the hammer did not actually contend"
     assert status["phase"] == "Succeeded", parking.describe("contended")
     parking.wait_gateway_available(3)
+    if parking.operator is not None:
+        # the contention really reached the operator's status writes, and they were retried, not lost
+        assert _logged_conflicts(parking) > conflicts_before
