@@ -186,7 +186,7 @@ class ParkingApp:
             return status if status.get("phase") in wanted else None
 
         return wait_for(reached, timeout=timeout, what=f"{name} in phase {sorted(wanted)}",
-                        interval=0.5, describe=lambda: self.describe(name))
+                        interval=0.2, describe=lambda: self.describe(name))
 
     def wait_done(self, name: str, timeout: float = 420) -> dict[str, Any]:
         return self.wait_phase(name, TERMINAL, timeout)

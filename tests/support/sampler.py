@@ -27,7 +27,7 @@ class Sampler:
     namespace: str
     migration: str
     deployment: str = "api-gateway"
-    interval: float = 0.2
+    interval: float = 0.1
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
