@@ -101,6 +101,36 @@ def start_shim(
     return proc.pid, start
 
 
+# Mount namespaces of live containers, held open. A namespace's inode number is what identifies a container's
+# processes; once the namespace dies the kernel may give that number to the next container's namespace, and a
+# late sweep of the old container would kill the new one (seen: a pg_dump killed 30 ms after it started, by the
+# clean-up of a gateway pod that had just exited). Holding a descriptor keeps the namespace, and its number,
+# alive until the final sweep is done.
+_pinned: dict[str, int] = {}
+_pinned_lock = threading.Lock()
+
+
+def pin_mntns(pid: int, mntns: str) -> None:
+    with _pinned_lock:
+        if mntns in _pinned:
+            return
+        try:
+            fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        if f"mnt:[{os.fstat(fd).st_ino}]" != mntns:  # the process died and its pid moved on meanwhile
+            os.close(fd)
+            return
+        _pinned[mntns] = fd
+
+
+def unpin_mntns(mntns: str | None) -> None:
+    with _pinned_lock:
+        fd = _pinned.pop(mntns, None) if mntns else None
+    if fd is not None:
+        os.close(fd)
+
+
 def members(mntns: str | None) -> list[int]:
     """Every process living in the mount namespace ``mntns`` (the container's, even daemonised ones)."""
     if not mntns or mntns == own_mntns():

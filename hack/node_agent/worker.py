@@ -455,10 +455,13 @@ class PodWorker:
                         if ns and ns != runtime.own_mntns():
                             cr.mntns = ns
                             self._save()
+                    if cr.mntns is not None:
+                        runtime.pin_mntns(cr.pid, cr.mntns)
                     continue
                 # The shim ended: the container's main process is gone. Like a PID namespace
                 # going away, nothing it left behind may survive.
                 runtime.signal_container(None, None, cr.mntns, signal.SIGKILL)
+                runtime.unpin_mntns(cr.mntns)
                 cdir = self._cdir(c["name"])
                 ex = runtime.read_exit(cdir / f"{cr.run}.exit")
                 if ex is None:
@@ -616,6 +619,8 @@ class PodWorker:
         for f in self.dir.glob("*/*.spec.json"):
             f.unlink(missing_ok=True)
         (self.dir / "state.json").unlink(missing_ok=True)
+        for cr in self.rec.all_containers():
+            runtime.unpin_mntns(cr.mntns)
         self.agent.state.release_ip(self.uid)
 
     # -- status ---------------------------------------------------------------------------------
