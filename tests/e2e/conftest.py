@@ -25,7 +25,7 @@ from kubernetes.client.rest import ApiException
 from tests.support import postgres
 from tests.support.kube import load_config, temporary_namespace
 from tests.support.operator import REPO, OperatorProcess
-from tests.support.wait import wait_for
+from tests.support.wait import WaitAborted, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -183,7 +183,11 @@ class ParkingApp:
 
         def reached() -> dict[str, Any] | None:
             status = self.status(name)
-            return status if status.get("phase") in wanted else None
+            phase = status.get("phase")
+            if phase in TERMINAL and phase not in wanted:  # it will never get there: say so now
+                raise WaitAborted(f"{name} ended {phase} instead of reaching {sorted(wanted)}:\n"
+                                     f"{self.describe(name)}")
+            return status if phase in wanted else None
 
         return wait_for(reached, timeout=timeout, what=f"{name} in phase {sorted(wanted)}",
                         interval=0.2, describe=lambda: self.describe(name))

@@ -13,6 +13,10 @@ class WaitTimeout(AssertionError):
     pass
 
 
+class WaitAborted(AssertionError):
+    """Raised by a probe that knows the condition can no longer come true: ends the wait at once."""
+
+
 def wait_for(
     probe: Callable[[], T | None],
     *,
@@ -31,6 +35,8 @@ def wait_for(
             value = probe()
             if value:
                 return value
+        except WaitAborted:
+            raise
         except Exception as error:  # a probe racing a resource's creation raises; keep polling
             last_error = error
         if time.monotonic() >= deadline:
