@@ -77,3 +77,13 @@ def test_modified_applied_migration_is_a_checksum_mismatch(parking: ParkingApp) 
 def test_missing_migrations_configmap_fails_preflight(parking: ParkingApp, missing: str) -> None:
     parking.create_migration("no-cm", parking.spec(migrations={"configMap": {"name": "nope"}}))
     _assert_failed_without_touching_the_app(parking, "no-cm", "MigrationsConfigMapNotFound", "nope")
+
+
+def test_applied_migration_missing_from_the_source_is_an_error(parking: ParkingApp) -> None:
+    """The runbook's ignore-missing-migrations: false: a release that lost an applied script must not run."""
+    parking.set_migrations("good")
+    configmap = parking.core.read_namespaced_config_map("api-gateway-migrations", parking.namespace)
+    del configmap.data[next(k for k in configmap.data if k.startswith("V4__"))]
+    parking.core.replace_namespaced_config_map("api-gateway-migrations", parking.namespace, configmap)
+    parking.create_migration("missing", parking.spec())
+    _assert_failed_without_touching_the_app(parking, "missing", "MissingMigration", "4")
