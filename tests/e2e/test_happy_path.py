@@ -3,7 +3,10 @@ bringing V6 (a new table, a data backfill and a foreign key)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 from tests.e2e.conftest import ParkingApp
 from tests.support import postgres
@@ -74,6 +77,17 @@ def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(parking: Parki
     reasons = {e.reason for e in parking.events("parking-db-v6")}
     assert len(reasons) >= 4, reasons
 
+    # the kubectl plugin, found by kubectl on PATH like any plugin
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    shown = subprocess.run([kubectl_binary(), "dbmig", "status", "parking-db-v6", "-n", parking.namespace],
+                           capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "Phase:      Succeeded" in shown.stdout and "V6__add_parking_zones.sql" in shown.stdout
+    logs = subprocess.run([kubectl_binary(), "dbmig", "logs", "parking-db-v6", "-n", parking.namespace,
+                           "--step", "migrate"], capture_output=True, text=True, env=env)
+    assert logs.returncode == 0, logs.stderr
+    assert "parking-db-v6-migrate" in logs.stdout and '"migrationsExecuted"' in logs.stdout, logs.stdout[-2000:]
+
 
 def test_migrations_from_an_image_instead_of_a_configmap(parking: ParkingApp) -> None:
     """spec.migrations.image: the files come from an image (no 1 MiB ConfigMap limit), copied by an init
@@ -84,3 +98,17 @@ def test_migrations_from_an_image_instead_of_a_configmap(parking: ParkingApp) ->
     assert status["phase"] == "Succeeded", parking.describe("from-image")
     assert [m["version"] for m in status["applied"]] == ["6"]
     assert postgres.history(parking.database)[-1][0] == "6"
+
+
+def test_target_version_stops_short_of_newer_migrations(parking: ParkingApp) -> None:
+    """targetVersion 6 with a V7 already in the source: V6 is applied, V7 stays pending for a later run."""
+    parking.set_migrations("good")
+    configmap = parking.core.read_namespaced_config_map("api-gateway-migrations", parking.namespace)
+    configmap.data["V7__add_zone_notes.sql"] = "alter table parking_zones add column notes text;\n"
+    parking.core.replace_namespaced_config_map("api-gateway-migrations", parking.namespace, configmap)
+    spec = parking.spec(migrations={"configMap": {"name": "api-gateway-migrations"}, "targetVersion": "6"})
+    parking.create_migration("to-six", spec)
+    status = parking.wait_done("to-six")
+    assert status["phase"] == "Succeeded", parking.describe("to-six")
+    assert [row[0] for row in postgres.history(parking.database)][-1] == "6"
+    assert status["after"]["version"] == "6"
