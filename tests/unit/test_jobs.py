@@ -6,22 +6,15 @@ import json
 from typing import Any
 
 import pytest
+import specs
 
 from migration_operator import jobs
 from migration_operator.models import parse_spec
 
 BODY = {"metadata": {"name": "parking-db-v6", "namespace": "parking", "uid": "1234abcd-0000"}}
-BASE: dict[str, Any] = {
-    "database": {
-        "host": "127.0.0.1",
-        "port": 15432,
-        "name": "parking_db",
-        "credentialsSecret": {"name": "parking-db-admin"},
-    },
-    "migrations": {"configMap": {"name": "api-gateway-migrations"}},
-    "backup": {"volume": {"claimName": "db-backups"}},
-    "rollback": {"strategy": "Compensate", "compensate": {"sql": "drop table parking_zones;"}},
-}
+BASE: dict[str, Any] = specs.parking(
+    rollback={"strategy": "Compensate", "compensate": {"sql": "drop table parking_zones;"}}
+)
 SPEC = parse_spec(BASE)
 STEPS = sorted(jobs.STEPS)
 

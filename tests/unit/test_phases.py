@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import specs
 
 from migration_operator import phases, reasons
 from migration_operator.models import (
@@ -42,18 +43,10 @@ NAME, UID = "parking-db-v6", "0f1e2d3c-aaaa-bbbb-cccc-000000000000"
 
 
 def make_spec(**overrides: Any) -> DatabaseMigrationSpec:
-    spec: dict[str, Any] = {
-        "database": {
-            "host": "127.0.0.1",
-            "port": 15432,
-            "name": "parking_db",
-            "credentialsSecret": {"name": "parking-db-admin"},
-        },
-        "migrations": {"configMap": {"name": "api-gateway-migrations"}},
-        "backup": {"volume": {"claimName": "db-backups"}},
-        "maintenance": {"deployment": {"name": "api-gateway"}},
-        "verify": {"requiredTables": ["clients", "parking_zones"]},
-    }
+    spec: dict[str, Any] = specs.parking(
+        maintenance={"deployment": {"name": "api-gateway"}},
+        verify={"requiredTables": ["clients", "parking_zones"]},
+    )
     for key, value in overrides.items():
         if value is None:
             spec.pop(key, None)
