@@ -37,3 +37,25 @@ def test_operator_killed_during_a_phase_resumes_to_success(
     for job in parking.jobs(name):
         pods = parking.core.list_namespaced_pod(parking.namespace, label_selector=f"job-name={job.metadata.name}")
         assert len(pods.items) == 1, f"{job.metadata.name} ran {len(pods.items)} pods"
+
+
+def test_operator_killed_while_rolling_back_still_restores_once(
+    parking: ParkingApp, operator: OperatorProcess | None
+) -> None:
+    if operator is None:
+        pytest.skip("the operator runs outside this test's control (MO_E2E_OPERATOR=external)")
+    parking.set_migrations("good", "fail-in-tx")
+    before = postgres.fingerprint(parking.database)
+    with Sampler(parking.api, parking.namespace, "killed-rollback") as sampler:
+        parking.create_migration("killed-rollback", parking.spec(rollback={"strategy": "Restore"}))
+        parking.wait_phase("killed-rollback", "RollingBack", timeout=240)
+        operator.kill()
+        operator.start()
+        status = parking.wait_done("killed-rollback")
+    assert status["phase"] == "RolledBack", parking.describe("killed-rollback")
+    assert postgres.fingerprint(parking.database) == before
+    parking.wait_gateway_available(3)
+    uids = sampler.job_uids()
+    assert all(len(u) == 1 for u in uids.values()), uids
+    restore = [j for j in parking.jobs("killed-rollback") if j.metadata.labels["dbops.io/step"] == "restore"]
+    assert len(restore) == 1
