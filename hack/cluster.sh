@@ -32,7 +32,15 @@ wait_for() {
   done
 }
 
-is_running() { [[ -f "$PIDS/$1" ]] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }
+# A pid file outlives a reboot or a stopped session, and its pid may since belong to another process (even the
+# CI job running this script): a component counts as running only if that pid's command line is still ours.
+is_running() {
+  [[ -f "$PIDS/$1" ]] || return 1
+  local pid; pid=$(cat "$PIDS/$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  local expected=$1; [[ $1 == node-agent ]] && expected=node_agent
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$expected"
+}
 
 start_bg() {  # name command...: start a daemon in its own session, log and pid under the state dir
   local name=$1; shift
