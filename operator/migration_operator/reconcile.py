@@ -109,20 +109,29 @@ async def observe_job(namespace: str, name: str) -> JobObservation:
     return JobObservation(state, output=output, failure=failure, exit_code=exit_code)
 
 
-async def credentials(ctx: Context) -> Credentials | None:
+async def _secret_values(ctx: Context) -> dict[str, str] | None:
     secret = ctx.spec.database.credentials_secret
-    values = await kube.read_secret_values(ctx.namespace, secret.name, [secret.username_key, secret.password_key])
+    return await kube.read_secret_values(ctx.namespace, secret.name, [secret.username_key, secret.password_key])
+
+
+def _login(ctx: Context, values: dict[str, str] | None) -> Credentials | None:
+    secret = ctx.spec.database.credentials_secret
     if not values or secret.username_key not in values or secret.password_key not in values:
         return None
     return Credentials(values[secret.username_key], values[secret.password_key])
 
 
-async def _preflight_missing(ctx: Context) -> list[tuple[str, str]]:
+async def credentials(ctx: Context) -> Credentials | None:
+    return _login(ctx, await _secret_values(ctx))
+
+
+async def _preflight_missing(ctx: Context) -> tuple[list[tuple[str, str]], Credentials | None]:
+    """What preflight cannot find, and the login (read once: the Secret is one of the things it looks for)."""
     clients = kube.load()
     spec, namespace = ctx.spec, ctx.namespace
     missing: list[tuple[str, str]] = []
     secret = spec.database.credentials_secret
-    values = await kube.read_secret_values(namespace, secret.name, [secret.username_key, secret.password_key])
+    values = await _secret_values(ctx)
     if values is None:
         missing.append((reasons.CREDENTIALS_SECRET_NOT_FOUND, f"Secret {secret.name} not found in {namespace}"))
     elif secret.username_key not in values or secret.password_key not in values:
@@ -157,7 +166,7 @@ async def _preflight_missing(ctx: Context) -> list[tuple[str, str]]:
                     f"ConfigMap {ref.name} with key {ref.key} (rollback.compensate) not found",
                 )
             )
-    return missing
+    return missing, _login(ctx, values)
 
 
 async def _local_migrations(ctx: Context) -> tuple[PendingMigration, ...] | None:
@@ -201,10 +210,9 @@ async def observe(ctx: Context) -> Observations:
     if phase in (Phase.PENDING, Phase.AWAITING_APPROVAL) and (approved or not spec.approval.required):
         fields["lock"] = await lock.acquire(ctx.body, spec)
     elif phase == Phase.PREFLIGHT:
-        missing = await _preflight_missing(ctx)
+        missing, login = await _preflight_missing(ctx)
         fields["missing"] = tuple(missing)
-        if not missing:
-            login = await creds()
+        if not missing and login is not None:
             check = await database.check(spec, login)
             fields["database"] = check
             if check.reachable:
