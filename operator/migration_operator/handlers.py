@@ -8,17 +8,23 @@
 - Settings in one startup handler: kopf's own progress and diff-base storage under the `dbops.io` prefix in
   annotations (status stays ours alone, and nothing kopf-specific needs to be declared in the CRD schema);
   finalizer `dbops.io/finalizer` (the delete handler must scale the app back if a run is deleted in flight).
+- One patch of kopf: a watch refused with 403 in one namespace is retried instead of stopping the operator (see
+  `tolerate_forbidden_watches`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
+from kopf._cogs.clients import errors as kopf_errors
+from kopf._core.reactor import queueing as kopf_queueing
 
 from . import constants, kube, metrics, reconcile
 
@@ -27,6 +33,41 @@ _triggers: dict[tuple[str, str], asyncio.Event] = {}
 # (namespace, deployment) -> names of the runs that use it for maintenance.
 _deployments: dict[tuple[str, str], set[str]] = {}
 ERROR_BACKOFF = (2.0, 5.0, 10.0, 30.0, 60.0)
+FORBIDDEN_WATCH_RETRY = 15.0
+logger = logging.getLogger(__name__)
+
+
+def tolerate_forbidden_watches(watcher: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """kopf stops the whole operator when any watch is refused. With per-namespace Roles (scoped install) that
+    happens whenever a watched namespace is deleted: its Role goes at once, while kopf keeps watching the namespace
+    until it is gone, to serve finalizers. So a namespaced watch refused with 403 is retried every
+    FORBIDDEN_WATCH_RETRY seconds, with one warning, until it works again or kopf cancels it (the namespace is
+    gone). Cluster-wide watches keep kopf's behaviour."""
+
+    @functools.wraps(watcher)
+    async def tolerant(*args: Any, namespace: str | None, **kwargs: Any) -> None:
+        warned = False
+        while True:
+            try:
+                return await watcher(*args, namespace=namespace, **kwargs)
+            except kopf_errors.APIForbiddenError as error:
+                if namespace is None:
+                    raise
+                if not warned:
+                    resource = kwargs.get("resource")
+                    logger.warning(
+                        "watching %s in namespace %s is forbidden (%s); retrying every %ss until it is allowed again "
+                        "or the namespace is gone", resource, namespace, error, FORBIDDEN_WATCH_RETRY,
+                    )
+                    warned = True
+            await asyncio.sleep(FORBIDDEN_WATCH_RETRY)
+
+    tolerant.tolerates_forbidden = True  # type: ignore[attr-defined]
+    return tolerant
+
+
+if not getattr(kopf_queueing.watcher, "tolerates_forbidden", False):
+    kopf_queueing.watcher = tolerate_forbidden_watches(kopf_queueing.watcher)  # type: ignore[assignment]
 
 
 def poke(namespace: str | None, name: str | None) -> None:

@@ -67,6 +67,12 @@ async def get_or_none(function: Callable[..., T], *args: Any, **kwargs: Any) -> 
         raise
 
 
+async def namespace_terminating(namespace: str) -> bool:
+    """True while the namespace is being deleted (or already gone): its objects, our Role among them, are going."""
+    found = await get_or_none(load().core.read_namespace, namespace)
+    return found is None or found.metadata.deletion_timestamp is not None
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A typed client object as the API's camelCase dict."""
     result: dict[str, Any] = load().api.sanitize_for_serialization(obj)

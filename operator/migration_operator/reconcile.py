@@ -458,13 +458,29 @@ async def on_delete(body: dict[str, Any], logger: Logger) -> None:
     phase = Phase(status.phase) if status.phase else Phase.PENDING
     if phase not in TERMINAL_PHASES and spec.maintenance and phases.maintenance_touched(status):
         namespace = body["metadata"]["namespace"]
-        deployment = await maintenance.observe(namespace, spec.maintenance.deployment.name)
-        if deployment.exists:
-            original = phases.original_replicas(status, deployment, body["metadata"]["name"])
-            if deployment.replicas != original:
-                logger.warning(
-                    "deleted during %s: scaling %s back to %d", phase.value, spec.maintenance.deployment.name, original
-                )
-                await maintenance.scale(namespace, spec.maintenance.deployment.name, original)
-            await maintenance.clear_record(namespace, spec.maintenance.deployment.name, body["metadata"]["name"])
+        try:
+            await _scale_back_on_delete(body, spec, status, phase, logger)
+        except ApiException as error:
+            # the whole namespace is going: the app goes with it, and with scoped RBAC our Role in it may already
+            # be gone (403); insisting would only keep the namespace Terminating
+            if error.status not in (403, 404) or not await kube.namespace_terminating(namespace):
+                raise
+            logger.warning(
+                "namespace %s is being deleted: not scaling %s back (%s)",
+                namespace, spec.maintenance.deployment.name, error.reason,
+            )
     await lock.release(body, spec)
+
+
+async def _scale_back_on_delete(
+    body: dict[str, Any], spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, phase: Phase, logger: Logger
+) -> None:
+    assert spec.maintenance is not None
+    namespace, name = body["metadata"]["namespace"], spec.maintenance.deployment.name
+    deployment = await maintenance.observe(namespace, name)
+    if deployment.exists:
+        original = phases.original_replicas(status, deployment, body["metadata"]["name"])
+        if deployment.replicas != original:
+            logger.warning("deleted during %s: scaling %s back to %d", phase.value, name, original)
+            await maintenance.scale(namespace, name, original)
+        await maintenance.clear_record(namespace, name, body["metadata"]["name"])

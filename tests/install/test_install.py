@@ -23,6 +23,8 @@ from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE, OPERATOR_NS, APP_NS = "migration-operator", "migration-operator-system", "parking"
+SCRATCH_NS = "parking-scratch"  # a second watched namespace, deleted by a test with runs still in it
+WATCHED = f"watchNamespaces={{{APP_NS},{SCRATCH_NS}}}"
 CRD = "databasemigrations.dbops.io"
 SERVICE_ACCOUNT = f"system:serviceaccount:{OPERATOR_NS}:migration-operator"
 
@@ -41,8 +43,8 @@ def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.
 
 
 def delete_app_namespace(kubectl: str) -> None:
-    """Migrations first, while the operator still has its Role in the namespace (deleting the namespace deletes
-    the Role too, and a DatabaseMigration whose finalizer nobody may remove would keep it Terminating)."""
+    """Migrations first, so a run left in flight by a failed test hands the app back before it goes. Deleting
+    the namespace directly works too: see the test of a watched namespace deleted with runs in it."""
     run(kubectl, "-n", APP_NS, "delete", "databasemigrations", "--all", "--wait=true", "--timeout=120s", check=False)
     run(kubectl, "delete", "namespace", APP_NS, "--ignore-not-found", "--wait=true", "--timeout=180s")
 
@@ -66,8 +68,10 @@ def chart(api: client.ApiClient) -> Iterator[None]:
     fresh parking namespace and a parking_db back at V5."""
     kubectl = kubectl_binary()
     delete_app_namespace(kubectl)
+    run(kubectl, "delete", "namespace", SCRATCH_NS, "--ignore-not-found", "--wait=true", "--timeout=180s")
     reset_parking_db()
     run(kubectl, "apply", "-f", str(REPO / "manifests/examples/parking/namespace.yaml"))
+    run(kubectl, "create", "namespace", SCRATCH_NS)
     # a CRD installed earlier by other means (the e2e suite applies the committed file) is adopted by the release
     for command in (
         ("annotate", "--overwrite", f"meta.helm.sh/release-name={RELEASE}",
@@ -76,13 +80,14 @@ def chart(api: client.ApiClient) -> Iterator[None]:
     ):
         run(kubectl, command[0], "crd", CRD, *command[1:], check=False)
     run(helm_binary(), "upgrade", "--install", RELEASE, str(REPO / "charts/migration-operator"),
-        "--namespace", OPERATOR_NS, "--create-namespace", "--set", f"watchNamespaces={{{APP_NS}}}",
+        "--namespace", OPERATOR_NS, "--create-namespace", "--set", WATCHED,
         "--wait", "--timeout", "3m")
     yield
     run(helm_binary(), "upgrade", "--install", RELEASE, str(REPO / "charts/migration-operator"),
-        "--namespace", OPERATOR_NS, "--set", f"watchNamespaces={{{APP_NS}}}", "--wait", "--timeout", "3m",
+        "--namespace", OPERATOR_NS, "--set", WATCHED, "--wait", "--timeout", "3m",
         check=False)
     delete_app_namespace(kubectl)
+    run(kubectl, "delete", "namespace", SCRATCH_NS, "--ignore-not-found", "--wait=true", "--timeout=180s", check=False)
     run(helm_binary(), "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", check=False)
 
 
@@ -137,6 +142,70 @@ def test_rbac_is_sufficient_in_watched_namespaces_and_nothing_more(api: client.A
     assert not _allowed(api, "patch", "deployments", "kube-system", "apps")
     assert not _allowed(api, "create", "leases", APP_NS, "coordination.k8s.io")
     assert not _allowed(api, "delete", "databasemigrations", APP_NS, "dbops.io")
+    # its own resource is the exception, everywhere: it must remove its finalizer from runs in a namespace being
+    # deleted, whose Role is deleted at the same moment
+    assert _allowed(api, "patch", "databasemigrations", "default", "dbops.io")
+    assert not _allowed(api, "delete", "databasemigrations", "default", "dbops.io")
+
+
+def _operator_pod(api: client.ApiClient) -> client.V1Pod:
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        OPERATOR_NS, label_selector="app.kubernetes.io/name=migration-operator").items
+    live = [p for p in pods if not p.metadata.deletion_timestamp]
+    assert len(live) == 1, [p.metadata.name for p in pods]
+    return live[0]
+
+
+def _scratch_run(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "dbops.io/v1alpha1", "kind": "DatabaseMigration", "metadata": {"name": name},
+            "spec": {"database": {"host": "127.0.0.1", "port": 15432, "name": "scratch_db",
+                                  "credentialsSecret": {"name": "missing"}},
+                     "migrations": {"configMap": {"name": "missing"}},
+                     "backup": {"method": "Dump", "volume": {"claimName": "missing"}}, **spec}}
+
+
+def test_deleting_a_watched_namespace_with_runs_neither_sticks_nor_stops_the_operator(
+    api: client.ApiClient, chart: None
+) -> None:
+    """With per-namespace Roles, deleting a watched namespace deletes the operator's Role in it together with the
+    runs, whose finalizer the operator must still remove. The Role is deleted first here and the operator
+    restarted, so it surely meets the 403s: kopf would stop on the first refused watch without our patch."""
+    kubectl, custom, core = kubectl_binary(), client.CustomObjectsApi(api), client.CoreV1Api(api)
+    custom.create_namespaced_custom_object("dbops.io", "v1alpha1", SCRATCH_NS, "databasemigrations",
+                                           _scratch_run("held", approval={"required": True}))
+    custom.create_namespaced_custom_object("dbops.io", "v1alpha1", SCRATCH_NS, "databasemigrations",
+                                           _scratch_run("stalled"))
+
+    def phase(name: str) -> str | None:
+        found = custom.get_namespaced_custom_object("dbops.io", "v1alpha1", SCRATCH_NS, "databasemigrations", name)
+        return (found.get("status") or {}).get("phase")
+
+    wait_for(lambda: phase("held") == "AwaitingApproval", timeout=120, what="held waiting for approval")
+    wait_for(lambda: phase("stalled") in ("Failed", "Stalled"), timeout=120, what="stalled run ended")
+    run(kubectl, "-n", SCRATCH_NS, "delete", "rolebinding", RELEASE)
+    old = _operator_pod(api)
+    core.delete_namespaced_pod(old.metadata.name, OPERATOR_NS)
+    wait_for(lambda: (p := _operator_pod(api)).metadata.name != old.metadata.name and p.status.container_statuses
+             and all(c.ready for c in p.status.container_statuses), timeout=180, what="a new operator pod ready")
+    pod = _operator_pod(api)
+    wait_for(lambda: f"in namespace {SCRATCH_NS} is forbidden" in run(
+        kubectl, "-n", OPERATOR_NS, "logs", pod.metadata.name).stdout, timeout=60,
+        what="the operator meeting the refused watch in the scratch namespace")
+    deleted = run(kubectl, "delete", "namespace", SCRATCH_NS, "--wait=true", "--timeout=120s", check=False)
+    assert deleted.returncode == 0, deleted.stderr + run(kubectl, "get", "namespace", SCRATCH_NS, "-o", "yaml",
+                                                         check=False).stdout
+    after = _operator_pod(api)
+    assert after.metadata.name == pod.metadata.name
+    assert all(c.restart_count == 0 and c.ready for c in after.status.container_statuses), after.status
+    # and it still serves the other namespace
+    custom.create_namespaced_custom_object("dbops.io", "v1alpha1", APP_NS, "databasemigrations",
+                                           _scratch_run("still-served", approval={"required": True}))
+    try:
+        wait_for(lambda: (custom.get_namespaced_custom_object(
+            "dbops.io", "v1alpha1", APP_NS, "databasemigrations", "still-served").get("status") or {}).get("phase")
+            == "AwaitingApproval", timeout=120, what="a run in the other namespace served")
+    finally:
+        run(kubectl, "-n", APP_NS, "delete", "dbmig", "still-served", "--wait=true", "--timeout=120s")
 
 
 def test_helm_upgrade_and_uninstall_never_delete_the_crd(api: client.ApiClient, chart: None) -> None:

@@ -58,10 +58,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-What the operator does inside a namespace it watches, and nothing more. Used by the ClusterRole (all
-namespaces) or by one Role per watched namespace.
+The operator's own resource, granted cluster-wide in both modes (it holds no secret: credentials are Secret
+references). Scoped installs need it too: deleting a watched namespace deletes the Role in it at the same time
+as the DatabaseMigrations, and without this the operator could no longer remove their finalizer, leaving the
+namespace Terminating for ever.
 */}}
-{{- define "migration-operator.namespacedRules" -}}
+{{- define "migration-operator.ownRules" -}}
 # Its own resource: kopf patches metadata (finalizer, progress annotations) and the status.
 - apiGroups: ["dbops.io"]
   resources: ["databasemigrations"]
@@ -74,6 +76,13 @@ namespaces) or by one Role per watched namespace.
 - apiGroups: ["dbops.io"]
   resources: ["databasemigrations/finalizers"]
   verbs: ["update"]
+{{- end }}
+
+{{/*
+What the operator does inside a namespace it watches, and nothing more. Used by the ClusterRole (all
+namespaces) or by one Role per watched namespace.
+*/}}
+{{- define "migration-operator.namespacedRules" -}}
 # Backup, migrate, verify and restore Jobs.
 - apiGroups: ["batch"]
   resources: ["jobs"]
