@@ -84,7 +84,7 @@ def chart(api: client.ApiClient) -> Iterator[None]:
         "--wait", "--timeout", "3m")
     yield
     run(helm_binary(), "upgrade", "--install", RELEASE, str(REPO / "charts/migration-operator"),
-        "--namespace", OPERATOR_NS, "--set", WATCHED, "--wait", "--timeout", "3m",
+        "--namespace", OPERATOR_NS, "--set", f"watchNamespaces={{{APP_NS}}}", "--wait", "--timeout", "3m",
         check=False)
     delete_app_namespace(kubectl)
     run(kubectl, "delete", "namespace", SCRATCH_NS, "--ignore-not-found", "--wait=true", "--timeout=180s", check=False)
@@ -209,8 +209,9 @@ def test_deleting_a_watched_namespace_with_runs_neither_sticks_nor_stops_the_ope
 
 
 def test_helm_upgrade_and_uninstall_never_delete_the_crd(api: client.ApiClient, chart: None) -> None:
+    # the scratch namespace was deleted by an earlier test: the release stops listing it, as a user would do
     run(helm_binary(), "upgrade", RELEASE, str(REPO / "charts/migration-operator"), "--namespace", OPERATOR_NS,
-        "--reuse-values", "--wait", "--timeout", "3m")
+        "--reuse-values", "--set", f"watchNamespaces={{{APP_NS}}}", "--wait", "--timeout", "3m")
     ext = client.ApiextensionsV1Api(api)
     crd = ext.read_custom_resource_definition(CRD)
     assert crd.metadata.annotations.get("helm.sh/resource-policy") == "keep"
