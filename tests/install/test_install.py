@@ -68,6 +68,10 @@ def chart(api: client.ApiClient) -> Iterator[None]:
     fresh parking namespace and a parking_db back at V5."""
     kubectl = kubectl_binary()
     delete_app_namespace(kubectl)
+    # a run left by an earlier failed session, with nobody to remove its finalizer: released by hand
+    for name in run(kubectl, "-n", SCRATCH_NS, "get", "dbmig", "-o", "name", check=False).stdout.split():
+        run(kubectl, "-n", SCRATCH_NS, "patch", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+            check=False)
     run(kubectl, "delete", "namespace", SCRATCH_NS, "--ignore-not-found", "--wait=true", "--timeout=180s")
     reset_parking_db()
     run(kubectl, "apply", "-f", str(REPO / "manifests/examples/parking/namespace.yaml"))
