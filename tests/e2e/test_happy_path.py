@@ -11,11 +11,29 @@ from pathlib import Path
 from tests.e2e.conftest import ParkingApp
 from tests.support import postgres
 from tests.support.kube import kubectl_binary
+from tests.support.operator import OperatorProcess
 from tests.support.sampler import Sampler
+from tests.support.wait import wait_for
+
+METRICS = (
+    ("dbmig_migrations_total", {"result": "Succeeded"}),
+    ("dbmig_app_downtime_seconds_count", {}),
+    ("dbmig_app_downtime_seconds_sum", {}),
+    ("dbmig_phase_duration_seconds_count", {"phase": "Migrating"}),
+    ("dbmig_phase_transitions_total", {"from_phase": "Migrating", "to_phase": "Verifying"}),
+)
 
 
-def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(parking: ParkingApp) -> None:
+def read_metrics(operator: OperatorProcess | None) -> list[float]:
+    return [operator.metric(name, **labels) for name, labels in METRICS] if operator else []
+
+
+def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(
+    parking: ParkingApp, operator: OperatorProcess | None
+) -> None:
     parking.set_migrations("good")
+    metrics_before = read_metrics(operator)
+    in_flight = operator.metric("dbmig_migrations_in_flight") if operator else 0.0
     spec = parking.spec(migrations={"configMap": {"name": "api-gateway-migrations"}, "targetVersion": "6"},
                         verify={"requiredTables": ["clients", "parking_spots", "tickets", "parking_zones"],
                                 "checks": [{"name": "every-spot-has-a-zone",
@@ -87,6 +105,16 @@ def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(parking: Parki
                            "--step", "migrate"], capture_output=True, text=True, env=env)
     assert logs.returncode == 0, logs.stderr
     assert "parking-db-v6-migrate" in logs.stdout and '"migrationsExecuted"' in logs.stdout, logs.stdout[-2000:]
+
+    # the operator's /metrics counted the run: outcome, downtime (no longer than the whole run), the phases
+    if operator is not None:
+        succeeded, downtimes, downtime, migrating, transitions = (
+            after - before for after, before in zip(read_metrics(operator), metrics_before, strict=True))
+        assert (succeeded, downtimes, migrating, transitions) == (1, 1, 1, 1), operator.metrics()
+        # status times have a one-second resolution
+        assert 0 < downtime <= sampler.duration() + 1, (downtime, sampler.duration())
+        wait_for(lambda: operator.metric("dbmig_migrations_in_flight") == in_flight, timeout=30,
+                 what="the finished run's daemon to stop (dbmig_migrations_in_flight back)")
 
 
 def test_migrations_from_an_image_instead_of_a_configmap(parking: ParkingApp) -> None:

@@ -11,6 +11,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +90,14 @@ class OperatorProcess:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return str(r.read().decode())
+
+    def metric(self, sample: str, **labels: str) -> float:
+        """One sample of the operator's /metrics (e.g. dbmig_migrations_total{result="Succeeded"}); 0 when absent."""
+        for family in text_string_to_metric_families(self.metrics()):
+            for found in family.samples:
+                if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                    return float(found.value)
+        return 0.0
 
     def tail(self, lines: int = 60) -> str:
         try:

@@ -67,6 +67,10 @@ class Sampler:
                 pass
             self._stop.wait(self.interval)
 
+    def duration(self) -> float:
+        """Seconds between the first and the last sample."""
+        return self.samples[-1].at - self.samples[0].at if self.samples else 0.0
+
     def during(self, phase: str) -> list[Sample]:
         return [s for s in self.samples if s.phase == phase]
 
