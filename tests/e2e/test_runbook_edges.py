@@ -1,5 +1,5 @@
 """The runbook's other branches: the runbook's own backup order, a verification that fails, an app session that
-never leaves."""
+never leaves, a migration that Flyway and the checks accept but the app does not survive."""
 
 from __future__ import annotations
 
@@ -49,4 +49,25 @@ def test_an_app_session_that_never_leaves_times_out_the_drain_and_brings_the_app
     assert str(pid) in status["message"] or str(pid) in str(status.get("log")), status["message"]
     # nothing was migrated and the app is back
     assert [row[0] for row in postgres.history(parking.database)][-1] == "5"
+    parking.wait_gateway_available(3)
+
+
+def test_a_migration_the_app_does_not_survive_is_restored_and_the_app_comes_back(parking: ParkingApp) -> None:
+    """Runbook step 12: V7 renames a column the gateway reads. Flyway and the verification are happy; the gateway's
+    health check (schema validation) is not, so the Deployment never becomes available on the migrated database."""
+    parking.set_migrations("good", "breaks-app")
+    before = postgres.fingerprint(parking.database)
+    with Sampler(parking.api, parking.namespace, "breaks-app") as sampler:
+        parking.create_migration("breaks-app", parking.spec(timeouts={"readySeconds": 20}))
+        status = parking.wait_done("breaks-app")
+    assert status["phase"] == "RolledBack", parking.describe("breaks-app")
+    migrated, rolled = parking.condition("breaks-app", "Migrated"), parking.condition("breaks-app", "RolledBack")
+    assert migrated and migrated["status"] == "True", migrated  # Flyway applied V6 and V7
+    assert rolled and rolled["status"] == "True" and "not available" in rolled["message"], rolled
+    assert "AppNotAvailable" in str(status["log"]) or "not available" in str(status["log"]), status["log"]
+    # the gateway was up on the migrated database, unready, then stopped again for the restore
+    phases = sampler.phases_seen()
+    assert phases.index("ExitingMaintenance") < phases.index("RollingBack"), phases
+    assert any(s.replicas == 3 for s in sampler.during("ExitingMaintenance"))
+    assert postgres.fingerprint(parking.database) == before  # V6 and V7 restored away, email is back
     parking.wait_gateway_available(3)

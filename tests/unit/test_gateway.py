@@ -120,6 +120,24 @@ def test_health_failed_migration_does_not_count() -> None:
     assert gw.evaluate_health(state, "5")[0] == 200
 
 
+def test_health_down_when_a_mapped_column_is_missing() -> None:
+    state = gw.SchemaState(db_up=True, history_exists=True, successful_versions=["6"],
+                           missing_columns=["clients.email"])
+    status, body = gw.evaluate_health(state, "5")
+    assert status == 503
+    assert body["reason"] == "schema validation failed: missing column(s) clients.email"
+    assert body["components"]["schema"]["missingColumns"] == ["clients.email"]
+
+
+def test_mapped_columns_setting() -> None:
+    assert gw.parse_mapped_columns("clients:id, name ;tickets:id") == {"clients": ("id", "name"),
+                                                                        "tickets": ("id",)}
+    assert gw.parse_mapped_columns("") == {}
+    assert gw.Config.from_env({}).mapped_columns == {"clients": ("id", "name", "email")}
+    with pytest.raises(ValueError, match="MAPPED_COLUMNS"):
+        gw.parse_mapped_columns("clients")
+
+
 def test_config_defaults_and_pod_ip() -> None:
     cfg = gw.Config.from_env({"POD_IP": "127.0.1.9", "DB_HOST": "db"})
     assert (cfg.listen_host, cfg.port, cfg.db_port, cfg.required_version) == ("127.0.1.9", 8080, 5432, "5")
@@ -195,9 +213,10 @@ def scratch_db() -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _config(dbname: str, required: str = "5", port: int = 0) -> Any:
+def _config(dbname: str, required: str = "5", port: int = 0, mapped: str = "") -> Any:
     return gw.Config.from_env(
         {
+            "MAPPED_COLUMNS": mapped,
             "DB_HOST": PG_HOST,
             "DB_PORT": str(PG_PORT),
             "DB_NAME": dbname,
@@ -245,6 +264,19 @@ def test_db_versions_numeric_and_failed_rows(scratch_db: str) -> None:
         assert gw.evaluate_health(state, "11")[0] == 503
     finally:
         db.close()
+
+
+def test_db_missing_mapped_columns(scratch_db: str) -> None:
+    _history(scratch_db, [("1", True)])
+    with _admin(scratch_db) as conn:
+        conn.execute("CREATE TABLE clients (id bigint, name text, contact_email text)")
+    db = gw.Database(_config(scratch_db, required="1", mapped="clients:id,name,email;tickets:id"))
+    try:
+        state = db.schema_state()
+    finally:
+        db.close()
+    assert state.missing_columns == ["clients.email", "tickets.id"]
+    assert gw.evaluate_health(state, "1")[0] == 503
 
 
 def test_db_unreachable_is_down() -> None:

@@ -5,8 +5,9 @@ It keeps ONE long-lived connection to PostgreSQL (application_name "api-gateway"
 sits "idle in transaction" and blocks DDL or CREATE INDEX CONCURRENTLY) and reconnects when the connection is
 lost (e.g. terminated by a migration runbook). Endpoints:
 
-  GET /actuator/health            200 UP when the database answers and the highest *successful* version in
-                                  flyway_schema_history >= REQUIRED_SCHEMA_VERSION, else 503 DOWN + reason
+  GET /actuator/health            200 UP when the database answers, the highest *successful* version in
+                                  flyway_schema_history >= REQUIRED_SCHEMA_VERSION and every column the app
+                                  maps exists (like Hibernate's ddl-auto=validate), else 503 DOWN + reason
   GET /actuator/health/readiness  same as /actuator/health
   GET /actuator/health/liveness   200 while the process serves HTTP (no database check)
   GET /actuator/info              static facts about this instance
@@ -14,7 +15,8 @@ lost (e.g. terminated by a migration runbook). Endpoints:
 
 Environment: DB_HOST, DB_PORT (5432), DB_NAME, DB_USER, DB_PASSWORD, REQUIRED_SCHEMA_VERSION ("5"),
 LISTEN_HOST ($POD_IP or 0.0.0.0), PORT (8080), SCHEMA_HISTORY_TABLE (flyway_schema_history),
-DB_STATEMENT_TIMEOUT_MS (5000), DB_CONNECT_TIMEOUT_S (3).
+DB_STATEMENT_TIMEOUT_MS (5000), DB_CONNECT_TIMEOUT_S (3), MAPPED_COLUMNS ("clients:id,name,email": the columns
+the app reads, "table:col,col;table:col"; empty: no check).
 Stdlib + psycopg only. One log line per request on stdout. SIGTERM/SIGINT: stop serving, close the connection.
 """
 
@@ -74,6 +76,18 @@ def version_satisfies(current: str | None, required: str) -> bool:
     return current is not None and parse_version(current) >= parse_version(required)
 
 
+def parse_mapped_columns(text: str) -> dict[str, tuple[str, ...]]:
+    """ "clients:id,name,email;tickets:id" -> {"clients": ("id", "name", "email"), "tickets": ("id",)}."""
+    mapped: dict[str, tuple[str, ...]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        table, sep, columns = part.partition(":")
+        names = tuple(c.strip() for c in columns.split(",") if c.strip())
+        if not sep or not table.strip() or not names:
+            raise ValueError(f"MAPPED_COLUMNS: expected table:col,col, got {part!r}")
+        mapped[table.strip()] = names
+    return mapped
+
+
 # --------------------------------------------------------------------------------------------- health
 
 
@@ -87,6 +101,7 @@ class SchemaState:
     successful_versions: list[str] = field(default_factory=list)
     failed_versions: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    missing_columns: list[str] = field(default_factory=list)  # "table.column" the app maps but cannot find
 
 
 def evaluate_health(state: SchemaState, required: str) -> tuple[int, dict[str, Any]]:
@@ -112,6 +127,9 @@ def evaluate_health(state: SchemaState, required: str) -> tuple[int, dict[str, A
         reason = "no successful migration in the schema history"
     elif not version_satisfies(current, required):
         reason = f"schema version {current} is older than the required {required}"
+    elif state.missing_columns:
+        schema["missingColumns"] = state.missing_columns
+        reason = f"schema validation failed: missing column(s) {', '.join(state.missing_columns)}"
     else:
         reason = ""
     schema["status"] = "DOWN" if reason else "UP"
@@ -138,6 +156,7 @@ class Config:
     history_table: str = "flyway_schema_history"
     statement_timeout_ms: int = 5000
     connect_timeout_s: int = 3
+    mapped_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -156,6 +175,7 @@ class Config:
             history_table=e.get("SCHEMA_HISTORY_TABLE", "flyway_schema_history"),
             statement_timeout_ms=int(e.get("DB_STATEMENT_TIMEOUT_MS", "5000")),
             connect_timeout_s=int(e.get("DB_CONNECT_TIMEOUT_S", "3")),
+            mapped_columns=parse_mapped_columns(e.get("MAPPED_COLUMNS", "clients:id,name,email")),
         )
 
 
@@ -235,12 +255,23 @@ class Database:
             ).fetchall()
             ok = [str(v) for v, s in rows if s]
             bad = [str(v) for v, s in rows if not s]
-            return SchemaState(True, None, True, ok, bad, details)
+            return SchemaState(True, None, True, ok, bad, details, self._missing_columns(conn))
 
         try:
             return self.run(query)
         except psycopg.Error as exc:
             return SchemaState(db_up=False, db_error=_one_line(exc))
+
+    def _missing_columns(self, conn: psycopg.Connection[tuple[Any, ...]]) -> list[str]:
+        mapped = self.cfg.mapped_columns
+        if not mapped:
+            return []
+        found = set(conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ANY(%s)",
+            (list(mapped),),
+        ).fetchall())
+        return [f"{t}.{c}" for t, columns in mapped.items() for c in columns if (t, c) not in found]
 
     def clients(self, limit: int) -> list[dict[str, Any]]:
         def query(conn: psycopg.Connection[tuple[Any, ...]]) -> list[dict[str, Any]]:
