@@ -186,6 +186,12 @@ start_node_agent() {
   # the node may recycle Released local PVs (a kubelet never does; a local provisioner would)
   "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" apply -f "$REPO/hack/node-rbac.yaml" >/dev/null
   mkdir -p "$STATE/node"
+  # pods run this checkout's code (hack/images.yaml: the gateway, the operator image): a node agent started from
+  # another checkout is restarted from this one (its pods keep running, as across a kubelet restart)
+  if is_running node-agent && ! tr '\0' ' ' < "/proc/$(cat "$PIDS/node-agent")/cmdline" | grep -qF -- "$REPO/hack/images.yaml"; then
+    log "node-agent runs another checkout's code: restarting it from $REPO"
+    stop_bg node-agent 15
+  fi
   start_bg node-agent env PYTHONPATH="$REPO/hack" "$(node_agent_python)" -m node_agent \
     --kubeconfig "$STATE/node.kubeconfig" --state-dir "$STATE/node" --node-name "$NODE_NAME" \
     --images "$REPO/hack/images.yaml"
