@@ -9,6 +9,38 @@ from tests.e2e.conftest import ParkingApp
 from tests.support import postgres
 from tests.support.operator import OperatorProcess
 from tests.support.sampler import Sampler
+from tests.support.wait import wait_for
+
+
+def test_operator_killed_with_the_app_at_zero_remembers_its_replicas(
+    parking: ParkingApp, operator: OperatorProcess | None
+) -> None:
+    """The most dangerous moment: the app is scaled to 0 and the drain waits on a session that will not leave. The
+    operator is killed there; the new one must know the app ran 3 replicas and finish the run."""
+    if operator is None:
+        pytest.skip("the operator runs outside this test's control (MO_E2E_OPERATOR=external)")
+    parking.set_migrations("good")
+    with Sampler(parking.api, parking.namespace, "killed-draining") as sampler:
+        with postgres.connect(parking.database, application_name="nightly-report"):
+            parking.create_migration("killed-draining", parking.spec())
+            parking.wait_phase("killed-draining", "EnteringMaintenance", timeout=240)
+            wait_for(lambda: parking.deployment().spec.replicas == 0, timeout=60, what="api-gateway scaled to 0")
+            operator.kill()
+            operator.start()
+            # still draining after the restart, the blocking session named; only the new operator can finish the
+            # run once the session leaves
+            wait_for(lambda: "nightly-report" in str(parking.status("killed-draining").get("message")),
+                     timeout=60, what="the drain reported as waiting on the session",
+                     describe=lambda: parking.describe("killed-draining"))
+            assert parking.status("killed-draining")["phase"] == "EnteringMaintenance"
+            assert parking.deployment().spec.replicas == 0
+        status = parking.wait_done("killed-draining")
+    assert status["phase"] == "Succeeded", parking.describe("killed-draining")
+    assert status["maintenance"]["originalReplicas"] == 3
+    parking.wait_gateway_available(3)
+    assert postgres.history(parking.database)[-1][0] == "6"
+    uids = sampler.job_uids()
+    assert all(len(u) == 1 for u in uids.values()), uids
 
 
 @pytest.mark.parametrize("phase", ["BackingUp", "Migrating", "ExitingMaintenance"])
