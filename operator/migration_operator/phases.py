@@ -801,6 +801,14 @@ def _migrating(
     job = obs.job(STEP_MIGRATE)
     if job.state == "Absent":
         message = f"migrating: flyway migrate to version {target}"
+        if STEP_MIGRATE in status.jobs:
+            # someone deleted the Job mid-run: Flyway resumes from its history, and "before" must stay what it
+            # was (the database may already hold part of the release)
+            text = "the flyway migrate Job disappeared (deleted?): created it again; Flyway resumes from its history"
+            decision = _stay(phase, message, reasons.MIGRATING, log=text)
+            decision.warning = True
+            decision.actions.append(CreateJob(STEP_MIGRATE))
+            return decision
         decision = _stay(phase, message, reasons.MIGRATING, log="created the flyway migrate Job")
         decision.actions.append(CreateJob(STEP_MIGRATE))
         decision.conditions.append(ConditionChange(reasons.MIGRATED, "False", reasons.MIGRATING, message))

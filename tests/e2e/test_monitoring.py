@@ -1,4 +1,4 @@
-"""What an SRE sees while a migration is blocked, and what deleting a run in flight does."""
+"""What an SRE sees while a migration is blocked, and what deleting a run, or its migrate Job, in flight does."""
 
 from __future__ import annotations
 
@@ -75,3 +75,26 @@ def test_deleting_a_run_in_flight_brings_the_app_back_and_frees_the_database(par
     assert [row[0] for row in postgres.history(parking.database) if row[4]][-1] == "5"
     parking.create_migration("next", parking.spec())
     assert parking.wait_done("next")["phase"] == "Succeeded", parking.describe("next")
+
+
+def test_a_migrate_job_deleted_in_flight_is_created_again_and_the_run_finishes(parking: ParkingApp) -> None:
+    parking.set_migrations("good")
+    with analytics_session_holding_a_lock(parking.database):
+        parking.create_migration("job-deleted", _spec(parking))
+        wait_for(lambda: "blocked lock" in str(parking.status("job-deleted").get("message")), timeout=120,
+                 what="flyway migrate running, blocked", describe=lambda: parking.describe("job-deleted"))
+        first = {j.metadata.uid for j in parking.jobs("job-deleted") if j.metadata.labels["dbops.io/step"] == "migrate"}
+        parking.batch.delete_namespaced_job("job-deleted-migrate", parking.namespace, propagation_policy="Background")
+
+        def recreated() -> bool:
+            uids = {j.metadata.uid for j in parking.jobs("job-deleted")
+                    if j.metadata.labels["dbops.io/step"] == "migrate"}
+            return bool(uids) and not uids & first
+
+        wait_for(recreated, timeout=60, what="a new migrate Job", describe=lambda: parking.describe("job-deleted"))
+    status = parking.wait_done("job-deleted")
+    assert status["phase"] == "Succeeded", parking.describe("job-deleted")
+    assert status["before"]["version"] == "5"  # the first "before", not one taken mid-run
+    assert any("disappeared" in entry["message"] for entry in status["log"]), status["log"]
+    assert [(row[0], row[4]) for row in postgres.history(parking.database) if row[0] == "6"] == [("6", True)]
+    parking.wait_gateway_available(3)

@@ -446,6 +446,15 @@ def test_migrating_creates_the_flyway_job_and_refreshes_before() -> None:
     assert condition(decision, reasons.MIGRATED).status == "False"
 
 
+def test_a_deleted_migrate_job_is_created_again_and_before_is_kept() -> None:
+    fresh = BEFORE.model_copy(update={"rows": {"public.clients": 4}})
+    decision = run(make_spec(), _migrating_status(jobs={"migrate": "x"}), observe(snapshot=fresh))
+    assert decision.phase == Phase.MIGRATING
+    assert decision.actions == [CreateJob("migrate")]
+    assert "before" not in decision.status
+    assert decision.warning and "disappeared" in (decision.log or "")
+
+
 def test_running_migration_reports_blocked_locks() -> None:
     obs = observe(
         jobs={"migrate": JobObservation("Running")},
