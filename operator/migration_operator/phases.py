@@ -801,18 +801,19 @@ def _migrating(
     job = obs.job(STEP_MIGRATE)
     if job.state == "Absent":
         message = f"migrating: flyway migrate to version {target}"
-        if STEP_MIGRATE in status.jobs:
-            # someone deleted the Job mid-run: Flyway resumes from its history, and "before" must stay what it
-            # was (the database may already hold part of the release)
-            text = "the flyway migrate Job disappeared (deleted?): created it again; Flyway resumes from its history"
-            decision = _stay(phase, message, reasons.MIGRATING, log=text)
-            decision.warning = True
-            decision.actions.append(CreateJob(STEP_MIGRATE))
-            return decision
-        decision = _stay(phase, message, reasons.MIGRATING, log="created the flyway migrate Job")
+        again = database_changed(status)  # created before: someone deleted the Job mid-run
+        log = (
+            "the flyway migrate Job disappeared (deleted?): created it again; Flyway resumes from its history"
+            if again
+            else "created the flyway migrate Job"
+        )
+        decision = _stay(phase, message, reasons.MIGRATING, log=log)
+        decision.warning = again
         decision.actions.append(CreateJob(STEP_MIGRATE))
         decision.conditions.append(ConditionChange(reasons.MIGRATED, "False", reasons.MIGRATING, message))
-        if obs.snapshot is not None:  # the app is drained now: the most faithful "before"
+        # the app is drained now: the most faithful "before", taken once (a re-created Job may find part of the
+        # release already applied)
+        if obs.snapshot is not None and not again:
             decision.status["before"] = obs.snapshot.model_dump(by_alias=True, exclude_none=True)
         return decision
     if job.state == "Running":

@@ -234,7 +234,7 @@ async def observe(ctx: Context) -> Observations:
     elif phase == Phase.MIGRATING:
         await job(phases.STEP_MIGRATE)
         login = await creds()
-        if step_jobs[phases.STEP_MIGRATE].state == "Absent" and phases.STEP_MIGRATE not in ctx.status.jobs:
+        if step_jobs[phases.STEP_MIGRATE].state == "Absent" and not phases.database_changed(ctx.status):
             # the "before" snapshot, taken once: not when a deleted Job is re-created (its Flyway may still hold or
             # wait for locks, and count(*) would queue behind them)
             fields["snapshot"] = await database.take_snapshot(spec, login)
