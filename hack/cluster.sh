@@ -34,12 +34,14 @@ wait_for() {
 
 # A pid file outlives a reboot or a stopped session, and its pid may since belong to another process (even the
 # CI job running this script): a component counts as running only if that pid's command line is still ours.
+# A second argument is text the command line must also contain (e.g. this checkout's path).
 is_running() {
   [[ -f "$PIDS/$1" ]] || return 1
   local pid; pid=$(cat "$PIDS/$1")
   kill -0 "$pid" 2>/dev/null || return 1
   local expected=$1; [[ $1 == node-agent ]] && expected=node_agent
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$expected"
+  local cmdline; cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) || return 1
+  grep -q -- "$expected" <<<"$cmdline" && { [[ -z ${2:-} ]] || grep -qF -- "$2" <<<"$cmdline"; }
 }
 
 start_bg() {  # name command...: start a daemon in its own session, log and pid under the state dir
@@ -188,7 +190,7 @@ start_node_agent() {
   mkdir -p "$STATE/node"
   # pods run this checkout's code (hack/images.yaml: the gateway, the operator image): a node agent started from
   # another checkout is restarted from this one (its pods keep running, as across a kubelet restart)
-  if is_running node-agent && ! tr '\0' ' ' < "/proc/$(cat "$PIDS/node-agent")/cmdline" | grep -qF -- "$REPO/hack/images.yaml"; then
+  if is_running node-agent && ! is_running node-agent "$REPO/hack/images.yaml"; then
     log "node-agent runs another checkout's code: restarting it from $REPO"
     stop_bg node-agent 15
   fi
