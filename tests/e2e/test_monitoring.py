@@ -83,12 +83,16 @@ def test_a_migrate_job_deleted_in_flight_is_created_again_and_the_run_finishes(p
         parking.create_migration("job-deleted", _spec(parking))
         wait_for(lambda: "blocked lock" in str(parking.status("job-deleted").get("message")), timeout=120,
                  what="flyway migrate running, blocked", describe=lambda: parking.describe("job-deleted"))
-        first = {j.metadata.uid for j in parking.jobs("job-deleted") if j.metadata.labels["dbops.io/step"] == "migrate"}
+
+        def migrate_uids() -> set[str]:
+            return {j.metadata.uid for j in parking.jobs("job-deleted")
+                    if j.metadata.labels["dbops.io/step"] == "migrate"}
+
+        first = migrate_uids()
         parking.batch.delete_namespaced_job("job-deleted-migrate", parking.namespace, propagation_policy="Background")
 
         def recreated() -> bool:
-            uids = {j.metadata.uid for j in parking.jobs("job-deleted")
-                    if j.metadata.labels["dbops.io/step"] == "migrate"}
+            uids = migrate_uids()
             return bool(uids) and not uids & first
 
         wait_for(recreated, timeout=60, what="a new migrate Job", describe=lambda: parking.describe("job-deleted"))

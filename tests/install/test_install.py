@@ -95,12 +95,17 @@ def chart(api: client.ApiClient) -> Iterator[None]:
     run(helm_binary(), "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", check=False)
 
 
-def test_operator_runs_as_a_pod_under_the_charts_service_account(api: client.ApiClient, chart: None) -> None:
+def _operator_pod(api: client.ApiClient) -> client.V1Pod:
     pods = client.CoreV1Api(api).list_namespaced_pod(
         OPERATOR_NS, label_selector="app.kubernetes.io/name=migration-operator").items
-    running = [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
-    assert len(running) == 1, [p.metadata.name for p in pods]
-    pod = running[0]
+    live = [p for p in pods if not p.metadata.deletion_timestamp]
+    assert len(live) == 1, [p.metadata.name for p in pods]
+    return live[0]
+
+
+def test_operator_runs_as_a_pod_under_the_charts_service_account(api: client.ApiClient, chart: None) -> None:
+    pod = _operator_pod(api)
+    assert pod.status.phase == "Running"
     assert pod.spec.service_account_name == "migration-operator"
     assert all(c.ready for c in pod.status.container_statuses)
 
@@ -152,14 +157,6 @@ def test_rbac_is_sufficient_in_watched_namespaces_and_nothing_more(api: client.A
     assert not _allowed(api, "delete", "databasemigrations", "default", "dbops.io")
 
 
-def _operator_pod(api: client.ApiClient) -> client.V1Pod:
-    pods = client.CoreV1Api(api).list_namespaced_pod(
-        OPERATOR_NS, label_selector="app.kubernetes.io/name=migration-operator").items
-    live = [p for p in pods if not p.metadata.deletion_timestamp]
-    assert len(live) == 1, [p.metadata.name for p in pods]
-    return live[0]
-
-
 def _scratch_run(name: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "dbops.io/v1alpha1", "kind": "DatabaseMigration", "metadata": {"name": name},
             "spec": {"database": {"host": "127.0.0.1", "port": 15432, "name": "scratch_db",
@@ -180,12 +177,12 @@ def test_deleting_a_watched_namespace_with_runs_neither_sticks_nor_stops_the_ope
     custom.create_namespaced_custom_object("dbops.io", "v1alpha1", SCRATCH_NS, "databasemigrations",
                                            _scratch_run("stalled"))
 
-    def phase(name: str) -> str | None:
-        found = custom.get_namespaced_custom_object("dbops.io", "v1alpha1", SCRATCH_NS, "databasemigrations", name)
+    def phase(namespace: str, name: str) -> str | None:
+        found = custom.get_namespaced_custom_object("dbops.io", "v1alpha1", namespace, "databasemigrations", name)
         return (found.get("status") or {}).get("phase")
 
-    wait_for(lambda: phase("held") == "AwaitingApproval", timeout=120, what="held waiting for approval")
-    wait_for(lambda: phase("stalled") in ("Failed", "Stalled"), timeout=120, what="stalled run ended")
+    wait_for(lambda: phase(SCRATCH_NS, "held") == "AwaitingApproval", timeout=120, what="held waiting for approval")
+    wait_for(lambda: phase(SCRATCH_NS, "stalled") in ("Failed", "Stalled"), timeout=120, what="stalled run ended")
     run(kubectl, "-n", SCRATCH_NS, "delete", "rolebinding", RELEASE)
     old = _operator_pod(api)
     core.delete_namespaced_pod(old.metadata.name, OPERATOR_NS)
@@ -205,9 +202,8 @@ def test_deleting_a_watched_namespace_with_runs_neither_sticks_nor_stops_the_ope
     custom.create_namespaced_custom_object("dbops.io", "v1alpha1", APP_NS, "databasemigrations",
                                            _scratch_run("still-served", approval={"required": True}))
     try:
-        wait_for(lambda: (custom.get_namespaced_custom_object(
-            "dbops.io", "v1alpha1", APP_NS, "databasemigrations", "still-served").get("status") or {}).get("phase")
-            == "AwaitingApproval", timeout=120, what="a run in the other namespace served")
+        wait_for(lambda: phase(APP_NS, "still-served") == "AwaitingApproval", timeout=120,
+                 what="a run in the other namespace served")
     finally:
         run(kubectl, "-n", APP_NS, "delete", "dbmig", "still-served", "--wait=true", "--timeout=120s")
 
