@@ -670,6 +670,7 @@ def _backing_up(
         return decision
 
     from . import jobs as job_manifests
+    from . import pg_scripts
 
     job = obs.job(STEP_BACKUP)
     if job.state == "Absent":
@@ -694,7 +695,7 @@ def _backing_up(
         if _timed_out(status, obs, spec.timeouts.backup_seconds):
             return _backup_failed(spec, status, f"backup took longer than {spec.timeouts.backup_seconds}s")
         return _stay(phase, f"backup: pg_dump of {spec.database.name} running", reasons.BACKING_UP)
-    summary = job_manifests.parse_backup_output(job.output)
+    summary = pg_scripts.parse_backup_output(job.output)
     if job.state == "Failed" or summary is None or not summary.get("verified"):
         error = (summary or {}).get("error") or job.failure or "the backup Job failed without output"
         return _backup_failed(spec, status, str(error))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import specs
 
-from migration_operator import jobs
+from migration_operator import jobs, pg_scripts
 from migration_operator.models import parse_spec
 
 BODY = {"metadata": {"name": "parking-db-v6", "namespace": "parking", "uid": "1234abcd-0000"}}
@@ -162,11 +162,11 @@ def test_compensate_from_configmap_key() -> None:
 
 
 def test_backup_output_parsing() -> None:
-    ok = jobs.parse_backup_output("verified=true\nsizeBytes=2048\ntocEntries=12\npath=x.dump\n")
+    ok = pg_scripts.parse_backup_output("verified=true\nsizeBytes=2048\ntocEntries=12\npath=x.dump\n")
     assert ok == {"verified": True, "sizeBytes": 2048, "tocEntries": 12, "path": "x.dump"}
-    failed = jobs.parse_backup_output("verified=false\nerror=pg_dump failed: FATAL: no\nsecond line\n")
+    failed = pg_scripts.parse_backup_output("verified=false\nerror=pg_dump failed: FATAL: no\nsecond line\n")
     assert failed is not None and failed["verified"] is False
     assert failed["error"] == "pg_dump failed: FATAL: no\nsecond line"
-    assert jobs.parse_backup_output(None) is None
-    empty = jobs.parse_backup_output("verified=true\nsizeBytes=0\n")
+    assert pg_scripts.parse_backup_output(None) is None
+    empty = pg_scripts.parse_backup_output("verified=true\nsizeBytes=0\n")
     assert empty is not None and empty["verified"] is False
