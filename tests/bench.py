@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg import sql
 
-from migration_operator import database, phases
+from migration_operator import database, machine, observations
 from migration_operator.models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase, parse_spec
 from tests.support import postgres
 from tests.support.operator import free_port
@@ -45,17 +45,17 @@ def bench_decide() -> None:
     status = DatabaseMigrationStatus.model_validate({
         "phase": Phase.MIGRATING.value, "phaseStartedAt": "2026-01-01T00:00:00Z",
         "maintenance": {"deployment": "app", "originalReplicas": 3}})
-    obs = phases.Observations(
-        lock=phases.LockObservation(acquired=True),
-        deployment=phases.DeploymentObservation(exists=True, replicas=0, pods=0, original_replicas_annotation=3),
-        jobs={"migrate": phases.JobObservation(state="Running")},
+    obs = observations.Observations(
+        lock=observations.LockObservation(acquired=True),
+        deployment=observations.DeploymentObservation(exists=True, replicas=0, pods=0, original_replicas_annotation=3),
+        jobs={"migrate": observations.JobObservation(state="Running")},
     )
     runs = 20000
     samples = []
     for _ in range(5):
         start = time.perf_counter()
         for _ in range(runs):
-            phases.decide(spec, status, obs, "bench", "uid")
+            machine.decide(spec, status, obs, "bench", "uid")
         samples.append((time.perf_counter() - start) / runs * 1e6)
     print(f"decide() while Migrating:        {statistics.median(samples):8.1f} us/decision "
           f"(median of 5 x {runs}; {1e6 / statistics.median(samples):,.0f} decisions/s)")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import reasons
+from .observations import ConditionChange
 
 MESSAGE_LIMIT = 32768  # metav1.Condition.message maxLength
 
@@ -44,9 +45,9 @@ def upsert(
 
 
 def apply(
-    conditions: list[dict[str, Any]], changes: Iterable[Any], now: str, generation: int | None
+    conditions: list[dict[str, Any]], changes: Iterable[ConditionChange], now: str, generation: int | None
 ) -> list[dict[str, Any]]:
-    """Apply `phases.ConditionChange`s (anything with type/status/reason/message) in order."""
+    """Apply the decision's condition changes in order."""
     result = [dict(c) for c in conditions]
     for change in changes:
         result = upsert(result, change.type, change.status, change.reason, change.message, now, generation)

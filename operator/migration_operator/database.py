@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 
 from . import constants, reasons
 from .models import AppliedMigration, DatabaseMigrationSpec, Snapshot
-from .phases import CloneObservation, DatabaseCheck, Session, Verification
+from .observations import CloneObservation, DatabaseCheck, Session, Verification
 
 CONNECT_TIMEOUT = 10
 STATEMENT_TIMEOUT_MS = 60_000
@@ -257,7 +257,7 @@ async def verify(spec: DatabaseMigrationSpec, credentials: Credentials, last_ran
 
 # --------------------------------------------------------------------------------- Clone (writes, careful)
 async def clone_state(
-    spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str, failed_name: str, error: str | None = None
+    spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str, failed_name: str
 ) -> CloneObservation:
     async with await connect(spec, credentials, dbname=spec.database.maintenance_database) as conn:
         cursor = await conn.execute(
@@ -270,7 +270,6 @@ async def clone_state(
         clone_exists=clone_name in found,
         failed_copy_exists=failed_name in found,
         size_bytes=found.get(clone_name),
-        error=error,
     )
 
 

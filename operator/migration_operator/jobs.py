@@ -1,11 +1,7 @@
-"""Job manifests (plain dicts) for every step the operator delegates to a pod.
+"""Job manifests (plain dicts) and the reading of a Job's outcome: the parts every step shares.
 
-    <name>-validate    flyway validate + info          (flyway image)
-    <name>-backup      pg_dump -Fc, then pg_restore --list on the file  (postgres image, PVC)
-    <name>-migrate     flyway migrate                  (flyway image, backoffLimit 0)
-    <name>-restore     drop user schemas + the dump's SQL in ONE transaction  (postgres image, PVC)
-    <name>-repair      flyway repair                   (flyway image)
-    <name>-compensate  psql --single-transaction of rollback.compensate  (postgres image)
+What each step's pod runs (image, script, env, volumes) is defined beside the phase or plan that uses it, in
+`machine/`, as a `PodParts`; `build_job` wraps those parts into the same Job for every step.
 
 Every pod passes PodSecurity `restricted`; credentials only ever arrive as secretKeyRef env; every Job is
 owned by its DatabaseMigration (garbage-collected with it) and named deterministically, so a restarted
@@ -17,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from . import constants, flyway, pg_scripts
+from . import constants, flyway, kube
 from .models import DatabaseMigrationSpec
+from .observations import ABSENT, JobObservation, JobState
+from .reasons import Step
 
 MAX_NAME = 63
-FLYWAY_STEPS = frozenset({"validate", "migrate", "repair"})
-POSTGRES_STEPS = frozenset({"backup", "restore", "compensate"})
-STEPS = FLYWAY_STEPS | POSTGRES_STEPS
 
 
 def _short(value: str, limit: int) -> str:
@@ -126,103 +123,111 @@ def pod_security_context(spec: DatabaseMigrationSpec) -> dict[str, Any]:
     }
 
 
-def build_job(body: dict[str, Any], spec: DatabaseMigrationSpec, step: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PodParts:
+    """What a step's pod runs: its main container's image, script and env, the extra volumes, an optional init
+    container, and the Job's deadline."""
+
+    image: str
+    script: str
+    env: list[dict[str, Any]]
+    deadline_seconds: int
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    init_containers: list[dict[str, Any]] = field(default_factory=list)
+
+
+TMP_VOLUME: dict[str, Any] = {"name": "tmp", "emptyDir": {}}
+TMP_MOUNT: dict[str, Any] = {"name": "tmp", "mountPath": "/tmp"}
+
+
+def flyway_pod(spec: DatabaseMigrationSpec, step: Step, deadline_seconds: int) -> PodParts:
+    """A Flyway step: the migrations copied into an emptyDir (from the ConfigMap, or by an init container running
+    the migrations image), the fixed safety flags of `flyway.job_script`."""
+    volumes: list[dict[str, Any]] = [{"name": "migrations", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "migrations", "mountPath": constants.MIGRATIONS_MOUNT}]
+    init_containers: list[dict[str, Any]] = []
+    if spec.migrations.config_map:
+        # Mounted aside and copied: a ConfigMap volume also holds `..data` directories Flyway would scan.
+        volumes.append({"name": "migrations-src", "configMap": {"name": spec.migrations.config_map.name}})
+        mounts.append({"name": "migrations-src", "mountPath": f"{constants.MIGRATIONS_MOUNT}-src", "readOnly": True})
+    elif spec.migrations.image:
+        init_containers.append(
+            _container(
+                spec,
+                "copy-migrations",
+                spec.migrations.image.image,
+                f"cp -R {spec.migrations.image.path.rstrip('/')}/. {constants.MIGRATIONS_MOUNT}/",
+                [],
+                [{"name": "migrations", "mountPath": constants.MIGRATIONS_MOUNT}, TMP_MOUNT],
+            )
+        )
+    return PodParts(
+        image=spec.job_template.flyway_image,
+        script=flyway.job_script(spec, step),
+        env=flyway_env(spec, step),
+        deadline_seconds=deadline_seconds,
+        volumes=volumes,
+        mounts=mounts,
+        init_containers=init_containers,
+    )
+
+
+def postgres_pod(
+    spec: DatabaseMigrationSpec,
+    step: Step,
+    script: str,
+    deadline_seconds: int,
+    *,
+    env: list[dict[str, Any]] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+) -> PodParts:
+    """A step run by the PostgreSQL client tools (`sh -c script`, libpq env)."""
+    return PodParts(
+        image=spec.job_template.postgres_image,
+        script=script,
+        env=[*postgres_env(spec, step), *(env or [])],
+        deadline_seconds=deadline_seconds,
+        volumes=volumes or [],
+        mounts=mounts or [],
+    )
+
+
+def backup_volume(spec: DatabaseMigrationSpec, name: str, uid: str) -> dict[str, list[dict[str, Any]]]:
+    """env/volumes/mounts of a step that reads or writes this run's dump on the backup volume."""
+    if spec.backup.volume is None:
+        raise ValueError("this step needs spec.backup.volume")
+    return {
+        "env": [{"name": "BACKUP_FILE", "value": backup_file(name, uid)}],
+        "volumes": [{"name": "backup", "persistentVolumeClaim": {"claimName": spec.backup.volume.claim_name}}],
+        "mounts": [{"name": "backup", "mountPath": constants.BACKUP_MOUNT}],
+    }
+
+
+def build_job(body: dict[str, Any], spec: DatabaseMigrationSpec, step: Step, parts: PodParts) -> dict[str, Any]:
     """The Job manifest for `step` of the DatabaseMigration `body` (metadata.name/namespace/uid used)."""
-    if step not in STEPS:
-        raise ValueError(f"unknown step {step!r}")
     metadata = body["metadata"]
     name: str = metadata["name"]
-    uid: str = metadata.get("uid", "")
     template = spec.job_template
-    timeouts = spec.timeouts
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    init_containers: list[dict[str, Any]] = []
-    env: list[dict[str, Any]]
-
-    if step in FLYWAY_STEPS:
-        image = template.flyway_image
-        env = flyway_env(spec, step)
-        script = flyway.job_script(spec, step)
-        volumes.append({"name": "migrations", "emptyDir": {}})
-        mounts.append({"name": "migrations", "mountPath": constants.MIGRATIONS_MOUNT})
-        if spec.migrations.config_map:
-            # Mounted aside and copied: a ConfigMap volume also holds `..data` directories Flyway would scan.
-            volumes.append({"name": "migrations-src", "configMap": {"name": spec.migrations.config_map.name}})
-            mounts.append(
-                {"name": "migrations-src", "mountPath": f"{constants.MIGRATIONS_MOUNT}-src", "readOnly": True}
-            )
-        elif spec.migrations.image:
-            init_containers.append(
-                _container(
-                    spec,
-                    "copy-migrations",
-                    spec.migrations.image.image,
-                    f"cp -R {spec.migrations.image.path.rstrip('/')}/. {constants.MIGRATIONS_MOUNT}/",
-                    [],
-                    [{"name": "migrations", "mountPath": constants.MIGRATIONS_MOUNT}, mounts[0]],
-                )
-            )
-        deadline = {
-            "validate": timeouts.preflight_seconds,
-            "migrate": timeouts.migrate_seconds,
-            "repair": timeouts.rollback_seconds,
-        }[step]
-    else:
-        image = template.postgres_image
-        env = postgres_env(spec, step)
-        deadline = timeouts.backup_seconds if step == "backup" else timeouts.rollback_seconds
-        if step in ("backup", "restore"):
-            if spec.backup.volume is None:
-                raise ValueError(f"step {step} needs spec.backup.volume")
-            env.append({"name": "BACKUP_FILE", "value": backup_file(name, uid)})
-            volumes.append(
-                {"name": "backup", "persistentVolumeClaim": {"claimName": spec.backup.volume.claim_name}}
-            )
-            mounts.append({"name": "backup", "mountPath": constants.BACKUP_MOUNT})
-            script = pg_scripts.BACKUP_SCRIPT if step == "backup" else pg_scripts.RESTORE_SCRIPT
-        else:
-            compensate = spec.rollback.compensate
-            if compensate is None:
-                raise ValueError("step compensate needs spec.rollback.compensate")
-            if compensate.config_map_key_ref:
-                ref = compensate.config_map_key_ref
-                volumes.append(
-                    {
-                        "name": "compensate",
-                        "configMap": {
-                            "name": ref.name,
-                            "items": [{"key": ref.key, "path": "compensate.sql"}],
-                        },
-                    }
-                )
-                mounts.append({"name": "compensate", "mountPath": "/compensate", "readOnly": True})
-                env.append({"name": "COMPENSATE_FILE", "value": "/compensate/compensate.sql"})
-            else:
-                env.append({"name": "COMPENSATE_SQL", "value": compensate.sql or ""})
-            script = pg_scripts.COMPENSATE_SCRIPT
-
     labels = {**template.labels, **selector_labels(name, step)}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": pod_security_context(spec),
         "automountServiceAccountToken": False,
-        "containers": [_container(spec, step, image, script, env, mounts)],
-        "volumes": volumes,
+        "containers": [_container(spec, step, parts.image, parts.script, parts.env, [TMP_MOUNT, *parts.mounts])],
+        "volumes": [TMP_VOLUME, *parts.volumes],
     }
-    if init_containers:
-        pod_spec["initContainers"] = init_containers
+    if parts.init_containers:
+        pod_spec["initContainers"] = parts.init_containers
     if template.service_account_name:
         pod_spec["serviceAccountName"] = template.service_account_name
     if template.node_selector:
         pod_spec["nodeSelector"] = dict(template.node_selector)
     if template.tolerations:
-        pod_spec["tolerations"] = [
-            t.model_dump(by_alias=True, exclude_none=True) for t in template.tolerations
-        ]
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in template.tolerations]
     if template.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in template.image_pull_secrets]
-
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -236,7 +241,7 @@ def build_job(body: dict[str, Any], spec: DatabaseMigrationSpec, step: str) -> d
             "backoffLimit": 0,
             "completions": 1,
             "parallelism": 1,
-            "activeDeadlineSeconds": deadline,
+            "activeDeadlineSeconds": parts.deadline_seconds,
             "template": {
                 "metadata": {"labels": labels, "annotations": dict(template.annotations)},
                 "spec": pod_spec,
@@ -272,3 +277,44 @@ def _container(
     if resources:
         container["resources"] = resources
     return container
+
+
+async def observe(namespace: str, name: str) -> JobObservation:
+    """The Job's state, and once it ended, its container's termination message, exit code and failure reason."""
+    clients = kube.load()
+    job = await kube.get_or_none(clients.batch.read_namespaced_job, name, namespace)
+    if job is None:
+        return ABSENT
+    status = job.status
+    failed_condition = (
+        next((c for c in (status.conditions or []) if c.type == "Failed" and c.status == "True"), None)
+        if status
+        else None
+    )
+    if status and (status.succeeded or 0) >= 1:
+        state: JobState = "Succeeded"
+    elif failed_condition is not None:
+        state = "Failed"
+    else:
+        return JobObservation("Running")
+    output, exit_code, pod_reason = None, None, None
+    uid = job.metadata.uid
+    for label in ("batch.kubernetes.io/controller-uid", "controller-uid"):
+        pods = await kube.call(clients.core.list_namespaced_pod, namespace, label_selector=f"{label}={uid}")
+        if pods.items:
+            break
+    for pod in sorted(pods.items, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)):
+        for container in (pod.status.container_statuses or []) if pod.status else []:
+            terminated = container.state.terminated if container.state else None
+            if terminated is not None:
+                output, exit_code, pod_reason = terminated.message, terminated.exit_code, terminated.reason
+    failure = None
+    if state == "Failed":
+        parts = [
+            failed_condition.reason if failed_condition else None,
+            failed_condition.message if failed_condition else None,
+            f"exit code {exit_code}" if exit_code is not None else None,
+            pod_reason if pod_reason not in (None, "Error", "Completed") else None,
+        ]
+        failure = ": ".join(p for p in parts if p) or "the Job failed"
+    return JobObservation(state, output=output, failure=failure, exit_code=exit_code)

@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from . import constants, kube
 from .models import TERMINAL_PHASES, DatabaseMigrationSpec, Phase
-from .phases import LockObservation
+from .observations import LockObservation
 
 
 def lease_name(spec: DatabaseMigrationSpec) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import constants, kube
-from .phases import DeploymentObservation
+from .observations import DeploymentObservation
 
 
 async def observe(namespace: str, name: str) -> DeploymentObservation:

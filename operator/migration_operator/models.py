@@ -480,6 +480,16 @@ class RollbackStatus(ApiModel):
     failure: str | None = None
 
 
+class LastError(ApiModel):
+    """The last error met while acting for this run; cleared by the next success. Kept in status so the next pass
+    (in this process or after a restart) sees it, and so does the user."""
+
+    action: str = Field(description="What the operator was doing.")
+    message: str = Field(description="The error text.")
+    at: str = Field(description="When it happened last.")
+    count: int = Field(1, description="How many times in a row.")
+
+
 class DatabaseMigrationStatus(ApiModel):
     phase: Phase | None = None
     message: str | None = None
@@ -499,6 +509,7 @@ class DatabaseMigrationStatus(ApiModel):
     rollback: RollbackStatus | None = None
     lock: str | None = Field(None, description="Lease that serialises migrations of this database.")
     flyway: dict[str, Any] | None = Field(None, description="Summary of the last Flyway output (free-form).")
+    last_error: LastError | None = None
 
 
 class DatabaseMigration(ApiModel):
@@ -522,4 +533,15 @@ def parse_status(status: dict[str, Any] | None) -> DatabaseMigrationStatus:
 def dump(model: BaseModel) -> dict[str, Any]:
     """API form of a model: camelCase, no None values."""
     result: dict[str, Any] = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return result
+
+
+def status_patch_document(patch: DatabaseMigrationStatus) -> dict[str, Any]:
+    """API form of the fields set on a status patch (`model_fields_set`): camelCase, each a whole value, and None
+    for a field set to None (a JSON merge patch then removes it)."""
+    document = patch.model_dump(by_alias=True, exclude_none=True, mode="json")
+    result: dict[str, Any] = {}
+    for field in patch.model_fields_set:
+        alias = DatabaseMigrationStatus.model_fields[field].alias or field
+        result[alias] = document.get(alias)
     return result

@@ -1,11 +1,27 @@
-"""Condition types and CamelCase reasons: the vocabulary of status.conditions and of events.
+"""The vocabulary: condition types, CamelCase reasons and step names, used by status.conditions, events, Job
+names and status.jobs.
 
-One module, like atlas-operator's reason.go, so users (and the Argo CD health check) can grep for them.
+One module, like atlas-operator's reason.go, so users (and the Argo CD health check) can grep for them. Nothing
+here is built from f-strings elsewhere: a reason that is not in this module does not exist.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
+
+
+class Step(StrEnum):
+    """A step the operator delegates to a pod: the suffix of its Job's deterministic name (`<run>-<step>`) and the
+    key of status.jobs."""
+
+    VALIDATE = "validate"
+    BACKUP = "backup"
+    MIGRATE = "migrate"
+    RESTORE = "restore"
+    REPAIR = "repair"
+    COMPENSATE = "compensate"
+
 
 # Condition types.
 READY: Final = "Ready"
@@ -59,7 +75,9 @@ APP_RESTORED: Final = "AppRestored"
 APP_NOT_AVAILABLE: Final = "AppNotAvailable"
 NO_DEPLOYMENT: Final = "NoMaintenanceDeployment"
 DRAIN_TIMEOUT: Final = "DrainTimeout"
-ROLLBACK_SUCCEEDED: Final = "RollbackSucceeded"
+RESTORE_SUCCEEDED: Final = "RestoreSucceeded"
+REPAIR_SUCCEEDED: Final = "RepairSucceeded"
+COMPENSATE_SUCCEEDED: Final = "CompensateSucceeded"
 ROLLBACK_FAILED: Final = "RollbackFailed"
 ROLLBACK_DISABLED: Final = "RollbackDisabled"
 NOTHING_TO_ROLL_BACK: Final = "NothingToRollBack"

@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from psycopg import sql
 
-from migration_operator import jobs, models
+from migration_operator import machine, models
 from tests.support import postgres
 from tests.support.kube import kubectl_binary, load_config, temporary_namespace
 from tests.support.wait import wait_for
@@ -234,7 +234,7 @@ def _generated_jobs(namespace: str) -> list[dict[str, Any]]:
             "metadata": {"name": "psa", "namespace": namespace, "uid": "00000000-0000-0000-0000-000000000001"},
             "spec": models.dump(spec)}
     steps = ["validate", "backup", "migrate", "restore", "repair", "compensate"]
-    manifests = [jobs.build_job(body, spec, step) for step in steps]
+    manifests = [machine.build_job(body, spec, step) for step in steps]
     for manifest in manifests:
         manifest["metadata"].pop("ownerReferences", None)  # the owner does not exist in a dry run
     return manifests

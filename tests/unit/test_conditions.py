@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from migration_operator import conditions, reasons
-from migration_operator.phases import ConditionChange
+from migration_operator.observations import ConditionChange
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 

@@ -8,15 +8,17 @@ from typing import Any
 import pytest
 import specs
 
-from migration_operator import jobs, pg_scripts
+from migration_operator import jobs, machine, pg_scripts
 from migration_operator.models import parse_spec
+from migration_operator.reasons import Step
 
 BODY = {"metadata": {"name": "parking-db-v6", "namespace": "parking", "uid": "1234abcd-0000"}}
 BASE: dict[str, Any] = specs.parking(
     rollback={"strategy": "Compensate", "compensate": {"sql": "drop table parking_zones;"}}
 )
 SPEC = parse_spec(BASE)
-STEPS = sorted(jobs.STEPS)
+STEPS = sorted(Step)
+FLYWAY_STEPS = {Step.VALIDATE, Step.MIGRATE, Step.REPAIR}
 
 
 def pod(job: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +28,7 @@ def pod(job: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("step", STEPS)
 def test_pods_pass_restricted_pod_security(step: str) -> None:
-    spec = pod(jobs.build_job(BODY, SPEC, step))
+    spec = pod(machine.build_job(BODY, SPEC, step))
     security = spec["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] == 65532
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -42,10 +44,10 @@ def test_pods_pass_restricted_pod_security(step: str) -> None:
 
 @pytest.mark.parametrize("step", STEPS)
 def test_credentials_only_by_secret_reference(step: str) -> None:
-    job = jobs.build_job(BODY, SPEC, step)
+    job = machine.build_job(BODY, SPEC, step)
     container = pod(job)["containers"][0]
     secret_vars = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-    user, password = ("FLYWAY_USER", "FLYWAY_PASSWORD") if step in jobs.FLYWAY_STEPS else ("PGUSER", "PGPASSWORD")
+    user, password = ("FLYWAY_USER", "FLYWAY_PASSWORD") if step in FLYWAY_STEPS else ("PGUSER", "PGPASSWORD")
     assert secret_vars == {
         user: {"name": "parking-db-admin", "key": "username"},
         password: {"name": "parking-db-admin", "key": "password"},
@@ -57,7 +59,7 @@ def test_credentials_only_by_secret_reference(step: str) -> None:
 
 @pytest.mark.parametrize("step", STEPS)
 def test_names_labels_owner_and_no_retries(step: str) -> None:
-    job = jobs.build_job(BODY, SPEC, step)
+    job = machine.build_job(BODY, SPEC, step)
     assert job["metadata"]["name"] == f"parking-db-v6-{step}"
     assert job["metadata"]["namespace"] == "parking"
     labels = job["metadata"]["labels"]
@@ -107,7 +109,7 @@ def test_default_images_and_template_controls() -> None:
             },
         }
     )
-    backup = jobs.build_job(BODY, spec, "backup")
+    backup = machine.build_job(BODY, spec, "backup")
     spec_pod = pod(backup)
     assert spec_pod["containers"][0]["image"] == "registry.local/postgres:16"
     assert spec_pod["serviceAccountName"] == "migrator" and spec_pod["nodeSelector"] == {"pool": "db"}
@@ -116,17 +118,17 @@ def test_default_images_and_template_controls() -> None:
     assert spec_pod["containers"][0]["resources"] == {"limits": {"memory": "1Gi", "cpu": 1}}
     assert spec_pod["securityContext"]["runAsUser"] == 1001
     assert backup["metadata"]["labels"]["team"] == "parking"
-    assert pod(jobs.build_job(BODY, SPEC, "migrate"))["containers"][0]["image"] == "flyway/flyway:12.4"
-    assert pod(jobs.build_job(BODY, SPEC, "backup"))["containers"][0]["image"] == "postgres:15"
+    assert pod(machine.build_job(BODY, SPEC, "migrate"))["containers"][0]["image"] == "flyway/flyway:12.4"
+    assert pod(machine.build_job(BODY, SPEC, "backup"))["containers"][0]["image"] == "postgres:15"
 
 
 def test_flyway_jobs_mount_migrations_and_postgres_jobs_the_backup() -> None:
-    migrate = pod(jobs.build_job(BODY, SPEC, "migrate"))
+    migrate = pod(machine.build_job(BODY, SPEC, "migrate"))
     mounts = {m["mountPath"] for m in migrate["containers"][0]["volumeMounts"]}
     assert {"/tmp", "/migrations", "/migrations-src"} <= mounts
     env = {e["name"]: e.get("value") for e in migrate["containers"][0]["env"]}
     assert env["FLYWAY_URL"].startswith("jdbc:postgresql://127.0.0.1:15432/parking_db")
-    restore = pod(jobs.build_job(BODY, SPEC, "restore"))
+    restore = pod(machine.build_job(BODY, SPEC, "restore"))
     assert {"name": "backup", "persistentVolumeClaim": {"claimName": "db-backups"}} in restore["volumes"]
     env = {e["name"]: e.get("value") for e in restore["containers"][0]["env"]}
     assert env["BACKUP_FILE"] == jobs.backup_file("parking-db-v6", "1234abcd-0000")
@@ -135,7 +137,7 @@ def test_flyway_jobs_mount_migrations_and_postgres_jobs_the_backup() -> None:
 
 def test_image_source_copies_migrations_with_an_init_container() -> None:
     spec = parse_spec({**BASE, "migrations": {"image": {"image": "registry/app-migrations:6", "path": "/sql/"}}})
-    job_pod = pod(jobs.build_job(BODY, spec, "migrate"))
+    job_pod = pod(machine.build_job(BODY, spec, "migrate"))
     init = job_pod["initContainers"][0]
     assert init["image"] == "registry/app-migrations:6" and "cp -R /sql/. /migrations/" in init["command"][2]
     assert not any("configMap" in v for v in job_pod["volumes"])
@@ -151,7 +153,7 @@ def test_compensate_from_configmap_key() -> None:
             },
         }
     )
-    job_pod = pod(jobs.build_job(BODY, spec, "compensate"))
+    job_pod = pod(machine.build_job(BODY, spec, "compensate"))
     assert {
         "name": "compensate",
         "configMap": {"name": "undo", "items": [{"key": "V6.undo.sql", "path": "compensate.sql"}]},

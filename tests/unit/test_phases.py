@@ -1,4 +1,4 @@
-"""One test per transition of the phase machine (migration_operator.phases.decide)."""
+"""One test per transition of the phase machine (migration_operator.machine.decide)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 import specs
 
-from migration_operator import phases, reasons
+from migration_operator import machine, reasons
+from migration_operator.machine import core
+from migration_operator.machine.core import (
+    CloneDatabase,
+    CreateJob,
+    Decision,
+    ReleaseLock,
+    ScaleDeployment,
+    SwapCloneBack,
+)
 from migration_operator.models import (
     AppliedMigration,
     DatabaseMigrationSpec,
@@ -18,22 +27,17 @@ from migration_operator.models import (
     Phase,
     Snapshot,
     parse_spec,
+    status_patch_document,
 )
-from migration_operator.phases import (
-    CloneDatabase,
+from migration_operator.observations import (
     CloneObservation,
     ConditionChange,
-    CreateJob,
     DatabaseCheck,
-    Decision,
     DeploymentObservation,
     JobObservation,
     LockObservation,
     Observations,
-    ReleaseLock,
-    ScaleDeployment,
     Session,
-    SwapCloneBack,
     Verification,
 )
 
@@ -56,7 +60,7 @@ def make_spec(**overrides: Any) -> DatabaseMigrationSpec:
 
 
 def make_status(phase: Phase | None, started_seconds_ago: float = 1, **fields: Any) -> DatabaseMigrationStatus:
-    data: dict[str, Any] = {"phaseStartedAt": phases.iso(NOW - timedelta(seconds=started_seconds_ago))}
+    data: dict[str, Any] = {"phaseStartedAt": core.iso(NOW - timedelta(seconds=started_seconds_ago))}
     if phase is not None:
         data["phase"] = phase.value
     data.update(fields)
@@ -68,7 +72,12 @@ def observe(**fields: Any) -> Observations:
 
 
 def run(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations) -> Decision:
-    return phases.decide(spec, status, obs, NAME, UID)
+    return machine.decide(spec, status, obs, NAME, UID)
+
+
+def written(decision: Decision) -> dict[str, Any]:
+    """The status fields the decision writes, in their API form."""
+    return status_patch_document(decision.status)
 
 
 def condition(decision: Decision, kind: str) -> ConditionChange:
@@ -105,7 +114,7 @@ MAINTENANCE = {"deployment": "api-gateway", "originalReplicas": 3, "scaledDownAt
 def test_new_run_with_free_lock_goes_to_preflight() -> None:
     decision = run(make_spec(), make_status(None), observe(lock=LOCKED))
     assert decision.phase == Phase.PREFLIGHT
-    assert decision.status["startedAt"] == phases.iso(NOW)
+    assert written(decision)["startedAt"] == core.iso(NOW)
     assert condition(decision, reasons.READY).status == "False"
     assert condition(decision, reasons.RECONCILING).status == "True"
 
@@ -243,9 +252,9 @@ def _validated(**extra: Any) -> Observations:
 def test_validated_run_enters_maintenance_first_and_records_before_and_pending() -> None:
     decision = run(make_spec(), make_status(Phase.PREFLIGHT), _validated())
     assert decision.phase == Phase.ENTERING_MAINTENANCE
-    assert decision.status["before"]["version"] == "5"
-    assert [p["version"] for p in decision.status["pending"]] == ["3"]  # from flyway info (the fixture)
-    assert decision.status["pending"][0]["script"] == "V3__zones.sql"
+    assert written(decision)["before"]["version"] == "5"
+    assert [p["version"] for p in written(decision)["pending"]] == ["3"]  # from flyway info (the fixture)
+    assert written(decision)["pending"][0]["script"] == "V3__zones.sql"
 
 
 def test_backup_before_maintenance_timing_backs_up_first() -> None:
@@ -293,7 +302,7 @@ def test_pending_falls_back_to_configmap_files_without_flyway_info() -> None:
         jobs={"validate": JobObservation("Succeeded", output=output)},
     )
     decision = run(spec, make_status(Phase.PREFLIGHT), obs)
-    assert [p["version"] for p in decision.status["pending"]] == ["6"]
+    assert [p["version"] for p in written(decision)["pending"]] == ["6"]
 
 
 def test_disabled_backup_warns_and_skips_backing_up() -> None:
@@ -315,13 +324,13 @@ def test_preflight_timeout_fails() -> None:
 def test_entering_maintenance_records_original_replicas_and_scales_to_zero() -> None:
     decision = run(make_spec(), make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=DEPLOYMENT_UP))
     assert decision.actions == [ScaleDeployment(0, record_original=3)]
-    assert decision.status["maintenance"]["originalReplicas"] == 3
+    assert written(decision)["maintenance"]["originalReplicas"] == 3
     assert condition(decision, reasons.MAINTENANCE_MODE).status == "True"
 
 
 def test_restart_after_scale_down_rereads_original_replicas_from_annotation() -> None:
     decision = run(make_spec(), make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=DEPLOYMENT_DOWN))
-    assert decision.status["maintenance"]["originalReplicas"] == 3
+    assert written(decision)["maintenance"]["originalReplicas"] == 3
     assert decision.phase == Phase.BACKING_UP
 
 
@@ -366,8 +375,8 @@ def test_drain_timeout_rolls_back_with_database_untouched() -> None:
     status = make_status(Phase.ENTERING_MAINTENANCE, started_seconds_ago=1000, maintenance=MAINTENANCE)
     decision = run(make_spec(), status, observe(deployment=DeploymentObservation(exists=True, pods=1)))
     assert decision.phase == Phase.ROLLING_BACK
-    assert decision.status["rollback"]["reason"] == reasons.DRAIN_TIMEOUT
-    assert decision.status["rollback"]["databaseChanged"] is False
+    assert written(decision)["rollback"]["reason"] == reasons.DRAIN_TIMEOUT
+    assert written(decision)["rollback"]["databaseChanged"] is False
 
 
 def test_missing_deployment_fails_before_touching_anything() -> None:
@@ -382,8 +391,8 @@ def test_missing_deployment_fails_before_touching_anything() -> None:
 def test_backing_up_creates_the_dump_job() -> None:
     decision = run(make_spec(), make_status(Phase.BACKING_UP, maintenance=MAINTENANCE), observe())
     assert decision.actions == [CreateJob("backup")]
-    assert decision.status["backup"]["pvc"] == "db-backups"
-    assert decision.status["backup"]["path"].startswith(NAME)
+    assert written(decision)["backup"]["pvc"] == "db-backups"
+    assert written(decision)["backup"]["path"].startswith(NAME)
 
 
 def test_backing_up_waits_for_running_dump() -> None:
@@ -396,7 +405,7 @@ def test_verified_dump_completes_backup_and_starts_migrating() -> None:
     status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE)
     decision = run(make_spec(), status, observe(jobs={"backup": JobObservation("Succeeded", output=output)}))
     assert decision.phase == Phase.MIGRATING
-    assert decision.status["backup"]["sizeBytes"] == 4096 and decision.status["backup"]["verified"] is True
+    assert written(decision)["backup"]["sizeBytes"] == 4096 and written(decision)["backup"]["verified"] is True
     assert condition(decision, reasons.BACKUP_COMPLETE).status == "True"
 
 
@@ -413,18 +422,18 @@ def test_failed_dump_after_drain_rolls_back_to_restore_the_app() -> None:
     status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE)
     decision = run(make_spec(), status, observe(jobs={"backup": JobObservation("Failed", failure="DeadlineExceeded")}))
     assert decision.phase == Phase.ROLLING_BACK
-    assert decision.status["rollback"]["databaseChanged"] is False
+    assert written(decision)["rollback"]["databaseChanged"] is False
 
 
 def test_clone_backup_creates_then_detects_the_clone() -> None:
     spec = make_spec(backup={"method": "Clone"})
     status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE)
     first = run(spec, status, observe(clone=CloneObservation(source_exists=True, clone_exists=False)))
-    clone_name, _ = phases.clone_names(spec, UID)
+    clone_name, _ = core.clone_names(spec, UID)
     assert first.actions == [CloneDatabase(clone_name)]
     done = run(spec, status, observe(clone=CloneObservation(source_exists=True, clone_exists=True, size_bytes=9)))
     assert done.phase == Phase.MIGRATING
-    assert done.status["backup"]["cloneDatabase"] == clone_name
+    assert written(done)["backup"]["cloneDatabase"] == clone_name
 
 
 # ---------------------------------------------------------------------------------------------- Migrating
@@ -442,7 +451,7 @@ def test_migrating_creates_the_flyway_job_and_refreshes_before() -> None:
     fresh = BEFORE.model_copy(update={"rows": {"public.clients": 4}})
     decision = run(make_spec(), _migrating_status(), observe(snapshot=fresh))
     assert decision.actions == [CreateJob("migrate")]
-    assert decision.status["before"]["rows"] == {"public.clients": 4}
+    assert written(decision)["before"]["rows"] == {"public.clients": 4}
     assert condition(decision, reasons.MIGRATED).status == "False"
 
 
@@ -451,7 +460,7 @@ def test_a_deleted_migrate_job_is_created_again_and_before_is_kept() -> None:
     decision = run(make_spec(), _migrating_status(jobs={"migrate": "x"}), observe(snapshot=fresh))
     assert decision.phase == Phase.MIGRATING
     assert decision.actions == [CreateJob("migrate")]
-    assert "before" not in decision.status
+    assert "before" not in written(decision)
     assert decision.warning and "disappeared" in (decision.log or "")
 
 
@@ -473,7 +482,7 @@ def test_successful_migration_moves_to_verifying() -> None:
     )
     assert decision.phase == Phase.VERIFYING
     assert condition(decision, reasons.MIGRATED).status == "True"
-    assert decision.status["flyway"]["migrationsExecuted"] == 1
+    assert written(decision)["flyway"]["migrationsExecuted"] == 1
 
 
 def test_failed_migration_rolls_back_with_flyway_error_text() -> None:
@@ -484,8 +493,8 @@ def test_failed_migration_rolls_back_with_flyway_error_text() -> None:
         observe(jobs={"migrate": JobObservation("Failed", output=output)}),
     )
     assert decision.phase == Phase.ROLLING_BACK
-    assert 'relation "nope" does not exist' in decision.status["rollback"]["error"]
-    assert decision.status["rollback"]["databaseChanged"] is True
+    assert 'relation "nope" does not exist' in written(decision)["rollback"]["error"]
+    assert written(decision)["rollback"]["databaseChanged"] is True
     assert 'relation "nope" does not exist' in condition(decision, reasons.MIGRATED).message
     assert condition(decision, reasons.MIGRATED).reason == reasons.MIGRATION_FAILED
 
@@ -528,8 +537,8 @@ def test_verified_migration_records_after_and_exits_maintenance() -> None:
     verification = Verification(snapshot=_after(), applied=applied)
     decision = run(make_spec(), _verifying_status(), observe(verification=verification))
     assert decision.phase == Phase.EXITING_MAINTENANCE
-    assert decision.status["after"]["version"] == "6"
-    assert decision.status["applied"][0]["executionTimeMs"] == 84
+    assert written(decision)["after"]["version"] == "6"
+    assert written(decision)["applied"][0]["executionTimeMs"] == 84
     assert condition(decision, reasons.VERIFIED).status == "True"
 
 
@@ -555,7 +564,7 @@ def test_failed_verification_rolls_back_naming_the_problem(
     checks = checks or {"no-orphans": True}
     decision = run(spec, _verifying_status(), observe(verification=Verification(snapshot, check_results=checks)))
     assert decision.phase == Phase.ROLLING_BACK
-    assert expected in decision.status["rollback"]["error"]
+    assert expected in written(decision)["rollback"]["error"]
     assert condition(decision, reasons.VERIFIED).reason == reasons.VERIFICATION_FAILED
 
 
@@ -609,17 +618,17 @@ def test_available_app_completes_the_run_ready() -> None:
     assert condition(decision, reasons.READY).status == "True"
     assert condition(decision, reasons.STALLED).status == "False"
     assert condition(decision, reasons.MAINTENANCE_MODE).status == "False"
-    assert phases.ClearMaintenanceRecord() in decision.actions and ReleaseLock() in decision.actions
+    assert core.ClearMaintenanceRecord() in decision.actions and ReleaseLock() in decision.actions
     assert "from version 5 to 6" in decision.message
-    assert decision.status["completedAt"]
+    assert written(decision)["completedAt"]
 
 
 def test_app_not_available_in_time_rolls_back() -> None:
     deployment = DeploymentObservation(exists=True, replicas=3, available_replicas=0, updated_replicas=3, pods=3)
-    status = _exiting_status().model_copy(update={"phase_started_at": phases.iso(NOW - timedelta(hours=1))})
+    status = _exiting_status().model_copy(update={"phase_started_at": core.iso(NOW - timedelta(hours=1))})
     decision = run(make_spec(), status, observe(deployment=deployment))
     assert decision.phase == Phase.ROLLING_BACK
-    assert decision.status["rollback"]["reason"] == reasons.APP_NOT_AVAILABLE
+    assert written(decision)["rollback"]["reason"] == reasons.APP_NOT_AVAILABLE
 
 
 # -------------------------------------------------------------------------------------------- RollingBack
@@ -650,7 +659,7 @@ def test_finished_restore_marks_database_restored() -> None:
         _rolling_status(),
         observe(deployment=DEPLOYMENT_DOWN, jobs={"restore": JobObservation("Succeeded", "restored=true")}),
     )
-    assert decision.status["rollback"]["databaseRestored"] is True
+    assert written(decision)["rollback"]["databaseRestored"] is True
     assert decision.phase == Phase.ROLLING_BACK
 
 
@@ -675,7 +684,7 @@ def test_failed_restore_still_restores_the_app_then_fails() -> None:
         _rolling_status(),
         observe(deployment=DEPLOYMENT_DOWN, jobs={"restore": JobObservation("Failed", "restore failed: disk full")}),
     )
-    assert failed.status["rollback"]["failed"] is True
+    assert written(failed)["rollback"]["failed"] is True
     status = _rolling_status(failed=True, failure="pg_restore of the backup failed: disk full")
     scale = run(make_spec(), status, observe(deployment=DEPLOYMENT_DOWN))
     assert scale.actions == [ScaleDeployment(3)]
@@ -706,7 +715,7 @@ def test_repair_and_compensate_run_their_job(strategy: str, step: str) -> None:
 
 def test_clone_rollback_swaps_databases_then_marks_restored() -> None:
     spec = make_spec(backup={"method": "Clone"})
-    clone_name, failed_name = phases.clone_names(spec, UID)
+    clone_name, failed_name = core.clone_names(spec, UID)
     first = run(
         spec,
         _rolling_status(),
@@ -721,7 +730,7 @@ def test_clone_rollback_swaps_databases_then_marks_restored() -> None:
             clone=CloneObservation(source_exists=True, clone_exists=False, failed_copy_exists=True),
         ),
     )
-    assert done.status["rollback"]["databaseRestored"] is True
+    assert written(done)["rollback"]["databaseRestored"] is True
 
 
 def test_rollback_with_untouched_database_only_restores_the_app() -> None:
@@ -742,20 +751,20 @@ def test_terminal_phases_only_release_the_lock(phase: Phase) -> None:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def test_work_phases_follow_backup_timing_and_maintenance() -> None:
-    assert phases.work_phases(make_spec())[:3] == [Phase.ENTERING_MAINTENANCE, Phase.BACKING_UP, Phase.MIGRATING]
+    assert core.work_phases(make_spec())[:3] == [Phase.ENTERING_MAINTENANCE, Phase.BACKING_UP, Phase.MIGRATING]
     early = make_spec(backup={"volume": {"claimName": "b"}, "timing": "BeforeMaintenance"})
-    assert phases.work_phases(early)[:2] == [Phase.BACKING_UP, Phase.ENTERING_MAINTENANCE]
+    assert core.work_phases(early)[:2] == [Phase.BACKING_UP, Phase.ENTERING_MAINTENANCE]
     bare = make_spec(maintenance=None, backup={"enabled": False}, rollback={"strategy": "Repair"})
-    assert phases.work_phases(bare) == [Phase.MIGRATING, Phase.VERIFYING, Phase.SUCCEEDED]
+    assert core.work_phases(bare) == [Phase.MIGRATING, Phase.VERIFYING, Phase.SUCCEEDED]
 
 
 def test_clone_names_fit_postgres_identifiers() -> None:
     spec = make_spec(database={"host": "h", "name": "x" * 63, "credentialsSecret": {"name": "s"}})
-    pre, failed = phases.clone_names(spec, UID)
+    pre, failed = core.clone_names(spec, UID)
     assert len(pre) <= 63 and len(failed) <= 63 and pre.endswith("_pre_0f1e2d3c")
 
 
 def test_version_ordering_is_numeric() -> None:
-    assert phases.version_key("10") > phases.version_key("9")
-    assert phases.version_key("2.1") > phases.version_key("2")
-    assert phases.version_key("1_5") == phases.version_key("1.5")
+    assert core.version_key("10") > core.version_key("9")
+    assert core.version_key("2.1") > core.version_key("2")
+    assert core.version_key("1_5") == core.version_key("1.5")

@@ -10,7 +10,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from migration_operator import kube, lock, maintenance, reconcile
-from migration_operator.phases import DeploymentObservation
+from migration_operator.observations import DeploymentObservation
 from tests.unit import specs
 
 

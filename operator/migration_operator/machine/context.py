@@ -1,0 +1,86 @@
+"""What a phase's `observe` gets: the object as read at the start of the pass, and the reads every phase shares
+(a step's Job, the login from the credentials Secret). The only I/O in the machine package is in the phases'
+`observe` functions, through these helpers and the I/O modules; `decide` functions never do I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from .. import jobs, kube
+from ..database import Credentials
+from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase
+from ..observations import JobObservation
+from ..reasons import Step
+from .core import Run
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+CREDENTIALS_RETRY = 15
+
+
+@dataclass
+class Context:
+    body: dict[str, Any]
+    spec: DatabaseMigrationSpec
+    status: DatabaseMigrationStatus
+    logger: Logger
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def uid(self) -> str:
+        return str(self.body["metadata"].get("uid", ""))
+
+    @property
+    def run(self) -> Run:
+        return Run(self.name, self.uid)
+
+    @property
+    def generation(self) -> int | None:
+        value = self.body["metadata"].get("generation")
+        return int(value) if value is not None else None
+
+    @property
+    def phase(self) -> Phase:
+        return Phase(self.status.phase) if self.status.phase else Phase.PENDING
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return dict(self.body["metadata"].get("annotations") or {})
+
+
+async def job(ctx: Context, step: Step) -> dict[str, JobObservation]:
+    """{step: what its Job is doing}, for `Observations.jobs`."""
+    return {step: await jobs.observe(ctx.namespace, jobs.job_name(ctx.name, step))}
+
+
+async def secret_values(ctx: Context) -> dict[str, str] | None:
+    secret = ctx.spec.database.credentials_secret
+    return await kube.read_secret_values(ctx.namespace, secret.name, [secret.username_key, secret.password_key])
+
+
+def login(ctx: Context, values: dict[str, str] | None) -> Credentials | None:
+    secret = ctx.spec.database.credentials_secret
+    if not values or secret.username_key not in values or secret.password_key not in values:
+        return None
+    return Credentials(values[secret.username_key], values[secret.password_key])
+
+
+async def credentials(ctx: Context) -> Credentials:
+    """The login, or a retry later when the Secret cannot be read."""
+    found = login(ctx, await secret_values(ctx))
+    if found is None:
+        raise kopf.TemporaryError(
+            f"credentials Secret {ctx.spec.database.credentials_secret.name} unreadable", delay=CREDENTIALS_RETRY
+        )
+    return found

@@ -1,0 +1,153 @@
+"""EnteringMaintenance and ExitingMaintenance: the app Deployment scaled to 0 (its replica count recorded in
+status and in an annotation first), drained (no pod, no app session in pg_stat_activity), and later scaled back
+to the recorded count and waited on until available (its readiness probe is the app's health check).
+
+Observes: the Deployment; while entering, the app's sessions once it is at 0.
+Actions: ScaleDeployment (recording the original count), ClearMaintenanceRecord.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import database, maintenance, reasons
+from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, MaintenanceStatus, Phase
+from ..observations import ConditionChange, Observations
+from . import context
+from .context import Context
+from .core import (
+    POLL_DRAIN,
+    ClearMaintenanceRecord,
+    Decision,
+    Run,
+    ScaleDeployment,
+    app_available,
+    enter,
+    fail,
+    iso,
+    next_phase,
+    original_replicas,
+    stay,
+    timed_out,
+)
+
+
+async def observe_deployment(ctx: Context) -> dict[str, Any]:
+    if not ctx.spec.maintenance:
+        return {}
+    return {"deployment": await maintenance.observe(ctx.namespace, ctx.spec.maintenance.deployment.name)}
+
+
+async def observe_entering(ctx: Context) -> dict[str, Any]:
+    fields = await observe_deployment(ctx)
+    deployment = fields.get("deployment")
+    if deployment is not None and deployment.exists and deployment.replicas == 0:
+        fields["app_sessions"] = tuple(await database.sessions(ctx.spec, await context.credentials(ctx)))
+    return fields
+
+
+def decide_entering(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
+) -> Decision:
+    phase = Phase.ENTERING_MAINTENANCE
+    assert spec.maintenance is not None
+    deployment_name = spec.maintenance.deployment.name
+    deployment = obs.deployment
+    if deployment is None or not deployment.exists:
+        return fail(spec, status, phase, reasons.DEPLOYMENT_NOT_FOUND, f"Deployment {deployment_name} not found")
+    original = original_replicas(status, deployment, run.name)
+    record = MaintenanceStatus(
+        deployment=deployment_name,
+        original_replicas=original,
+        scaled_down_at=(status.maintenance.scaled_down_at if status.maintenance else None) or iso(obs.now),
+    )
+    if deployment.replicas != 0:
+        message = f"maintenance: scaling {deployment_name} from {original} to 0 replicas"
+        decision = stay(phase, message, reasons.SCALING_DOWN, POLL_DRAIN, log=message, maintenance=record)
+        decision.actions.append(ScaleDeployment(0, record_original=original))
+        decision.conditions.append(ConditionChange(reasons.MAINTENANCE_MODE, "True", reasons.SCALING_DOWN, message))
+        return decision
+    blockers = []
+    if deployment.pods:
+        blockers.append(f"{deployment.pods} pod(s) of {deployment_name}")
+    if obs.app_sessions:
+        sessions = ", ".join(s.describe() for s in obs.app_sessions[:5])
+        blockers.append(f"{len(obs.app_sessions)} app session(s) in pg_stat_activity: {sessions}")
+    if blockers:
+        if timed_out(status, obs, spec.timeouts.drain_seconds):
+            condition = ConditionChange(reasons.MAINTENANCE_MODE, "False", reasons.DRAIN_TIMEOUT, "drain timed out")
+            return fail(
+                spec,
+                status,
+                phase,
+                reasons.DRAIN_TIMEOUT,
+                f"after {spec.timeouts.drain_seconds}s still waiting for " + " and ".join(blockers),
+                [condition],
+            )
+        message = "maintenance: waiting for " + " and ".join(blockers)
+        return stay(phase, message, reasons.DRAINING, POLL_DRAIN, maintenance=record)
+    message = f"maintenance: {deployment_name} scaled to 0 (was {original}), no app session left"
+    decision = enter(next_phase(phase, spec), message, maintenance=record)
+    decision.conditions.append(ConditionChange(reasons.MAINTENANCE_MODE, "True", reasons.DRAINED, message))
+    return decision
+
+
+def decide_exiting(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
+) -> Decision:
+    phase = Phase.EXITING_MAINTENANCE
+    assert spec.maintenance is not None
+    deployment_name = spec.maintenance.deployment.name
+    deployment = obs.deployment
+    if deployment is None or not deployment.exists:
+        return fail(
+            spec,
+            status,
+            phase,
+            reasons.DEPLOYMENT_NOT_FOUND,
+            f"Deployment {deployment_name} disappeared during the migration",
+        )
+    original = original_replicas(status, deployment, run.name)
+    record = (status.maintenance or MaintenanceStatus()).model_copy(
+        update={"deployment": deployment_name, "original_replicas": original}
+    )
+    if deployment.replicas != original:
+        message = f"exiting maintenance: scaling {deployment_name} back to {original} replicas"
+        record.scaled_up_at = iso(obs.now)
+        decision = stay(phase, message, reasons.SCALING_UP, POLL_DRAIN, log=message, maintenance=record)
+        decision.actions.append(ScaleDeployment(original))
+        return decision
+    if not app_available(deployment, original):
+        if timed_out(status, obs, spec.timeouts.ready_seconds):
+            return fail(
+                spec,
+                status,
+                phase,
+                reasons.APP_NOT_AVAILABLE,
+                f"{deployment_name} not available after {spec.timeouts.ready_seconds}s on the migrated "
+                f"database ({deployment.available_replicas}/{original} available)",
+            )
+        message = (
+            f"exiting maintenance: waiting for {deployment_name} to be available "
+            f"({deployment.available_replicas}/{original})"
+        )
+        return stay(phase, message, reasons.SCALING_UP, POLL_DRAIN, maintenance=record)
+    before = status.before.version if status.before else None
+    after = status.after.version if status.after else None
+    message = (
+        f"migrated {spec.database.name} from version {before or 'none'} to {after or '?'} "
+        f"({len(status.applied)} migration(s)); {deployment_name} back at {original} replicas"
+    )
+    if record.scaled_up_at is None:
+        record.scaled_up_at = iso(obs.now)
+    decision = enter(Phase.SUCCEEDED, message, maintenance=record)
+    decision.actions.insert(0, ClearMaintenanceRecord())
+    decision.conditions.append(
+        ConditionChange(
+            reasons.MAINTENANCE_MODE,
+            "False",
+            reasons.APP_RESTORED,
+            f"{deployment_name} available with {original} replicas",
+        )
+    )
+    return decision

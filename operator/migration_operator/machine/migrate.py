@@ -1,0 +1,100 @@
+"""Migrating: `flyway migrate` by the `migrate` Job, with the runbook's safety flags (`flyway.command_line`).
+
+Observes: the `migrate` Job; before creating it, the "before" snapshot (the app is drained now: the most
+faithful one, taken once); while it runs, blocked locks and other sessions (monitoring only).
+Actions: create the `migrate` Job (again when someone deleted it mid-run: Flyway resumes from its history).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from .. import database, flyway, jobs, reasons
+from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase
+from ..observations import ConditionChange, Observations
+from ..reasons import Step
+from . import context
+from .context import Context
+from .core import (
+    POLL_JOB,
+    CreateJob,
+    Decision,
+    Run,
+    database_changed,
+    enter,
+    expected_version,
+    fail,
+    first_line,
+    next_phase,
+    stay,
+    timed_out,
+)
+
+PHASE = Phase.MIGRATING
+
+
+def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
+    return jobs.flyway_pod(spec, Step.MIGRATE, spec.timeouts.migrate_seconds)
+
+
+async def observe(ctx: Context) -> dict[str, Any]:
+    fields: dict[str, Any] = {"jobs": await context.job(ctx, Step.MIGRATE)}
+    state = fields["jobs"][Step.MIGRATE].state
+    login = await context.credentials(ctx)
+    if state == "Absent" and not database_changed(ctx.status):
+        # not when a deleted Job is re-created: its Flyway may still hold or wait for locks, and count(*) would
+        # queue behind them
+        fields["snapshot"] = await database.take_snapshot(ctx.spec, login)
+    elif state == "Running":
+        try:
+            fields["blocked_locks"] = tuple(await database.blocked_locks(ctx.spec, login))
+            fields["app_sessions"] = tuple(await database.sessions(ctx.spec, login))
+        except psycopg.Error as error:  # monitoring only: never fail the run for it
+            ctx.logger.warning("lock monitoring failed: %s", error)
+    return fields
+
+
+def migration_failed(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, error: str) -> Decision:
+    condition = ConditionChange(reasons.MIGRATED, "False", reasons.MIGRATION_FAILED, first_line(error, 1000))
+    return fail(spec, status, PHASE, reasons.MIGRATION_FAILED, error, [condition])
+
+
+def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run) -> Decision:
+    target = expected_version(spec, status) or "latest"
+    job = obs.job(Step.MIGRATE)
+    if job.state == "Absent":
+        message = f"migrating: flyway migrate to version {target}"
+        again = database_changed(status)  # created before: someone deleted the Job mid-run
+        log = (
+            "the flyway migrate Job disappeared (deleted?): created it again; Flyway resumes from its history"
+            if again
+            else "created the flyway migrate Job"
+        )
+        decision = stay(PHASE, message, reasons.MIGRATING, log=log)
+        decision.warning = again
+        decision.actions.append(CreateJob(Step.MIGRATE))
+        decision.conditions.append(ConditionChange(reasons.MIGRATED, "False", reasons.MIGRATING, message))
+        if obs.snapshot is not None and not again:
+            decision.record(before=obs.snapshot)
+        return decision
+    if job.state == "Running":
+        message = f"migrating: flyway migrate to version {target} running"
+        if obs.blocked_locks:
+            message += f"; {len(obs.blocked_locks)} blocked lock(s): " + "; ".join(obs.blocked_locks[:3])
+        if obs.app_sessions:
+            message += f"; {len(obs.app_sessions)} other session(s)"
+        if timed_out(status, obs, spec.timeouts.migrate_seconds):
+            return migration_failed(spec, status, f"flyway migrate exceeded {spec.timeouts.migrate_seconds}s")
+        return stay(PHASE, message, reasons.MIGRATING, POLL_JOB)
+    result = flyway.parse_migrate_output(job.output)
+    if job.state == "Failed" or not result.success:
+        return migration_failed(spec, status, result.error or job.failure or "flyway migrate failed without output")
+    message = (
+        f"migrated: {result.migrations_executed} migration(s) applied, "
+        f"now at version {result.target_schema_version or target}"
+    )
+    decision = enter(next_phase(PHASE, spec), message, flyway=result.summary())
+    decision.conditions.append(ConditionChange(reasons.MIGRATED, "True", reasons.MIGRATION_SUCCEEDED, message))
+    return decision

@@ -1,0 +1,232 @@
+"""Preflight: everything that can be checked before the app or the database is touched. A failure here ends the
+run `Failed` with the app untouched.
+
+Observes: the objects the run needs (credentials Secret, migrations ConfigMap, Deployment, backup PVC, compensate
+ConfigMap), the database (login, failed history rows), a "before" snapshot, the migrations of the ConfigMap, and
+the `validate` Job (flyway info + validate).
+Actions: create the `validate` Job.
+Outcomes: the pending list; nothing pending -> Succeeded (NothingToMigrate); dry run -> Succeeded (DryRunComplete);
+else the first work phase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import database, flyway, jobs, kube, reasons
+from ..models import (
+    BackupMethod,
+    DatabaseMigrationSpec,
+    DatabaseMigrationStatus,
+    PendingMigration,
+    Phase,
+    RollbackStrategy,
+)
+from ..observations import ConditionChange, Observations
+from ..reasons import Step
+from . import context
+from .context import Context
+from .core import (
+    POLL_JOB,
+    POLL_RETRY,
+    CreateJob,
+    Decision,
+    Run,
+    describe_pending,
+    enter,
+    fail,
+    next_phase,
+    progress,
+    stay,
+    timed_out,
+    version_key,
+)
+
+PHASE = Phase.PREFLIGHT
+
+
+def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
+    return jobs.flyway_pod(spec, Step.VALIDATE, spec.timeouts.preflight_seconds)
+
+
+async def _missing(ctx: Context, values: dict[str, str] | None) -> list[tuple[str, str]]:
+    """What preflight cannot find: (reason, message) each."""
+    clients = kube.load()
+    spec, namespace = ctx.spec, ctx.namespace
+    missing: list[tuple[str, str]] = []
+    secret = spec.database.credentials_secret
+    if values is None:
+        missing.append((reasons.CREDENTIALS_SECRET_NOT_FOUND, f"Secret {secret.name} not found in {namespace}"))
+    elif secret.username_key not in values or secret.password_key not in values:
+        missing.append(
+            (
+                reasons.CREDENTIALS_SECRET_NOT_FOUND,
+                f"Secret {secret.name} lacks key {secret.username_key} or {secret.password_key}",
+            )
+        )
+    # (reader, kind, name, reason, the field naming it) for each object the run needs, when it needs it
+    needed: list[tuple[Any, str, str, str, str]] = []
+    if spec.migrations.config_map:
+        needed.append(
+            (
+                clients.core.read_namespaced_config_map,
+                "ConfigMap",
+                spec.migrations.config_map.name,
+                reasons.MIGRATIONS_CONFIGMAP_NOT_FOUND,
+                "spec.migrations.configMap",
+            )
+        )
+    if spec.maintenance:
+        needed.append(
+            (
+                clients.apps.read_namespaced_deployment,
+                "Deployment",
+                spec.maintenance.deployment.name,
+                reasons.DEPLOYMENT_NOT_FOUND,
+                "spec.maintenance",
+            )
+        )
+    if spec.backup.enabled and spec.backup.method == BackupMethod.DUMP and spec.backup.volume:
+        needed.append(
+            (
+                clients.core.read_namespaced_persistent_volume_claim,
+                "PersistentVolumeClaim",
+                spec.backup.volume.claim_name,
+                reasons.BACKUP_VOLUME_NOT_FOUND,
+                "spec.backup.volume",
+            )
+        )
+    for reader, kind, name, reason, field in needed:
+        if await kube.get_or_none(reader, name, namespace) is None:
+            missing.append((reason, f"{kind} {name} ({field}) not found"))
+    compensate = spec.rollback.compensate
+    if spec.rollback.strategy == RollbackStrategy.COMPENSATE and compensate and compensate.config_map_key_ref:
+        ref = compensate.config_map_key_ref
+        config_map = await kube.get_or_none(clients.core.read_namespaced_config_map, ref.name, namespace)
+        if config_map is None or ref.key not in (config_map.data or {}):
+            missing.append(
+                (
+                    reasons.COMPENSATE_CONFIGMAP_NOT_FOUND,
+                    f"ConfigMap {ref.name} with key {ref.key} (rollback.compensate) not found",
+                )
+            )
+    return missing
+
+
+async def _local_migrations(ctx: Context) -> tuple[PendingMigration, ...] | None:
+    if not ctx.spec.migrations.config_map:
+        return None
+    config_map = await kube.get_or_none(
+        kube.load().core.read_namespaced_config_map, ctx.spec.migrations.config_map.name, ctx.namespace
+    )
+    if config_map is None:
+        return None
+    found = [flyway.migration_file(key) for key in (config_map.data or {})]
+    return tuple(m for m in found if m is not None)
+
+
+async def observe(ctx: Context) -> dict[str, Any]:
+    values = await context.secret_values(ctx)  # read once: the Secret is one of the things preflight looks for
+    missing = await _missing(ctx, values)
+    fields: dict[str, Any] = {"missing": tuple(missing)}
+    login = context.login(ctx, values)
+    if missing or login is None:
+        return fields
+    check = await database.check(ctx.spec, login)
+    fields["database"] = check
+    if check.reachable:
+        fields["snapshot"] = await database.take_snapshot(ctx.spec, login)
+        fields["local_migrations"] = await _local_migrations(ctx)
+        fields["jobs"] = await context.job(ctx, Step.VALIDATE)
+    return fields
+
+
+def compute_pending(
+    local: tuple[PendingMigration, ...], applied_versions: set[str], target: str | None
+) -> list[PendingMigration]:
+    limit = version_key(target) if target and target != "latest" else None
+    pending = [
+        m
+        for m in local
+        if m.version is not None
+        and m.version not in applied_versions
+        and (limit is None or version_key(m.version) <= limit)
+    ]
+    return sorted(pending, key=lambda m: version_key(m.version))
+
+
+def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run) -> Decision:
+    if obs.missing:
+        reason, _ = obs.missing[0]
+        return fail(spec, status, PHASE, reason, "; ".join(m for _, m in obs.missing))
+    database_check = obs.database
+    if database_check is None:
+        return stay(PHASE, "preflight: connecting to the database", reasons.PREFLIGHT, POLL_RETRY)
+    if not database_check.reachable:
+        return fail(spec, status, PHASE, database_check.reason or reasons.DATABASE_UNREACHABLE, database_check.message)
+    if database_check.failed_rows:
+        rows = ", ".join(f"version {r.version} ({r.script})" for r in database_check.failed_rows)
+        return fail(
+            spec,
+            status,
+            PHASE,
+            reasons.FAILED_MIGRATION_IN_HISTORY,
+            f"{spec.migrations.table} has failed migration rows: {rows}. Fix the database and remove "
+            "the rows (flyway repair) before migrating",
+        )
+    if timed_out(status, obs, spec.timeouts.preflight_seconds):
+        return fail(
+            spec, status, PHASE, reasons.TIMEOUT, f"preflight took longer than {spec.timeouts.preflight_seconds}s"
+        )
+
+    job = obs.job(Step.VALIDATE)
+    if job.state == "Absent":
+        return Decision(
+            phase=PHASE,
+            message="preflight: running flyway info and validate",
+            actions=[CreateJob(Step.VALIDATE)],
+            conditions=progress(reasons.VALIDATING, "running flyway validate"),
+            requeue_after=POLL_JOB,
+            log="created the flyway validate Job",
+        )
+    if job.state == "Running":
+        return stay(PHASE, "preflight: flyway validate running", reasons.VALIDATING)
+    result = flyway.parse_validate_output(job.output)
+    if job.state == "Failed" or not result.successful:
+        reason, message = flyway.classify_validate_failure(result, job.failure)
+        return fail(spec, status, PHASE, reason, message)
+
+    if result.pending is not None:
+        pending: list[PendingMigration] | None = result.pending
+    elif obs.local_migrations is not None:
+        pending = compute_pending(obs.local_migrations, database_check.applied_versions, spec.migrations.target_version)
+    else:
+        pending = None
+    current = result.schema_version or (obs.snapshot.version if obs.snapshot else None)
+    fields: dict[str, Any] = {"pending": list(pending or [])}
+    if obs.snapshot is not None:
+        fields["before"] = obs.snapshot
+    if pending == []:
+        message = f"nothing to migrate: {spec.database.name} is at version {current or 'none'}"
+        return enter(Phase.SUCCEEDED, message, reason=reasons.NOTHING_TO_MIGRATE, **fields)
+    listing = describe_pending(pending) if pending else "unknown (image source without flyway info)"
+    if spec.dry_run:
+        message = (
+            f"dry run complete: {len(pending or [])} pending migration(s) on "
+            f"{spec.database.name} at version {current or 'none'}: {listing}"
+        )
+        return enter(Phase.SUCCEEDED, message, reason=reasons.DRY_RUN_COMPLETE, **fields)
+    message = f"preflight passed: at version {current or 'none'}, pending: {listing}"
+    decision = enter(next_phase(PHASE, spec), message, **fields)
+    if not spec.backup.enabled:
+        decision.conditions.append(
+            ConditionChange(
+                reasons.BACKUP_COMPLETE,
+                "False",
+                reasons.BACKUP_DISABLED,
+                "backup.enabled is false: no backup is taken, a failed migration cannot be restored",
+            )
+        )
+        decision.warning = True
+        decision.log = message + "; WARNING: backup disabled"
+    return decision

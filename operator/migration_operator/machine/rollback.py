@@ -1,0 +1,338 @@
+"""RollingBack, and the rollback strategies (the runbook's options A, B and C, and None).
+
+Order, whatever the strategy: (1) put the database back when the migration may have changed it, with the app
+down while that happens; (2) bring the app back to its recorded replicas and wait until it is available; (3) end
+`RolledBack` (Stalled: the run did not do what it was created for) or `Failed` when a step of the rollback failed.
+
+    Restore     the backup given back by the run's backup method (backup.py: Dump -> `restore` Job,
+                Clone -> rename the clone into place)
+    Repair      `flyway repair` by the `repair` Job (failed rows removed; a transactional migration was already
+                rolled back by PostgreSQL)
+    Compensate  the user's SQL in one transaction by the `compensate` Job
+    None        stop: the database as Flyway left it, the app left at 0 for a human
+
+To add a strategy: a `RollbackStrategy` value in models.py, a class here with the `RollbackPlan` members, an entry
+in `ROLLBACK_STRATEGIES` (a unit test fails while one is missing), its reason in reasons.py, and its tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .. import jobs, pg_scripts, reasons
+from ..models import (
+    DatabaseMigrationSpec,
+    DatabaseMigrationStatus,
+    MaintenanceStatus,
+    Phase,
+    RollbackStatus,
+    RollbackStrategy,
+)
+from ..observations import ConditionChange, Observations
+from ..reasons import Step
+from . import backup, context
+from .context import Context
+from .core import (
+    POLL_DRAIN,
+    Action,
+    ClearMaintenanceRecord,
+    Decision,
+    ReleaseLock,
+    Run,
+    ScaleDeployment,
+    app_available,
+    first_line,
+    iso,
+    maintenance_touched,
+    original_replicas,
+    rollback_job_step,
+    stalled_end,
+    stay,
+    timed_out,
+)
+from .maintenance import observe_deployment
+
+PHASE = Phase.ROLLING_BACK
+PodBuilder = Any  # Callable[[DatabaseMigrationSpec, Run], jobs.PodParts]
+
+
+class RollbackPlan(Protocol):
+    """How one strategy puts the database back."""
+
+    # False: the strategy leaves the database as Flyway left it and ends the run at once.
+    changes_database: bool
+    # What the outcome says the strategy did, and the RolledBack condition's reason.
+    done: str
+    succeeded_reason: str
+
+    def pods(self) -> dict[Step, PodBuilder]: ...
+
+    async def observe(self, ctx: Context) -> dict[str, Any]: ...
+
+    def decide(
+        self,
+        spec: DatabaseMigrationSpec,
+        status: DatabaseMigrationStatus,
+        obs: Observations,
+        run: Run,
+        rollback: RollbackStatus,
+    ) -> Decision: ...
+
+
+class RestoreRollback:
+    changes_database = True
+    done = "database restored from the backup"
+    succeeded_reason = reasons.RESTORE_SUCCEEDED
+
+    def pods(self) -> dict[Step, PodBuilder]:
+        return {}  # the backup method's (backup.py)
+
+    async def observe(self, ctx: Context) -> dict[str, Any]:
+        return await backup.plan(ctx.spec).observe_restore(ctx)
+
+    def decide(
+        self,
+        spec: DatabaseMigrationSpec,
+        status: DatabaseMigrationStatus,
+        obs: Observations,
+        run: Run,
+        rollback: RollbackStatus,
+    ) -> Decision:
+        return backup.plan(spec).decide_restore(spec, status, obs, run, rollback)
+
+
+class RepairRollback:
+    changes_database = True
+    done = "failed history rows repaired, database at its last good version"
+    succeeded_reason = reasons.REPAIR_SUCCEEDED
+
+    def pods(self) -> dict[Step, PodBuilder]:
+        return {Step.REPAIR: lambda spec, run: jobs.flyway_pod(spec, Step.REPAIR, spec.timeouts.rollback_seconds)}
+
+    async def observe(self, ctx: Context) -> dict[str, Any]:
+        return {"jobs": await context.job(ctx, Step.REPAIR)}
+
+    def decide(
+        self,
+        spec: DatabaseMigrationSpec,
+        status: DatabaseMigrationStatus,
+        obs: Observations,
+        run: Run,
+        rollback: RollbackStatus,
+    ) -> Decision:
+        return rollback_job_step(Step.REPAIR, "flyway repair", obs, rollback)
+
+
+class CompensateRollback:
+    changes_database = True
+    done = "compensating SQL applied"
+    succeeded_reason = reasons.COMPENSATE_SUCCEEDED
+
+    def pods(self) -> dict[Step, PodBuilder]:
+        return {Step.COMPENSATE: self.pod}
+
+    @staticmethod
+    def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
+        compensate = spec.rollback.compensate
+        if compensate is None:
+            raise ValueError("step compensate needs spec.rollback.compensate")
+        env: list[dict[str, Any]] = []
+        volumes: list[dict[str, Any]] = []
+        mounts: list[dict[str, Any]] = []
+        if compensate.config_map_key_ref:
+            ref = compensate.config_map_key_ref
+            volumes.append(
+                {
+                    "name": "compensate",
+                    "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": "compensate.sql"}]},
+                }
+            )
+            mounts.append({"name": "compensate", "mountPath": "/compensate", "readOnly": True})
+            env.append({"name": "COMPENSATE_FILE", "value": "/compensate/compensate.sql"})
+        else:
+            env.append({"name": "COMPENSATE_SQL", "value": compensate.sql or ""})
+        return jobs.postgres_pod(
+            spec,
+            Step.COMPENSATE,
+            pg_scripts.COMPENSATE_SCRIPT,
+            spec.timeouts.rollback_seconds,
+            env=env,
+            volumes=volumes,
+            mounts=mounts,
+        )
+
+    async def observe(self, ctx: Context) -> dict[str, Any]:
+        return {"jobs": await context.job(ctx, Step.COMPENSATE)}
+
+    def decide(
+        self,
+        spec: DatabaseMigrationSpec,
+        status: DatabaseMigrationStatus,
+        obs: Observations,
+        run: Run,
+        rollback: RollbackStatus,
+    ) -> Decision:
+        return rollback_job_step(Step.COMPENSATE, "the compensating SQL", obs, rollback)
+
+
+class NoRollback:
+    changes_database = False
+    done = "database untouched"
+    succeeded_reason = reasons.NOTHING_TO_ROLL_BACK
+
+    def pods(self) -> dict[Step, PodBuilder]:
+        return {}
+
+    async def observe(self, ctx: Context) -> dict[str, Any]:
+        return {}
+
+    def decide(
+        self,
+        spec: DatabaseMigrationSpec,
+        status: DatabaseMigrationStatus,
+        obs: Observations,
+        run: Run,
+        rollback: RollbackStatus,
+    ) -> Decision:
+        original = status.maintenance.original_replicas if status.maintenance else None
+        deployment_name = spec.maintenance.deployment.name if spec.maintenance else None
+        app = (
+            f"; {deployment_name} left at 0 replicas (original {original} in annotation "
+            f"dbops.io/original-replicas): fix the database, then scale it back"
+            if maintenance_touched(status)
+            else ""
+        )
+        cause = rollback.error or rollback.reason or "unknown failure"
+        text = (
+            f"rollback.strategy None: stopped after {rollback.reason}: {first_line(cause, 600)}; "
+            f"the database is as Flyway left it{app}"
+        )
+        return stalled_end(
+            Phase.FAILED,
+            reasons.ROLLBACK_DISABLED,
+            text,
+            [ConditionChange(reasons.ROLLED_BACK, "False", reasons.ROLLBACK_DISABLED, text)],
+            [ReleaseLock()],
+        )
+
+
+ROLLBACK_STRATEGIES: dict[RollbackStrategy, RollbackPlan] = {
+    RollbackStrategy.RESTORE: RestoreRollback(),
+    RollbackStrategy.REPAIR: RepairRollback(),
+    RollbackStrategy.COMPENSATE: CompensateRollback(),
+    RollbackStrategy.NONE: NoRollback(),
+}
+
+
+def strategy_of(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus) -> RollbackStrategy:
+    """The strategy recorded when the rollback started (the spec's otherwise)."""
+    return RollbackStrategy((status.rollback.strategy if status.rollback else None) or spec.rollback.strategy)
+
+
+def _database_pending(rollback: RollbackStatus) -> bool:
+    return rollback.database_changed and not rollback.database_restored and not rollback.failed
+
+
+async def observe(ctx: Context) -> dict[str, Any]:
+    fields = await observe_deployment(ctx)
+    rollback = ctx.status.rollback or RollbackStatus()
+    if _database_pending(rollback):
+        fields.update(await ROLLBACK_STRATEGIES[strategy_of(ctx.spec, ctx.status)].observe(ctx))
+    return fields
+
+
+def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run) -> Decision:
+    rollback = status.rollback or RollbackStatus()
+    strategy = strategy_of(spec, status)
+    plan = ROLLBACK_STRATEGIES[strategy]
+    cause = rollback.error or rollback.reason or "unknown failure"
+    deployment = obs.deployment if spec.maintenance else None
+    deployment_name = spec.maintenance.deployment.name if spec.maintenance else None
+    expired = timed_out(status, obs, spec.timeouts.rollback_seconds)
+
+    # 1. The database, when the migration (may have) changed it.
+    if _database_pending(rollback):
+        if not plan.changes_database:
+            return plan.decide(spec, status, obs, run, rollback)
+        if expired:
+            failure = f"rollback took longer than {spec.timeouts.rollback_seconds}s"
+            rollback = rollback.model_copy(update={"failed": True, "failure": failure})
+            return stay(
+                PHASE,
+                "rollback timed out; restoring the app",
+                reasons.ROLLING_BACK,
+                0.0,
+                log=failure,
+                rollback=rollback,
+            )
+        # The app must be down while the database is put back (it may have been scaled up already).
+        if deployment is not None and deployment.exists and (deployment.replicas != 0 or deployment.pods):
+            decision = stay(
+                PHASE,
+                f"rollback: stopping {deployment_name} before restoring the database",
+                reasons.SCALING_DOWN,
+                POLL_DRAIN,
+            )
+            if deployment.replicas != 0:
+                decision.actions.append(ScaleDeployment(0))
+            return decision
+        return plan.decide(spec, status, obs, run, rollback)
+
+    # 2. The app, back at its recorded replicas.
+    if deployment is not None and deployment.exists and maintenance_touched(status):
+        original = original_replicas(status, deployment, run.name)
+        if deployment.replicas != original:
+            record = (status.maintenance or MaintenanceStatus()).model_copy(
+                update={"original_replicas": original, "scaled_up_at": iso(obs.now)}
+            )
+            text = f"rollback: scaling {deployment_name} back to {original} replicas"
+            decision = stay(PHASE, text, reasons.SCALING_UP, POLL_DRAIN, log=text, maintenance=record)
+            decision.actions.append(ScaleDeployment(original))
+            return decision
+        if not app_available(deployment, original) and not expired:
+            return stay(
+                PHASE,
+                f"rollback: waiting for {deployment_name} to be available ({deployment.available_replicas}/{original})",
+                reasons.SCALING_UP,
+                POLL_DRAIN,
+            )
+        if not app_available(deployment, original):
+            rollback = rollback.model_copy(
+                update={
+                    "failed": True,
+                    "failure": rollback.failure or f"{deployment_name} not available after the rollback",
+                }
+            )
+
+    # 3. The outcome.
+    actions: list[Action] = (
+        [ClearMaintenanceRecord(), ReleaseLock()] if maintenance_touched(status) else [ReleaseLock()]
+    )
+    if rollback.failed:
+        text = f"rollback failed: {rollback.failure}; the run failed with {rollback.reason}: {first_line(cause, 500)}"
+        return stalled_end(
+            Phase.FAILED,
+            reasons.ROLLBACK_FAILED,
+            text,
+            [ConditionChange(reasons.ROLLED_BACK, "False", reasons.ROLLBACK_FAILED, text)],
+            actions,
+            rollback=rollback,
+        )
+    changed = rollback.database_changed
+    how = plan.done if changed else NoRollback.done
+    app = f", {deployment_name} back at its replicas" if maintenance_touched(status) else ""
+    text = f"rolled back ({how}{app}) after {rollback.reason}: {first_line(cause, 600)}"
+    reason = plan.succeeded_reason if changed else reasons.NOTHING_TO_ROLL_BACK
+    return stalled_end(
+        Phase.ROLLED_BACK,
+        reasons.ROLLED_BACK,
+        text,
+        [
+            ConditionChange(reasons.ROLLED_BACK, "True", reason, text),
+            ConditionChange(reasons.MAINTENANCE_MODE, "False", reasons.APP_RESTORED, app.strip(", "))
+            if maintenance_touched(status)
+            else ConditionChange(reasons.MAINTENANCE_MODE, "False", reasons.NOT_STARTED, ""),
+        ],
+        actions,
+        rollback=rollback,
+    )

@@ -1,0 +1,132 @@
+"""What one reconcile pass saw, and the condition changes a decision makes: the types shared by the I/O modules
+(`database`, `lock`, `maintenance`, `jobs`) and the phase machine (`machine`).
+
+This module sits below both, so an I/O module returns these types without importing the machine, and the
+machine judges them without knowing where they came from. Plain frozen dataclasses: no I/O, no behaviour beyond
+small derived properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from .models import AppliedMigration, LastError, PendingMigration, Snapshot
+
+JobState = Literal["Absent", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    state: JobState = "Absent"
+    # The container's termination message (Flyway JSON, backup summary) when the pod has ended.
+    output: str | None = None
+    # Why the Job failed when not from the output (DeadlineExceeded, BackoffLimitExceeded, pod reason).
+    failure: str | None = None
+    exit_code: int | None = None
+
+
+ABSENT = JobObservation()
+
+
+@dataclass(frozen=True)
+class LockObservation:
+    acquired: bool
+    holder: str | None = None  # "<namespace>/<name>" of the migration holding the database
+
+
+@dataclass(frozen=True)
+class DatabaseCheck:
+    """The operator's own connection test and history read (preflight)."""
+
+    reachable: bool
+    reason: str | None = None  # BadCredentials, DatabaseUnreachable, DatabaseNotFound ...
+    message: str = ""
+    history: tuple[AppliedMigration, ...] = ()  # every row, in installed_rank order
+    history_table_exists: bool = False
+
+    @property
+    def failed_rows(self) -> list[AppliedMigration]:
+        return [row for row in self.history if not row.success]
+
+    @property
+    def applied_versions(self) -> set[str]:
+        return {row.version for row in self.history if row.success and row.version is not None}
+
+
+@dataclass(frozen=True)
+class DeploymentObservation:
+    exists: bool
+    replicas: int = 0  # spec.replicas
+    available_replicas: int = 0
+    updated_replicas: int = 0
+    pods: int = 0  # pods matching the selector, terminating ones included
+    up_to_date: bool = True  # status.observedGeneration >= metadata.generation
+    original_replicas_annotation: int | None = None
+    annotation_owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    pid: int
+    usename: str | None
+    application_name: str | None
+    state: str | None
+    client: str | None = None
+
+    def describe(self) -> str:
+        who = self.application_name or "-"
+        return f"pid {self.pid} ({self.usename or '?'}, {who}, {self.state or '?'})"
+
+
+@dataclass(frozen=True)
+class CloneObservation:
+    source_exists: bool
+    clone_exists: bool
+    failed_copy_exists: bool = False
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Raw facts after the migration; the machine judges them."""
+
+    snapshot: Snapshot
+    failed_rows: tuple[AppliedMigration, ...] = ()
+    applied: tuple[AppliedMigration, ...] = ()  # rows installed by this run
+    check_results: dict[str, bool | str] = field(default_factory=dict)  # name -> passed, or the error text
+    error: str | None = None  # the database could not be queried
+
+
+@dataclass(frozen=True)
+class Observations:
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    generation: int | None = None
+    approved: bool = False
+    lock: LockObservation | None = None
+    # Preflight failures found by the handlers (missing ConfigMap, Secret, PVC ...): (reason, message).
+    missing: tuple[tuple[str, str], ...] = ()
+    database: DatabaseCheck | None = None
+    # Migrations found in the ConfigMap (None when the source is an image).
+    local_migrations: tuple[PendingMigration, ...] | None = None
+    snapshot: Snapshot | None = None
+    deployment: DeploymentObservation | None = None
+    app_sessions: tuple[Session, ...] = ()
+    blocked_locks: tuple[str, ...] = ()
+    jobs: dict[str, JobObservation] = field(default_factory=dict)
+    clone: CloneObservation | None = None
+    verification: Verification | None = None
+    # The error of the last pass's database action (status.lastError): a retry says why it retries.
+    last_error: LastError | None = None
+
+    def job(self, step: str) -> JobObservation:
+        return self.jobs.get(step, ABSENT)
+
+
+@dataclass(frozen=True)
+class ConditionChange:
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
