@@ -7,6 +7,10 @@ import logging
 import os
 import sys
 
+import kopf
+
+from . import handlers  # noqa: F401  (importing it registers the handlers with kopf)
+
 USAGE_EPILOG = """
 environment:
   KUBECONFIG             kubeconfig outside a cluster (in-cluster config is tried first)
@@ -55,8 +59,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    import kopf
-
     if args.metrics_port is not None:
         os.environ["METRICS_PORT"] = str(args.metrics_port)
     log_format = (args.log_format or os.environ.get("LOG_FORMAT", "full")).lower()
@@ -69,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # kubelet probes hit the liveness endpoint every few seconds: an access line each would drown the log
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-    from . import handlers  # noqa: F401  (registers the handlers)
 
     namespaces = args.namespace
     kopf.run(

@@ -29,9 +29,9 @@ from kopf._core.reactor import queueing as kopf_queueing
 from . import constants, kube, metrics, reconcile
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+# The wake-up of each run's daemon: process wiring between kopf's watch handlers and the daemons, not run state
+# (that lives in the resource's status).
 _triggers: dict[tuple[str, str], asyncio.Event] = {}
-# (namespace, deployment) -> names of the runs that use it for maintenance.
-_deployments: dict[tuple[str, str], set[str]] = {}
 ERROR_BACKOFF = (2.0, 5.0, 10.0, 30.0, 60.0)
 FORBIDDEN_WATCH_RETRY = 15.0
 logger = logging.getLogger(__name__)
@@ -70,6 +70,16 @@ if not getattr(kopf_queueing.watcher, "tolerates_forbidden", False):
     kopf_queueing.watcher = tolerate_forbidden_watches(kopf_queueing.watcher)  # type: ignore[assignment]
 
 
+def quiet_handler_success(record: logging.LogRecord) -> bool:
+    """Demote kopf's "Handler '...' succeeded." to DEBUG (dropped unless debug logging is on)."""
+    if record.levelno == logging.INFO and str(record.msg).startswith("Handler '") and str(record.msg).endswith(
+        " succeeded."
+    ):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("kopf").isEnabledFor(logging.DEBUG)
+    return True
+
+
 def poke(namespace: str | None, name: str | None) -> None:
     if namespace and name and (namespace, name) in _triggers:
         _triggers[(namespace, name)].set()
@@ -87,6 +97,9 @@ async def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -
     settings.watching.client_timeout = 300
     settings.networking.request_timeout = 60
     settings.batching.error_delays = ERROR_BACKOFF
+    # kopf logs every handler's success at INFO: with watches on Deployments and Jobs that is lines per second while
+    # an app scales. Ours log what matters (phase changes, actions, errors); kopf's own lines go to debug.
+    logging.getLogger("kopf.objects").addFilter(quiet_handler_success)
     kube.load()
     port = int(os.environ.get("METRICS_PORT", "8080"))
     metrics.serve(port)
@@ -95,15 +108,12 @@ async def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -
 
 @kopf.daemon(constants.GROUP, constants.VERSION, constants.PLURAL, cancellation_timeout=5.0)
 async def run_migration(
-    name: str, namespace: str | None, spec: kopf.Spec, stopped: kopf.DaemonStopped, logger: Logger, **_: Any
+    name: str, namespace: str | None, stopped: kopf.DaemonStopped, logger: Logger, **_: Any
 ) -> None:
     if namespace is None:
         return
     key = (namespace, name)
     trigger = _triggers.setdefault(key, asyncio.Event())
-    deployment = ((dict(spec).get("maintenance") or {}).get("deployment") or {}).get("name")
-    if deployment:
-        _deployments.setdefault((namespace, deployment), set()).add(name)
     failures = 0
     metrics.IN_FLIGHT.inc()
     try:
@@ -127,8 +137,6 @@ async def run_migration(
     finally:
         metrics.IN_FLIGHT.dec()
         _triggers.pop(key, None)
-        if deployment:
-            _deployments.get((namespace, deployment), set()).discard(name)
 
 
 @kopf.on.event(constants.GROUP, constants.VERSION, constants.PLURAL)
@@ -143,9 +151,21 @@ async def job_changed(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
             poke(namespace, owner.get("name"))
 
 
-@kopf.on.event("apps", "v1", "deployments", when=lambda namespace, name, **_: (namespace, name) in _deployments)
-async def deployment_changed(namespace: str | None, name: str, **_: Any) -> None:
-    for migration in list(_deployments.get((namespace or "", name), ())):
+@kopf.index(constants.GROUP, constants.VERSION, constants.PLURAL)
+def maintenance_runs(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    """(namespace, Deployment) -> the runs that use it for maintenance (kopf keeps it in step with the watch)."""
+    deployment = ((dict(spec).get("maintenance") or {}).get("deployment") or {}).get("name")
+    return {(namespace or "", deployment): name} if deployment else {}
+
+
+def used_for_maintenance(namespace: str | None, name: str, **kwargs: Any) -> bool:
+    return (namespace or "", name) in kwargs["maintenance_runs"]
+
+
+@kopf.on.event("apps", "v1", "deployments", when=used_for_maintenance)
+async def deployment_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
+    runs: kopf.Index[tuple[str, str], str] = kwargs["maintenance_runs"]
+    for migration in runs.get((namespace or "", name), []):
         poke(namespace, migration)
 
 

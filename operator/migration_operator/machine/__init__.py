@@ -36,7 +36,7 @@ from ..observations import Observations
 from ..reasons import Step
 from . import backup, maintenance, migrate, pending, preflight, rollback, verify
 from .context import Context
-from .core import Decide, Decision, ReleaseLock, Run, iso
+from .core import Decide, Decision, PodBuilder, ReleaseLock, Run, iso
 
 
 async def _nothing(ctx: Context) -> dict[str, Any]:
@@ -69,8 +69,6 @@ PHASES: dict[Phase, PhaseEntry] = {
     Phase.ROLLED_BACK: PhaseEntry(_nothing, _terminal),
     Phase.FAILED: PhaseEntry(_nothing, _terminal),
 }
-
-PodBuilder = Callable[[DatabaseMigrationSpec, Run], jobs.PodParts]
 
 # Which pod runs each step: defined by the phase or plan that runs it.
 JOB_PODS: dict[Step, PodBuilder] = {

@@ -32,7 +32,9 @@ from .core import (
     CloneDatabase,
     CreateJob,
     Decision,
+    PodBuilder,
     Run,
+    Situation,
     SwapCloneBack,
     clone_names,
     enter,
@@ -46,7 +48,6 @@ from .core import (
 )
 
 PHASE = Phase.BACKING_UP
-PodBuilder = Any  # Callable[[DatabaseMigrationSpec, Run], jobs.PodParts]
 
 
 class BackupPlan(Protocol):
@@ -56,20 +57,11 @@ class BackupPlan(Protocol):
 
     async def observe(self, ctx: Context) -> dict[str, Any]: ...
 
-    def decide(
-        self, spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
-    ) -> Decision: ...
+    def decide(self, at: Situation) -> Decision: ...
 
     async def observe_restore(self, ctx: Context) -> dict[str, Any]: ...
 
-    def decide_restore(
-        self,
-        spec: DatabaseMigrationSpec,
-        status: DatabaseMigrationStatus,
-        obs: Observations,
-        run: Run,
-        rollback: RollbackStatus,
-    ) -> Decision: ...
+    def decide_restore(self, at: Situation, rollback: RollbackStatus) -> Decision: ...
 
 
 def backup_failed(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, error: str) -> Decision:
@@ -103,9 +95,8 @@ class DumpBackup:
     async def observe(self, ctx: Context) -> dict[str, Any]:
         return {"jobs": await context.job(ctx, Step.BACKUP)}
 
-    def decide(
-        self, spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
-    ) -> Decision:
+    def decide(self, at: Situation) -> Decision:
+        spec, status, obs, run = at
         job = obs.job(Step.BACKUP)
         running = f"backup: pg_dump of {spec.database.name} running"
         if job.state == "Absent":
@@ -155,15 +146,8 @@ class DumpBackup:
     async def observe_restore(self, ctx: Context) -> dict[str, Any]:
         return {"jobs": await context.job(ctx, Step.RESTORE)}
 
-    def decide_restore(
-        self,
-        spec: DatabaseMigrationSpec,
-        status: DatabaseMigrationStatus,
-        obs: Observations,
-        run: Run,
-        rollback: RollbackStatus,
-    ) -> Decision:
-        return rollback_job_step(Step.RESTORE, "pg_restore of the backup", obs, rollback)
+    def decide_restore(self, at: Situation, rollback: RollbackStatus) -> Decision:
+        return rollback_job_step(Step.RESTORE, "pg_restore of the backup", at.obs, rollback)
 
 
 # --------------------------------------------------------------------------------------------------- Clone
@@ -176,9 +160,8 @@ class CloneBackup:
         login = await context.credentials(ctx)
         return {"clone": await database.clone_state(ctx.spec, login, clone_name, failed_name)}
 
-    def decide(
-        self, spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
-    ) -> Decision:
+    def decide(self, at: Situation) -> Decision:
+        spec, status, obs, run = at
         clone_name, _ = clone_names(spec, run.uid)
         clone = obs.clone
         if clone is not None and clone.clone_exists:
@@ -209,14 +192,8 @@ class CloneBackup:
     async def observe_restore(self, ctx: Context) -> dict[str, Any]:
         return await self.observe(ctx)
 
-    def decide_restore(
-        self,
-        spec: DatabaseMigrationSpec,
-        status: DatabaseMigrationStatus,
-        obs: Observations,
-        run: Run,
-        rollback: RollbackStatus,
-    ) -> Decision:
+    def decide_restore(self, at: Situation, rollback: RollbackStatus) -> Decision:
+        spec, _, obs, run = at
         phase = Phase.ROLLING_BACK
         clone_name, failed_name = clone_names(spec, run.uid)
         clone = obs.clone
@@ -251,4 +228,4 @@ async def observe(ctx: Context) -> dict[str, Any]:
 
 
 def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run) -> Decision:
-    return plan(spec).decide(spec, status, obs, run)
+    return plan(spec).decide(Situation(spec, status, obs, run))

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import flyway, reasons
 from ..models import (
@@ -23,6 +23,9 @@ from ..models import (
 )
 from ..observations import ConditionChange, DeploymentObservation, Observations
 from ..reasons import Step
+
+if TYPE_CHECKING:  # jobs.py does I/O (reading Jobs); the machine's pure core needs only its PodParts type
+    from ..jobs import PodParts
 
 # Fallback re-check intervals (seconds). Watches on Jobs and the Deployment usually wake us earlier.
 POLL_JOB = 10.0
@@ -40,6 +43,19 @@ class Run:
 
     name: str = ""
     uid: str = ""
+
+
+class Situation(NamedTuple):
+    """Everything a plan (backup method, rollback strategy) decides from: `spec, status, obs, run = at`."""
+
+    spec: DatabaseMigrationSpec
+    status: DatabaseMigrationStatus
+    obs: Observations
+    run: Run
+
+
+# What pod a step runs, for a spec and a run.
+PodBuilder = Callable[[DatabaseMigrationSpec, Run], "PodParts"]
 
 
 # -------------------------------------------------------------------------------------------------- actions

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import database, maintenance, reasons
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, MaintenanceStatus, Phase
-from ..observations import ConditionChange, Observations
+from ..observations import ConditionChange, DeploymentObservation, Observations
 from . import context
 from .context import Context
 from .core import (
@@ -46,14 +46,19 @@ async def observe_entering(ctx: Context) -> dict[str, Any]:
     return fields
 
 
+def _app(spec: DatabaseMigrationSpec, obs: Observations) -> tuple[str, DeploymentObservation | None]:
+    """The maintenance Deployment's name, and what was seen of it (None when it does not exist)."""
+    assert spec.maintenance is not None  # these phases are in the run only with spec.maintenance
+    found = obs.deployment if obs.deployment is not None and obs.deployment.exists else None
+    return spec.maintenance.deployment.name, found
+
+
 def decide_entering(
     spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
 ) -> Decision:
     phase = Phase.ENTERING_MAINTENANCE
-    assert spec.maintenance is not None
-    deployment_name = spec.maintenance.deployment.name
-    deployment = obs.deployment
-    if deployment is None or not deployment.exists:
+    deployment_name, deployment = _app(spec, obs)
+    if deployment is None:
         return fail(spec, status, phase, reasons.DEPLOYMENT_NOT_FOUND, f"Deployment {deployment_name} not found")
     original = original_replicas(status, deployment, run.name)
     record = MaintenanceStatus(
@@ -96,10 +101,8 @@ def decide_exiting(
     spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
 ) -> Decision:
     phase = Phase.EXITING_MAINTENANCE
-    assert spec.maintenance is not None
-    deployment_name = spec.maintenance.deployment.name
-    deployment = obs.deployment
-    if deployment is None or not deployment.exists:
+    deployment_name, deployment = _app(spec, obs)
+    if deployment is None:
         return fail(
             spec,
             status,

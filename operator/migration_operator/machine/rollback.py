@@ -17,6 +17,7 @@ in `ROLLBACK_STRATEGIES` (a unit test fails while one is missing), its reason in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import jobs, pg_scripts, reasons
@@ -37,9 +38,11 @@ from .core import (
     Action,
     ClearMaintenanceRecord,
     Decision,
+    PodBuilder,
     ReleaseLock,
     Run,
     ScaleDeployment,
+    Situation,
     app_available,
     first_line,
     iso,
@@ -53,30 +56,27 @@ from .core import (
 from .maintenance import observe_deployment
 
 PHASE = Phase.ROLLING_BACK
-PodBuilder = Any  # Callable[[DatabaseMigrationSpec, Run], jobs.PodParts]
 
 
 class RollbackPlan(Protocol):
     """How one strategy puts the database back."""
 
     # False: the strategy leaves the database as Flyway left it and ends the run at once.
-    changes_database: bool
+    @property
+    def changes_database(self) -> bool: ...
+
     # What the outcome says the strategy did, and the RolledBack condition's reason.
-    done: str
-    succeeded_reason: str
+    @property
+    def done(self) -> str: ...
+
+    @property
+    def succeeded_reason(self) -> str: ...
 
     def pods(self) -> dict[Step, PodBuilder]: ...
 
     async def observe(self, ctx: Context) -> dict[str, Any]: ...
 
-    def decide(
-        self,
-        spec: DatabaseMigrationSpec,
-        status: DatabaseMigrationStatus,
-        obs: Observations,
-        run: Run,
-        rollback: RollbackStatus,
-    ) -> Decision: ...
+    def decide(self, at: Situation, rollback: RollbackStatus) -> Decision: ...
 
 
 class RestoreRollback:
@@ -90,89 +90,60 @@ class RestoreRollback:
     async def observe(self, ctx: Context) -> dict[str, Any]:
         return await backup.plan(ctx.spec).observe_restore(ctx)
 
-    def decide(
-        self,
-        spec: DatabaseMigrationSpec,
-        status: DatabaseMigrationStatus,
-        obs: Observations,
-        run: Run,
-        rollback: RollbackStatus,
-    ) -> Decision:
-        return backup.plan(spec).decide_restore(spec, status, obs, run, rollback)
+    def decide(self, at: Situation, rollback: RollbackStatus) -> Decision:
+        return backup.plan(at.spec).decide_restore(at, rollback)
 
 
-class RepairRollback:
-    changes_database = True
-    done = "failed history rows repaired, database at its last good version"
-    succeeded_reason = reasons.REPAIR_SUCCEEDED
+@dataclass(frozen=True)
+class JobRollback:
+    """A strategy run by one Job of its own."""
 
-    def pods(self) -> dict[Step, PodBuilder]:
-        return {Step.REPAIR: lambda spec, run: jobs.flyway_pod(spec, Step.REPAIR, spec.timeouts.rollback_seconds)}
-
-    async def observe(self, ctx: Context) -> dict[str, Any]:
-        return {"jobs": await context.job(ctx, Step.REPAIR)}
-
-    def decide(
-        self,
-        spec: DatabaseMigrationSpec,
-        status: DatabaseMigrationStatus,
-        obs: Observations,
-        run: Run,
-        rollback: RollbackStatus,
-    ) -> Decision:
-        return rollback_job_step(Step.REPAIR, "flyway repair", obs, rollback)
-
-
-class CompensateRollback:
-    changes_database = True
-    done = "compensating SQL applied"
-    succeeded_reason = reasons.COMPENSATE_SUCCEEDED
+    step: Step
+    what: str
+    pod: PodBuilder
+    done: str
+    succeeded_reason: str
+    changes_database: bool = True
 
     def pods(self) -> dict[Step, PodBuilder]:
-        return {Step.COMPENSATE: self.pod}
-
-    @staticmethod
-    def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
-        compensate = spec.rollback.compensate
-        if compensate is None:
-            raise ValueError("step compensate needs spec.rollback.compensate")
-        env: list[dict[str, Any]] = []
-        volumes: list[dict[str, Any]] = []
-        mounts: list[dict[str, Any]] = []
-        if compensate.config_map_key_ref:
-            ref = compensate.config_map_key_ref
-            volumes.append(
-                {
-                    "name": "compensate",
-                    "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": "compensate.sql"}]},
-                }
-            )
-            mounts.append({"name": "compensate", "mountPath": "/compensate", "readOnly": True})
-            env.append({"name": "COMPENSATE_FILE", "value": "/compensate/compensate.sql"})
-        else:
-            env.append({"name": "COMPENSATE_SQL", "value": compensate.sql or ""})
-        return jobs.postgres_pod(
-            spec,
-            Step.COMPENSATE,
-            pg_scripts.COMPENSATE_SCRIPT,
-            spec.timeouts.rollback_seconds,
-            env=env,
-            volumes=volumes,
-            mounts=mounts,
-        )
+        return {self.step: self.pod}
 
     async def observe(self, ctx: Context) -> dict[str, Any]:
-        return {"jobs": await context.job(ctx, Step.COMPENSATE)}
+        return {"jobs": await context.job(ctx, self.step)}
 
-    def decide(
-        self,
-        spec: DatabaseMigrationSpec,
-        status: DatabaseMigrationStatus,
-        obs: Observations,
-        run: Run,
-        rollback: RollbackStatus,
-    ) -> Decision:
-        return rollback_job_step(Step.COMPENSATE, "the compensating SQL", obs, rollback)
+    def decide(self, at: Situation, rollback: RollbackStatus) -> Decision:
+        return rollback_job_step(self.step, self.what, at.obs, rollback)
+
+
+def repair_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
+    return jobs.flyway_pod(spec, Step.REPAIR, spec.timeouts.rollback_seconds)
+
+
+def compensate_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
+    """psql --single-transaction of rollback.compensate (inline SQL in env, or a ConfigMap key as a file)."""
+    compensate = spec.rollback.compensate
+    if compensate is None:
+        raise ValueError("step compensate needs spec.rollback.compensate")
+    env: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if compensate.config_map_key_ref:
+        ref = compensate.config_map_key_ref
+        items = [{"key": ref.key, "path": "compensate.sql"}]
+        volumes.append({"name": "compensate", "configMap": {"name": ref.name, "items": items}})
+        mounts.append({"name": "compensate", "mountPath": "/compensate", "readOnly": True})
+        env.append({"name": "COMPENSATE_FILE", "value": "/compensate/compensate.sql"})
+    else:
+        env.append({"name": "COMPENSATE_SQL", "value": compensate.sql or ""})
+    return jobs.postgres_pod(
+        spec,
+        Step.COMPENSATE,
+        pg_scripts.COMPENSATE_SCRIPT,
+        spec.timeouts.rollback_seconds,
+        env=env,
+        volumes=volumes,
+        mounts=mounts,
+    )
 
 
 class NoRollback:
@@ -186,14 +157,8 @@ class NoRollback:
     async def observe(self, ctx: Context) -> dict[str, Any]:
         return {}
 
-    def decide(
-        self,
-        spec: DatabaseMigrationSpec,
-        status: DatabaseMigrationStatus,
-        obs: Observations,
-        run: Run,
-        rollback: RollbackStatus,
-    ) -> Decision:
+    def decide(self, at: Situation, rollback: RollbackStatus) -> Decision:
+        spec, status, _, _ = at
         original = status.maintenance.original_replicas if status.maintenance else None
         deployment_name = spec.maintenance.deployment.name if spec.maintenance else None
         app = (
@@ -218,8 +183,20 @@ class NoRollback:
 
 ROLLBACK_STRATEGIES: dict[RollbackStrategy, RollbackPlan] = {
     RollbackStrategy.RESTORE: RestoreRollback(),
-    RollbackStrategy.REPAIR: RepairRollback(),
-    RollbackStrategy.COMPENSATE: CompensateRollback(),
+    RollbackStrategy.REPAIR: JobRollback(
+        Step.REPAIR,
+        "flyway repair",
+        repair_pod,
+        done="failed history rows repaired, database at its last good version",
+        succeeded_reason=reasons.REPAIR_SUCCEEDED,
+    ),
+    RollbackStrategy.COMPENSATE: JobRollback(
+        Step.COMPENSATE,
+        "the compensating SQL",
+        compensate_pod,
+        done="compensating SQL applied",
+        succeeded_reason=reasons.COMPENSATE_SUCCEEDED,
+    ),
     RollbackStrategy.NONE: NoRollback(),
 }
 
@@ -253,7 +230,7 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
     # 1. The database, when the migration (may have) changed it.
     if _database_pending(rollback):
         if not plan.changes_database:
-            return plan.decide(spec, status, obs, run, rollback)
+            return plan.decide(Situation(spec, status, obs, run), rollback)
         if expired:
             failure = f"rollback took longer than {spec.timeouts.rollback_seconds}s"
             rollback = rollback.model_copy(update={"failed": True, "failure": failure})
@@ -276,7 +253,7 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
             if deployment.replicas != 0:
                 decision.actions.append(ScaleDeployment(0))
             return decision
-        return plan.decide(spec, status, obs, run, rollback)
+        return plan.decide(Situation(spec, status, obs, run), rollback)
 
     # 2. The app, back at its recorded replicas.
     if deployment is not None and deployment.exists and maintenance_touched(status):
