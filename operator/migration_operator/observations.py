@@ -65,6 +65,8 @@ class DeploymentObservation:
     up_to_date: bool = True  # status.observedGeneration >= metadata.generation
     original_replicas_annotation: int | None = None
     annotation_owner: str | None = None
+    # Who last set spec.replicas (the field manager of managedFields), to name whoever scales the app mid-run.
+    replicas_manager: str | None = None
 
 
 @dataclass(frozen=True)
