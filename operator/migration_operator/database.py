@@ -3,6 +3,10 @@
 Everything except the Clone operations runs in read-only sessions (`default_transaction_read_only=on`), so
 preflight, dry runs, monitoring and verification cannot write. Every connection says
 `application_name=migration-operator`, which is how drain and monitoring tell our sessions from the app's.
+
+Every session has a 60 s `statement_timeout`, except the Clone operations' (CREATE DATABASE ... TEMPLATE copies the
+whole database; its time grows with its size): theirs is the timeout of the phase that runs them (backup, rollback),
+and a `lock_timeout` keeps them from queueing behind a transaction that holds the database; the next pass retries.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from .observations import CloneObservation, DatabaseCheck, Session, Verification
 
 CONNECT_TIMEOUT = 10
 STATEMENT_TIMEOUT_MS = 60_000
+# CREATE DATABASE / ALTER DATABASE ... RENAME: how long to wait for a lock on the database before giving up (and
+# retrying at the next pass) instead of queueing behind whoever holds it.
+CLONE_LOCK_TIMEOUT_MS = 10_000
+# pg_database.datconnlimit of a database a DROP DATABASE was interrupted in (PostgreSQL >= 15.4, 16): half gone,
+# nobody can connect to it; DROP DATABASE is the only thing it allows.
+INVALID_DATABASE = -2
 CHECKSUM_ROW_LIMIT = 200_000  # larger tables get a row count only
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -36,9 +46,19 @@ class Credentials:
 
 
 def conninfo(
-    spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: str | None = None, read_only: bool = True
+    spec: DatabaseMigrationSpec,
+    credentials: Credentials,
+    *,
+    dbname: str | None = None,
+    read_only: bool = True,
+    statement_timeout_ms: int | None = None,
+    lock_timeout_ms: int | None = None,
 ) -> dict[str, Any]:
-    options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    """libpq parameters; `statement_timeout_ms` None: the 60 s of every session (0 would be none at all)."""
+    timeout = STATEMENT_TIMEOUT_MS if statement_timeout_ms is None else statement_timeout_ms
+    options = f"-c statement_timeout={int(timeout)}"
+    if lock_timeout_ms is not None:
+        options += f" -c lock_timeout={int(lock_timeout_ms)}"
     if read_only:
         options += " -c default_transaction_read_only=on"
     return {
@@ -55,10 +75,25 @@ def conninfo(
 
 
 async def connect(
-    spec: DatabaseMigrationSpec, credentials: Credentials, *, dbname: str | None = None, read_only: bool = True
+    spec: DatabaseMigrationSpec,
+    credentials: Credentials,
+    *,
+    dbname: str | None = None,
+    read_only: bool = True,
+    statement_timeout_ms: int | None = None,
+    lock_timeout_ms: int | None = None,
 ) -> psycopg.AsyncConnection[dict[str, Any]]:
     return await psycopg.AsyncConnection.connect(
-        **conninfo(spec, credentials, dbname=dbname, read_only=read_only), autocommit=True, row_factory=dict_row
+        **conninfo(
+            spec,
+            credentials,
+            dbname=dbname,
+            read_only=read_only,
+            statement_timeout_ms=statement_timeout_ms,
+            lock_timeout_ms=lock_timeout_ms,
+        ),
+        autocommit=True,
+        row_factory=dict_row,
     )
 
 
@@ -81,8 +116,17 @@ def _history_identifier(spec: DatabaseMigrationSpec) -> sql.Composable:
 
 
 async def _history_exists(conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec) -> bool:
-    name = f"{spec.migrations.schemas[0]}.{spec.migrations.table}" if spec.migrations.schemas else spec.migrations.table
-    cursor = await conn.execute("select to_regclass(%s) is not null as present", [name])
+    """Whether the table `_history_identifier` names exists. Flyway quotes the names it is given, so the history
+    of `table: Flyway_History` is "Flyway_History": quoted here too (format %I) before to_regclass parses the name,
+    which would otherwise fold it to lower case (and split it at a dot). Without schemas, like the query, the
+    search_path decides."""
+    if spec.migrations.schemas:
+        query = "select to_regclass(format('%%I.%%I', %s::text, %s::text)) is not null as present"
+        params = [spec.migrations.schemas[0], spec.migrations.table]
+    else:
+        query = "select to_regclass(format('%%I', %s::text)) is not null as present"
+        params = [spec.migrations.table]
+    cursor = await conn.execute(query, params)
     row = await cursor.fetchone()
     return bool(row and row["present"])
 
@@ -256,34 +300,69 @@ async def verify(spec: DatabaseMigrationSpec, credentials: Credentials, last_ran
 
 
 # --------------------------------------------------------------------------------- Clone (writes, careful)
+async def _connect_for_clone(
+    spec: DatabaseMigrationSpec, credentials: Credentials, phase_seconds: int
+) -> psycopg.AsyncConnection[dict[str, Any]]:
+    """A writable session on the maintenance database for CREATE/ALTER DATABASE: not the 60 s statement timeout
+    (copying a large database takes longer) but the phase's own, so a pass cannot outlive its phase by more than
+    one phase; and a lock timeout, so it does not wait for ever behind a session holding the database."""
+    return await connect(
+        spec,
+        credentials,
+        dbname=spec.database.maintenance_database,
+        read_only=False,
+        statement_timeout_ms=phase_seconds * 1000,
+        lock_timeout_ms=CLONE_LOCK_TIMEOUT_MS,
+    )
+
+
+async def _databases(conn: psycopg.AsyncConnection[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    cursor = await conn.execute(
+        "select datname, datconnlimit, "
+        "case when datconnlimit <> %s then pg_database_size(oid) end as size "
+        "from pg_database where datname = any(%s)",
+        [INVALID_DATABASE, names],
+    )
+    return {row["datname"]: row for row in await cursor.fetchall()}
+
+
+def _valid(found: dict[str, dict[str, Any]], name: str) -> bool:
+    return name in found and found[name]["datconnlimit"] != INVALID_DATABASE
+
+
 async def clone_state(
     spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str, failed_name: str
 ) -> CloneObservation:
+    """Which of the database, its clone and the failed copy exist. A database PostgreSQL marked invalid (an
+    interrupted DROP DATABASE) does not count: it cannot be connected to, let alone restored from. A cancelled
+    CREATE DATABASE leaves nothing to see (it is transactional: no row, its files removed)."""
     async with await connect(spec, credentials, dbname=spec.database.maintenance_database) as conn:
-        cursor = await conn.execute(
-            "select datname, pg_database_size(oid) as size from pg_database where datname = any(%s)",
-            [[spec.database.name, clone_name, failed_name]],
-        )
-        found = {row["datname"]: int(row["size"]) for row in await cursor.fetchall()}
+        found = await _databases(conn, [spec.database.name, clone_name, failed_name])
     return CloneObservation(
-        source_exists=spec.database.name in found,
-        clone_exists=clone_name in found,
-        failed_copy_exists=failed_name in found,
-        size_bytes=found.get(clone_name),
+        source_exists=_valid(found, spec.database.name),
+        clone_exists=_valid(found, clone_name),
+        failed_copy_exists=_valid(found, failed_name),
+        size_bytes=int(found[clone_name]["size"]) if _valid(found, clone_name) else None,
     )
 
 
 async def create_clone(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str) -> None:
-    """CREATE DATABASE <clone> TEMPLATE <db>: needs the app drained (no session may use the source)."""
-    async with await connect(spec, credentials, dbname=spec.database.maintenance_database, read_only=False) as conn:
-        cursor = await conn.execute("select 1 from pg_database where datname = %s", [clone_name])
-        if await cursor.fetchone():
+    """CREATE DATABASE <clone> TEMPLATE <db>: needs the app drained (no session may use the source). An invalid
+    clone left by an interrupted DROP DATABASE is dropped and made again."""
+    async with await _connect_for_clone(spec, credentials, spec.timeouts.backup_seconds) as conn:
+        found = await _databases(conn, [clone_name])
+        if _valid(found, clone_name):
             return
-        await conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(clone_name), sql.Identifier(spec.database.name)
+        if clone_name in found:
+            await conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(clone_name)))
+        try:
+            await conn.execute(
+                sql.SQL("create database {} template {}").format(
+                    sql.Identifier(clone_name), sql.Identifier(spec.database.name)
+                )
             )
-        )
+        except psycopg.errors.DuplicateDatabase:
+            return  # an earlier attempt's CREATE DATABASE, still running when this one started, committed it
 
 
 async def swap_clone_back(
@@ -291,11 +370,11 @@ async def swap_clone_back(
 ) -> None:
     """Rename the migrated database aside and the pre-run clone into its place (idempotent)."""
     database = spec.database.name
-    async with await connect(spec, credentials, dbname=spec.database.maintenance_database, read_only=False) as conn:
-        cursor = await conn.execute(
-            "select datname from pg_database where datname = any(%s)", [[database, clone_name, failed_name]]
-        )
-        present = {row["datname"] for row in await cursor.fetchall()}
+    async with await _connect_for_clone(spec, credentials, spec.timeouts.rollback_seconds) as conn:
+        found = await _databases(conn, [database, clone_name, failed_name])
+        if not _valid(found, clone_name):
+            return  # already in place, or nothing to put back (clone_state says which): leave the database be
+        present = set(found)
         await conn.execute(
             "select pg_terminate_backend(pid) from pg_stat_activity "
             "where datname = any(%s) and pid <> pg_backend_pid()",
@@ -306,7 +385,7 @@ async def swap_clone_back(
                 sql.SQL("alter database {} rename to {}").format(sql.Identifier(database), sql.Identifier(failed_name))
             )
             present = (present - {database}) | {failed_name}
-        if clone_name in present and database not in present:
+        if database not in present:
             await conn.execute(
                 sql.SQL("alter database {} rename to {}").format(sql.Identifier(clone_name), sql.Identifier(database))
             )
