@@ -8,10 +8,11 @@ Flyway 12's command line exits 0 even when `migrate` or `validate` fails with `-
 (measured: the JSON carries `"error"` / `"validationSuccessful": false`). So the Job script derives its exit
 code from the JSON, and the operator judges the JSON, not the exit code alone.
 
-Output travels through the pod's termination message (4096 bytes, kept by every kubelet): the Job script
-writes sections `==> <name> <==` followed by Flyway's JSON (or the stderr tail when there is no JSON),
-truncated to 4096 bytes. Flyway's error JSON puts `errorCode` and `message` first, so the message survives
-truncation; `_lenient_json` recovers it from a cut document.
+The Job script prints sections `==> <name> <==` followed by Flyway's JSON (or the stderr tail when there is no
+JSON) on stdout, and their first 4096 bytes to the termination message. The operator parses the pod's log (the
+whole text, `jobs.observe`); the termination message is only the fallback when the log cannot be read. Flyway's
+error JSON puts `errorCode` and `message` first, so the message survives truncation; `_lenient_json` recovers it
+from a cut document.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def job_script(spec: DatabaseMigrationSpec, step: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ parsing
 def sections(output: str | None) -> dict[str, str]:
-    """Split a termination message into its `==> name <==` sections (no header: one section "")."""
+    """Split a Job's output into its `==> name <==` sections (no header: one section ""). Text before the first
+    header (a shell's stderr in the log) belongs to no section."""
     if not output:
         return {}
     matches = list(SECTION.finditer(output))
@@ -194,7 +196,7 @@ def _error_of(document: dict[str, Any] | None) -> tuple[str | None, str | None]:
 
 
 def error_text(output: str | None) -> str | None:
-    """The most useful one-paragraph error of any of our Jobs' termination messages."""
+    """The most useful one-paragraph error of any of our Jobs' outputs."""
     for text in sections(output).values():
         document = _lenient_json(text)
         code, message = _error_of(document)

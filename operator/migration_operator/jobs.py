@@ -15,7 +15,10 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from . import constants, flyway, kube
 from .models import DatabaseMigrationSpec
@@ -279,35 +282,157 @@ def _container(
     return container
 
 
-async def observe(namespace: str, name: str) -> JobObservation:
-    """The Job's state, and once it ended, its container's termination message, exit code and failure reason."""
-    clients = kube.load()
-    job = await kube.get_or_none(clients.batch.read_namespaced_job, name, namespace)
-    if job is None:
-        return ABSENT
+# A Job's output is read from its pod's log, up to this much (its head: Flyway puts an error first, and each step
+# prints its sections in order); beyond, `output_truncated` says so and the parsers recover what they can.
+LOG_LIMIT_BYTES = 4 * 1024 * 1024
+# The kubelet keeps at most this much of a container's termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+# The waiting reasons of a container on its normal way to running: not reported.
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+# How much of the termination message must appear in the log for the log to be the same container's output.
+_SAME_OUTPUT_PREFIX = 256
+
+
+def job_state(job: Any) -> tuple[JobState, Any]:
+    """(Succeeded | Failed | Running, the Failed condition) of a batch/v1 Job read from the API."""
     status = job.status
-    failed_condition = (
+    failed = (
         next((c for c in (status.conditions or []) if c.type == "Failed" and c.status == "True"), None)
         if status
         else None
     )
     if status and (status.succeeded or 0) >= 1:
-        state: JobState = "Succeeded"
-    elif failed_condition is not None:
-        state = "Failed"
-    else:
-        return JobObservation("Running")
-    output, exit_code, pod_reason = None, None, None
-    uid = job.metadata.uid
+        return "Succeeded", failed
+    if failed is not None:
+        return "Failed", failed
+    return "Running", None
+
+
+def _created(pod: Any) -> datetime:
+    return pod.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@dataclass(frozen=True)
+class Waiting:
+    reason: str
+    message: str | None
+    container: str | None
+    since: datetime | None
+
+
+def pod_waiting(pod: Any) -> Waiting | None:
+    """Why `pod` (a V1Pod) cannot start, or None: see `JobObservation.waiting_reason`."""
+    status = pod.status
+    if status is None or status.phase in ("Succeeded", "Failed"):
+        return None
+    scheduled = next((c for c in status.conditions or [] if c.type == "PodScheduled"), None)
+    if scheduled is not None and scheduled.status == "False":
+        since = _aware(scheduled.last_transition_time) or _aware(pod.metadata.creation_timestamp)
+        return Waiting(scheduled.reason or "Unschedulable", scheduled.message, None, since)
+    inits = list(status.init_container_statuses or [])
+    # a container waits at the latest since the pod started on its node or the last init container ended
+    ends = [_aware(c.state.terminated.finished_at) for c in inits if c.state and c.state.terminated]
+    starts = [t for t in [_aware(status.start_time), *ends] if t is not None]
+    since = max(starts) if starts else _aware(pod.metadata.creation_timestamp)
+    for container in [*inits, *(status.container_statuses or [])]:
+        waiting = container.state.waiting if container.state else None
+        if waiting is None or not waiting.reason or waiting.reason in STARTING_REASONS:
+            continue
+        last = container.last_state.terminated if container.last_state else None
+        if last is not None and last.finished_at is not None:  # restarted: waiting since its last run ended
+            since = _aware(last.finished_at)
+        return Waiting(waiting.reason, waiting.message or None, container.name, since)
+    return None
+
+
+def _may_be_cut(message: str) -> bool:
+    # the kubelet cuts at 4096 bytes, possibly inside a UTF-8 sequence (then replaced by U+FFFD)
+    return len(message.encode("utf-8", errors="replace")) >= TERMINATION_MESSAGE_LIMIT - 3
+
+
+def choose_output(
+    message: str | None, log: kube.PodLog | None
+) -> tuple[str | None, Literal["log", "terminationMessage"] | None, bool]:
+    """(output, output_source, output_truncated) from the container's termination message and its log.
+
+    The log wins when it holds something and contains the start of the termination message (each script prints
+    the whole text it cuts into the termination message, or the kubelet took the message from the log's tail):
+    it is the same output, not cut at 4 KiB. Otherwise (no log, an empty one, or one that is not this
+    container's output, e.g. rotated) the termination message."""
+    if log is not None and log.text.strip():
+        head = (message or "").strip()[:_SAME_OUTPUT_PREFIX]
+        if not head or head in log.text:
+            return log.text, "log", log.truncated
+    if message:
+        return message, "terminationMessage", _may_be_cut(message)
+    return None, None, False
+
+
+async def _job_pods(namespace: str, uid: str) -> list[Any]:
+    clients = kube.load()
     for label in ("batch.kubernetes.io/controller-uid", "controller-uid"):
         pods = await kube.call(clients.core.list_namespaced_pod, namespace, label_selector=f"{label}={uid}")
         if pods.items:
-            break
-    for pod in sorted(pods.items, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)):
+            return sorted(pods.items, key=_created)
+    return []
+
+
+async def _read_log(namespace: str, pod: str, container: str, message: str | None) -> kube.PodLog | None:
+    """The container's log; None when it cannot be had for good. A transient error is raised (the pass is
+    retried) unless the termination message is whole, then the message is as good."""
+    try:
+        return await kube.read_pod_log(namespace, pod, container, LOG_LIMIT_BYTES)
+    except (ApiException, urllib3.exceptions.HTTPError, OSError):
+        if message is not None and not _may_be_cut(message):
+            return None
+        raise
+
+
+async def observe(namespace: str, name: str) -> JobObservation:
+    """The Job's state; while it runs, why its pod cannot start (if so); once it ended, its main container's
+    complete output (log, or termination message as the fallback), exit code and failure reason."""
+    clients = kube.load()
+    job = await kube.get_or_none(clients.batch.read_namespaced_job, name, namespace)
+    if job is None:
+        return ABSENT
+    state, failed_condition = job_state(job)
+    pods = await _job_pods(namespace, job.metadata.uid)
+    if state == "Running":
+        waiting = next((w for w in (pod_waiting(p) for p in reversed(pods)) if w is not None), None)
+        if waiting is None:
+            return JobObservation("Running")
+        return JobObservation(
+            "Running",
+            waiting_reason=waiting.reason,
+            waiting_message=waiting.message,
+            waiting_container=waiting.container,
+            waiting_since=waiting.since,
+        )
+    containers = job.spec.template.spec.containers if job.spec and job.spec.template.spec else []
+    main = containers[0].name if containers else None
+    message, exit_code, pod_reason, ended_pod = None, None, None, None
+    init_failure = None
+    for pod in pods:
+        for init in (pod.status.init_container_statuses or []) if pod.status else []:
+            terminated = init.state.terminated if init.state else None
+            if terminated is not None and terminated.exit_code:
+                text = (terminated.message or "").strip()
+                init_failure = f"init container {init.name}: exit code {terminated.exit_code}" + (
+                    f": {text[-1000:]}" if text else ""
+                )
         for container in (pod.status.container_statuses or []) if pod.status else []:
             terminated = container.state.terminated if container.state else None
-            if terminated is not None:
-                output, exit_code, pod_reason = terminated.message, terminated.exit_code, terminated.reason
+            if terminated is not None and (main is None or container.name == main):
+                message, exit_code, pod_reason = terminated.message, terminated.exit_code, terminated.reason
+                ended_pod, main = pod, container.name
+    log = None
+    if ended_pod is not None and main is not None:
+        log = await _read_log(namespace, ended_pod.metadata.name, main, message)
+    output, source, truncated = choose_output(message, log)
     failure = None
     if state == "Failed":
         parts = [
@@ -315,6 +440,14 @@ async def observe(namespace: str, name: str) -> JobObservation:
             failed_condition.message if failed_condition else None,
             f"exit code {exit_code}" if exit_code is not None else None,
             pod_reason if pod_reason not in (None, "Error", "Completed") else None,
+            init_failure if ended_pod is None else None,
         ]
         failure = ": ".join(p for p in parts if p) or "the Job failed"
-    return JobObservation(state, output=output, failure=failure, exit_code=exit_code)
+    return JobObservation(
+        state,
+        output=output,
+        failure=failure,
+        exit_code=exit_code,
+        output_source=source,
+        output_truncated=truncated,
+    )

@@ -112,3 +112,43 @@ async def read_secret_values(namespace: str, name: str, keys: list[str]) -> dict
         return None
     data = secret.data or {}
     return {key: base64.b64decode(data[key]).decode() for key in keys if key in data}
+
+
+@dataclass(frozen=True)
+class PodLog:
+    text: str
+    truncated: bool  # the log is longer: `text` is its first `limit_bytes` bytes
+
+
+# The API's answers that mean the log will not come, whatever the retries: the pod (or its node's copy of the
+# log) is gone, the container never started, or the operator may not read logs (RBAC without pods/log).
+LOG_UNAVAILABLE = frozenset({400, 403, 404})
+
+
+def _read_pod_log(namespace: str, pod: str, container: str, limit_bytes: int) -> PodLog:
+    # The raw body (_preload_content=False): read up to the bound, decoded here (invalid UTF-8 replaced).
+    response = load().core.read_namespaced_pod_log(
+        pod, namespace, container=container, limit_bytes=limit_bytes + 1, _preload_content=False
+    )
+    data = bytearray()
+    try:
+        while len(data) <= limit_bytes:
+            chunk: bytes = response.read(limit_bytes + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        response.drain_conn()  # nothing left in practice: the server stops at limitBytes
+        response.release_conn()
+    return PodLog(bytes(data[:limit_bytes]).decode("utf-8", errors="replace"), truncated=len(data) > limit_bytes)
+
+
+async def read_pod_log(namespace: str, pod: str, container: str, limit_bytes: int) -> PodLog | None:
+    """The head (at most `limit_bytes`) of a container's log, or None when the API says it cannot be had
+    (`LOG_UNAVAILABLE`). Other errors (the node's kubelet unreachable, 5xx) are raised: the log may come back."""
+    try:
+        return await asyncio.to_thread(_read_pod_log, namespace, pod, container, limit_bytes)
+    except ApiException as error:
+        if error.status in LOG_UNAVAILABLE:
+            return None
+        raise

@@ -20,11 +20,28 @@ JobState = Literal["Absent", "Running", "Succeeded", "Failed"]
 @dataclass(frozen=True)
 class JobObservation:
     state: JobState = "Absent"
-    # The container's termination message (Flyway JSON, backup summary) when the pod has ended.
+    # What the step's container printed (Flyway's sections, the key=value summary), whole, once the Job ended:
+    # its log read through the API, or its termination message when the log cannot be had (`output_source`).
     output: str | None = None
     # Why the Job failed when not from the output (DeadlineExceeded, BackoffLimitExceeded, pod reason).
     failure: str | None = None
     exit_code: int | None = None
+    # Where `output` comes from: "log" (the container's log, complete unless `output_truncated`) or
+    # "terminationMessage" (the fallback: at most 4096 bytes); None without output.
+    output_source: Literal["log", "terminationMessage"] | None = None
+    # True when `output` may be only the head of what the container printed: the log was longer than
+    # jobs.LOG_LIMIT_BYTES, or the termination message fills its 4096 bytes. Parse it leniently, trust no count.
+    output_truncated: bool = False
+    # While the Job is Running and its pod cannot start a container: the container's `state.waiting` reason and
+    # message (ErrImagePull, ImagePullBackOff, InvalidImageName, CreateContainerConfigError, CrashLoopBackOff...),
+    # the first such container, init containers first; or "Unschedulable" with the PodScheduled condition's message
+    # while no node accepts the pod. The normal ContainerCreating and PodInitializing are not reported (None).
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    waiting_container: str | None = None  # that container's name (None for Unschedulable)
+    # Since when that container (or the unscheduled pod) has been waiting, at the latest: the end of the init
+    # container before it, or the pod's start on its node, or the PodScheduled condition's change. UTC-aware.
+    waiting_since: datetime | None = None
 
 
 ABSENT = JobObservation()

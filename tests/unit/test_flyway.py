@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,94 @@ def test_migration_file_names() -> None:
     assert found is not None and (found.version, found.description) == ("6", "add parking zones")
     assert flyway.migration_file("V2_1__x.sql").version == "2.1"  # type: ignore[union-attr]
     assert flyway.migration_file("R__views.sql") is None and flyway.migration_file("README.md") is None
+
+
+# ---------------------------------------------------------------------------------- outputs longer than 4 KiB
+def flyway_json(document: dict[str, object]) -> str:
+    """Flyway's pretty JSON style (`"key" : value`, two-space indent, keys sorted as Flyway writes them)."""
+    return json.dumps(document, indent=2, separators=(",", " : "), sort_keys=True)
+
+
+def info_json(total: int, applied: int, prefix: str = "1.") -> str:
+    """`flyway info` of `total` migrations V<prefix>1..V<prefix>total, the first `applied` of them applied, built
+    from the real Flyway 12 entry of the fixture."""
+    template = json.loads((DATA / "info-pending.json").read_text())
+    entry = template["migrations"][0]
+    migrations = []
+    for n in range(1, total + 1):
+        version = f"{prefix}{n}"
+        done = n <= applied
+        migrations.append(
+            {
+                **entry,
+                "description": f"step {n}",
+                "filepath": f"/migrations/release/V{version.replace('.', '_')}__step_{n}.sql",
+                "rawVersion": version,
+                "version": version,
+                "state": "Success" if done else "Pending",
+                "installedBy": "parking_admin" if done else "",
+                "installedOnUTC": "2026-11-25T11:35:56.349968Z" if done else "",
+                "executionTime": 7 if done else 0,
+            }
+        )
+    return flyway_json({**template, "migrations": migrations, "schemaVersion": f"{prefix}{applied}"})
+
+
+def migrate_json(first: int, last: int, initial: str, prefix: str = "1.") -> str:
+    template = json.loads((DATA / "migrate-ok.json").read_text())
+    entry = template["migrations"][0]
+    migrations = [
+        {
+            **entry,
+            "description": f"step {n}",
+            "filepath": f"/migrations/release/V{prefix.replace('.', '_')}{n}__step_{n}.sql",
+            "version": f"{prefix}{n}",
+        }
+        for n in range(first, last + 1)
+    ]
+    return flyway_json(
+        {
+            **template,
+            "initialSchemaVersion": initial,
+            "migrations": migrations,
+            "migrationsExecuted": len(migrations),
+            "targetSchemaVersion": f"{prefix}{last}",
+        }
+    )
+
+
+def test_validate_output_of_40_migrations_lists_every_pending_one() -> None:
+    """The preflight output of an image with 40 migrations, the database at 1.14: far beyond the 4 KiB of a
+    termination message. Whole (the pod log), every pending migration is listed; cut at 4 KiB (what the
+    termination message holds), the pending list is unknown - which made the expected version fall back to
+    1.14 and a good run be rolled back."""
+    output = f"==> validate <==\n{(DATA / 'validate-ok.json').read_text()}\n==> info <==\n{info_json(40, 14)}\n"
+    assert len(output.encode()) > 4 * 4096
+    result = flyway.parse_validate_output(output)
+    assert result.successful and result.schema_version == "1.14"
+    assert [p.version for p in result.pending or []] == [f"1.{n}" for n in range(15, 41)]
+    assert (result.pending or [])[0].script == "V1_15__step_15.sql"
+    cut = flyway.parse_validate_output(output.encode()[:4096].decode(errors="ignore"))
+    assert cut.successful and cut.pending is None
+
+
+def test_migrate_output_of_26_migrations_counts_every_one() -> None:
+    output = f"==> migrate <==\n{migrate_json(15, 40, '1.14')}\n"
+    assert len(output.encode()) > 4096
+    result = flyway.parse_migrate_output(output)
+    assert result.success and result.migrations_executed == 26
+    assert (result.initial_schema_version, result.target_schema_version) == ("1.14", "1.40")
+    assert [m["version"] for m in result.migrations] == [f"1.{n}" for n in range(15, 41)]
+    # cut at 4 KiB, the count and the target are lost: the run said "0 migration(s) applied"
+    cut = flyway.parse_migrate_output(output.encode()[:4096].decode(errors="ignore"))
+    assert cut.migrations_executed == 0 and cut.target_schema_version is None
+
+
+def test_shell_noise_before_the_sections_is_ignored() -> None:
+    """The log also carries the container's stderr (e.g. a shell warning before the script's output)."""
+    output = "sh: warning: setlocale: LC_ALL: cannot change locale\n" + (
+        f"==> migrate <==\n{migrate_json(15, 17, '1.14')}\n"
+    )
+    result = flyway.parse_migrate_output(output)
+    assert result.success and result.migrations_executed == 3
+    assert flyway.error_text(output) is None

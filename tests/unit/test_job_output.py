@@ -1,0 +1,350 @@
+"""What `jobs.observe` reports of a Job: its whole output (the pod log, the termination message only as the
+fallback) once it ended, and why its pod cannot start while it runs. The Kubernetes API is faked with the client's
+own model objects, the same the operator reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import test_flyway
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from migration_operator import flyway, jobs, kube
+from migration_operator.observations import JobObservation
+
+T0 = datetime(2026, 11, 25, 11, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(T0.timestamp() + seconds, UTC)
+
+
+def validate_output(total: int = 40, applied: int = 14) -> str:
+    """What the validate Job prints (flyway.job_script's `emit validate info`): here about 18 KiB."""
+    validate = (test_flyway.DATA / "validate-ok.json").read_text()
+    return f"==> validate <==\n{validate}\n==> info <==\n{test_flyway.info_json(total, applied)}\n"
+
+
+def termination_message(output: str) -> str:
+    """What the kubelet keeps of it: the script's `head -c 4096`."""
+    return output.encode()[:4096].decode(errors="replace")
+
+
+# ------------------------------------------------------------------------------------------------ the choice
+def test_the_log_is_chosen_whole_over_the_4_kib_termination_message() -> None:
+    output = validate_output()
+    message = termination_message(output)
+    chosen, source, truncated = jobs.choose_output(message, kube.PodLog(output, truncated=False))
+    assert (chosen, source, truncated) == (output, "log", False)
+    assert len(flyway.parse_validate_output(chosen).pending or []) == 26
+    assert flyway.parse_validate_output(message).pending is None  # what the termination message alone gave
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        None,  # unavailable: pod gone, container never started, no RBAC for pods/log
+        kube.PodLog("", truncated=False),  # empty
+        kube.PodLog("\n", truncated=False),
+        kube.PodLog("==> info <==\n{ }\n", truncated=False),  # not this output (rotated, another run)
+    ],
+)
+def test_the_termination_message_is_the_fallback(log: kube.PodLog | None) -> None:
+    message = termination_message(validate_output())
+    assert jobs.choose_output(message, log) == (message, "terminationMessage", True)
+    short = "verified=true\nsizeBytes=10\ntocEntries=3\npath=x.dump\n"
+    assert jobs.choose_output(short, log) == (short, "terminationMessage", False)
+
+
+def test_a_log_without_termination_message_and_a_cut_log_are_taken() -> None:
+    assert jobs.choose_output(None, kube.PodLog("restored=true\n", truncated=False)) == (
+        "restored=true\n",
+        "log",
+        False,
+    )
+    assert jobs.choose_output("", kube.PodLog("x=1\n", truncated=True)) == ("x=1\n", "log", True)
+    assert jobs.choose_output(None, None) == (None, None, False)
+    assert jobs.choose_output(None, kube.PodLog("", truncated=False)) == (None, None, False)
+
+
+def test_a_message_taken_from_the_log_tail_by_the_kubelet_is_in_the_log() -> None:
+    """FallbackToLogsOnError: the script died before writing its message, the kubelet took the log's tail."""
+    log = "".join(f"line {n}\n" for n in range(200)) + "sh: 1: flyway: not found\n"
+    tail = log[-2048:]
+    assert jobs.choose_output(tail, kube.PodLog(log, truncated=False)) == (log, "log", False)
+
+
+# ------------------------------------------------------------------------------------------- a fake API server
+class FakeResponse:
+    """The urllib3 response `read_namespaced_pod_log(..., _preload_content=False)` returns."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.released = False
+
+    def read(self, amt: int) -> bytes:
+        chunk, self.data = self.data[: min(amt, 1000)], self.data[min(amt, 1000) :]  # short reads, as over TLS
+        return chunk
+
+    def drain_conn(self) -> None:
+        self.data = b""
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+class FakeApi:
+    def __init__(self, job: client.V1Job | None, pods: list[client.V1Pod], log: bytes | ApiException | None) -> None:
+        self.job, self.pods, self.log = job, pods, log
+        self.log_calls: list[dict[str, Any]] = []
+        self.responses: list[FakeResponse] = []
+        self.batch = SimpleNamespace(read_namespaced_job=self.read_job)
+        self.core = SimpleNamespace(list_namespaced_pod=self.list_pods, read_namespaced_pod_log=self.read_log)
+
+    def read_job(self, name: str, namespace: str) -> client.V1Job:
+        if self.job is None:
+            raise ApiException(status=404)
+        return self.job
+
+    def list_pods(self, namespace: str, label_selector: str) -> client.V1PodList:
+        assert label_selector.endswith("=uid-1"), label_selector
+        return client.V1PodList(items=self.pods if label_selector.startswith("batch.") else [])
+
+    def read_log(self, name: str, namespace: str, **kwargs: Any) -> FakeResponse:
+        self.log_calls.append({"pod": name, **kwargs})
+        if isinstance(self.log, ApiException):
+            raise self.log
+        assert self.log is not None
+        limit = kwargs["limit_bytes"]
+        response = FakeResponse(self.log[:limit])  # the server stops at limitBytes
+        self.responses.append(response)
+        return response
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Any:
+    holder: dict[str, FakeApi] = {}
+
+    def install(job: client.V1Job | None, pods: list[client.V1Pod], log: bytes | ApiException | None = None) -> FakeApi:
+        holder["api"] = FakeApi(job, pods, log)
+        monkeypatch.setattr(kube, "load", lambda: holder["api"])
+        return holder["api"]
+
+    return install
+
+
+def job(succeeded: int = 0, failed: str | None = None, step: str = "validate") -> client.V1Job:
+    conditions = [client.V1JobCondition(type="Failed", status="True", reason=failed, message="x")] if failed else []
+    return client.V1Job(
+        metadata=client.V1ObjectMeta(name=f"run-{step}", namespace="ns", uid="uid-1"),
+        spec=client.V1JobSpec(
+            template=client.V1PodTemplateSpec(
+                spec=client.V1PodSpec(
+                    init_containers=[client.V1Container(name="copy-migrations")],
+                    containers=[client.V1Container(name=step)],
+                )
+            )
+        ),
+        status=client.V1JobStatus(succeeded=succeeded or None, conditions=conditions or None),
+    )
+
+
+def status(name: str, **state: Any) -> client.V1ContainerStatus:
+    return client.V1ContainerStatus(
+        name=name, image="img", image_id="", ready=False, restart_count=0, state=client.V1ContainerState(**state)
+    )
+
+
+def terminated(exit_code: int = 0, message: str | None = None, finished: int = 60) -> dict[str, Any]:
+    return {
+        "terminated": client.V1ContainerStateTerminated(
+            exit_code=exit_code,
+            message=message,
+            reason="Completed" if exit_code == 0 else "Error",
+            finished_at=at(finished),
+        )
+    }
+
+
+def waiting(reason: str, message: str | None = None) -> dict[str, Any]:
+    return {"waiting": client.V1ContainerStateWaiting(reason=reason, message=message)}
+
+
+def pod(
+    phase: str,
+    inits: list[client.V1ContainerStatus],
+    containers: list[client.V1ContainerStatus],
+    conditions: list[client.V1PodCondition] | None = None,
+    name: str = "run-validate-abcde",
+) -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, namespace="ns", creation_timestamp=T0),
+        status=client.V1PodStatus(
+            phase=phase,
+            start_time=at(2),
+            init_container_statuses=inits,
+            container_statuses=containers,
+            conditions=conditions,
+        ),
+    )
+
+
+def ended_pod(message: str | None, exit_code: int = 0) -> client.V1Pod:
+    return pod(
+        "Succeeded" if exit_code == 0 else "Failed",
+        [status("copy-migrations", **terminated(finished=5))],
+        [status("validate", **terminated(exit_code, message))],
+    )
+
+
+# ------------------------------------------------------------------------------------------ the ended Job
+async def test_observe_reads_the_whole_output_from_the_pod_log(api: Any) -> None:
+    output = validate_output()
+    fake = api(job(succeeded=1), [ended_pod(termination_message(output))], output.encode())
+    observed = await jobs.observe("ns", "run-validate")
+    assert observed == JobObservation(
+        "Succeeded", output=output, exit_code=0, output_source="log", output_truncated=False
+    )
+    assert fake.log_calls == [
+        {
+            "pod": "run-validate-abcde",
+            "container": "validate",
+            "limit_bytes": jobs.LOG_LIMIT_BYTES + 1,
+            "_preload_content": False,
+        }
+    ]
+    assert fake.responses[0].released
+    assert [p.version for p in flyway.parse_validate_output(observed.output).pending or []][-1] == "1.40"
+
+
+async def test_a_log_longer_than_the_bound_is_cut_and_says_so(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "LOG_LIMIT_BYTES", 10_000)
+    output = validate_output()
+    api(job(succeeded=1), [ended_pod(termination_message(output))], output.encode())
+    observed = await jobs.observe("ns", "run-validate")
+    assert observed.output == output[:10_000] and observed.output_truncated and observed.output_source == "log"
+
+
+@pytest.mark.parametrize("status_code", [400, 403, 404])
+async def test_without_a_log_the_termination_message_is_used(api: Any, status_code: int) -> None:
+    message = termination_message(validate_output())
+    api(job(succeeded=1), [ended_pod(message)], ApiException(status=status_code))
+    observed = await jobs.observe("ns", "run-validate")
+    assert (observed.output, observed.output_source, observed.output_truncated) == (
+        message,
+        "terminationMessage",
+        True,
+    )
+
+
+async def test_a_transient_log_error_is_raised_only_when_the_message_is_cut(api: Any) -> None:
+    """A 5xx may pass: retrying beats deciding on a cut output. A whole termination message is as good."""
+    api(job(succeeded=1), [ended_pod(termination_message(validate_output()))], ApiException(status=502))
+    with pytest.raises(ApiException):
+        await jobs.observe("ns", "run-validate")
+    short = "==> migrate <==\n" + (test_flyway.DATA / "migrate-ok.json").read_text()
+    api(job(succeeded=1, step="validate"), [ended_pod(short)], ApiException(status=500))
+    observed = await jobs.observe("ns", "run-validate")
+    assert (observed.output, observed.output_source) == (short, "terminationMessage")
+
+
+async def test_a_failed_init_container_is_the_failure(api: Any) -> None:
+    failed = pod(
+        "Failed",
+        [status("copy-migrations", **terminated(1, "cp: can't stat '/flyway/sqll/.': No such file or directory\n"))],
+        [status("validate", **waiting("PodInitializing"))],
+    )
+    fake = api(job(failed="BackoffLimitExceeded"), [failed])
+    observed = await jobs.observe("ns", "run-validate")
+    assert observed.state == "Failed" and observed.output is None and not fake.log_calls
+    assert observed.failure == (
+        "BackoffLimitExceeded: x: init container copy-migrations: exit code 1: "
+        "cp: can't stat '/flyway/sqll/.': No such file or directory"
+    )
+
+
+async def test_absent_job(api: Any) -> None:
+    api(None, [])
+    assert await jobs.observe("ns", "run-validate") == JobObservation()
+
+
+# ------------------------------------------------------------------------------------------ waiting reasons
+@pytest.mark.parametrize(
+    ("inits", "containers", "expected"),
+    [
+        # the migrations image cannot be pulled: the init container waits
+        (
+            [status("copy-migrations", **waiting("ErrImagePull", 'image "reg/app-migrations:7" not found'))],
+            [status("validate", **waiting("PodInitializing"))],
+            ("ErrImagePull", 'image "reg/app-migrations:7" not found', "copy-migrations", at(2)),
+        ),
+        (
+            [status("copy-migrations", **waiting("ImagePullBackOff", "Back-off pulling image"))],
+            [status("validate", **waiting("PodInitializing"))],
+            ("ImagePullBackOff", "Back-off pulling image", "copy-migrations", at(2)),
+        ),
+        # a key missing from the credentials Secret, once the init container is done: since it ended
+        (
+            [status("copy-migrations", **terminated(finished=9))],
+            [status("validate", **waiting("CreateContainerConfigError", "couldn't find key pass in Secret ns/db"))],
+            ("CreateContainerConfigError", "couldn't find key pass in Secret ns/db", "validate", at(9)),
+        ),
+        (
+            [],
+            [status("validate", **waiting("InvalidImageName", 'Failed to apply default image tag "Flyway:x"'))],
+            ("InvalidImageName", 'Failed to apply default image tag "Flyway:x"', "validate", at(2)),
+        ),
+        # on its normal way: nothing to report
+        (
+            [status("copy-migrations", **waiting("ContainerCreating"))],
+            [status("validate", **waiting("PodInitializing"))],
+            None,
+        ),
+        ([], [status("validate", running=client.V1ContainerStateRunning(started_at=at(3)))], None),
+        ([], [], None),
+    ],
+)
+async def test_a_running_job_reports_why_its_pod_cannot_start(
+    api: Any, inits: list[Any], containers: list[Any], expected: tuple[Any, ...] | None
+) -> None:
+    api(job(), [pod("Pending", inits, containers)])
+    observed = await jobs.observe("ns", "run-validate")
+    assert observed.state == "Running" and observed.output is None
+    found = (observed.waiting_reason, observed.waiting_message, observed.waiting_container, observed.waiting_since)
+    assert found == (expected or (None, None, None, None))
+
+
+def test_an_unschedulable_pod_is_reported_from_its_condition() -> None:
+    unscheduled = pod(
+        "Pending",
+        [],
+        [],
+        conditions=[
+            client.V1PodCondition(
+                type="PodScheduled",
+                status="False",
+                reason="Unschedulable",
+                message="0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+                last_transition_time=at(1),
+            )
+        ],
+    )
+    unscheduled.status.start_time = None
+    assert jobs.pod_waiting(unscheduled) == jobs.Waiting(
+        "Unschedulable", "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.", None, at(1)
+    )
+
+
+def test_finished_and_restarted_pods() -> None:
+    """A finished pod says nothing; a pod restarted by the kubelet waits since its last run ended."""
+    done = pod("Failed", [], [status("validate", waiting=client.V1ContainerStateWaiting(reason="ErrImagePull"))])
+    assert jobs.pod_waiting(done) is None
+    crashing = status("validate", **waiting("CrashLoopBackOff", "back-off 10s restarting failed container"))
+    crashing.last_state = client.V1ContainerState(**terminated(1, finished=30))
+    assert jobs.pod_waiting(pod("Running", [], [crashing])) == jobs.Waiting(
+        "CrashLoopBackOff", "back-off 10s restarting failed container", "validate", at(30)
+    )
