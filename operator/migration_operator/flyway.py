@@ -38,6 +38,11 @@ STRICT_PATTERNS = "-ignoreMigrationPatterns="
 # The preflight `validate` runs before migrating, when pending migrations are the point: ignore only those.
 PREFLIGHT_PATTERNS = "-ignoreMigrationPatterns=*:pending"
 ALLOWED_COMMANDS = frozenset({"info", "validate", "migrate", "repair"})
+# SQL callbacks among the migrations (beforeValidate.sql, beforeInfo.sql, afterInfo.sql ...) are the user's SQL:
+# preflight and dry runs run before any backup exists and promise to change nothing, so they skip them (Flyway 12:
+# `skipDefaultCallbacks` skips the SQL callbacks found in `locations`; there are no others). migrate and repair run
+# them: a backup exists by then, and running them there is what the user asked for.
+SKIP_CALLBACKS = "-skipDefaultCallbacks=true"
 SECTION = re.compile(r"^==> (?P<name>[\w.-]+) <==$", re.MULTILINE)
 
 
@@ -49,8 +54,12 @@ def jdbc_url(spec: DatabaseMigrationSpec, step: str) -> str:
     )
 
 
-def command_line(spec: DatabaseMigrationSpec, command: str, *, preflight: bool = False) -> list[str]:
-    """`flyway ...` for one command, safety flags first. The URL and login come from the environment."""
+def command_line(
+    spec: DatabaseMigrationSpec, command: str, *, preflight: bool = False, callbacks: bool = True
+) -> list[str]:
+    """`flyway ...` for one command, safety flags first. The URL and login come from the environment.
+    `preflight`: the preflight's `validate` (pending migrations allowed, no callbacks); `callbacks=False`: another
+    command of the preflight (its `info`), which must not run the user's SQL callbacks either."""
     assert command != "clean", "flyway clean is never run"
     if command not in ALLOWED_COMMANDS:
         raise ValueError(f"unsupported flyway command {command!r}")
@@ -67,6 +76,8 @@ def command_line(spec: DatabaseMigrationSpec, command: str, *, preflight: bool =
         "-postgresql.transactional.lock=false",
         "-outputType=json",
     ]
+    if preflight or not callbacks:
+        args.append(SKIP_CALLBACKS)
     if migrations.schemas:
         args.append("-schemas=" + ",".join(migrations.schemas))
     if migrations.target_version and command in ("info", "validate", "migrate"):
@@ -104,12 +115,13 @@ COPY_MIGRATIONS = (
 
 
 def job_script(spec: DatabaseMigrationSpec, step: str) -> str:
-    """The `sh -c` script of the Flyway Job for `step` (validate, migrate, repair)."""
+    """The `sh -c` script of the Flyway Job for `step` (validate, migrate, repair). The `validate` step is the
+    preflight (and all of a dry run): neither of its commands runs SQL callbacks."""
     copy = COPY_MIGRATIONS if spec.migrations.config_map else ""
     if step == "validate":
         body = (
             f"run validate {shlex.join(command_line(spec, 'validate', preflight=True))}\n"
-            f"run info {shlex.join(command_line(spec, 'info'))}\n"
+            f"run info {shlex.join(command_line(spec, 'info', callbacks=False))}\n"
             "emit validate info\n"
         )
     elif step in ("migrate", "repair"):

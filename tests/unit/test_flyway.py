@@ -223,3 +223,30 @@ def test_shell_noise_before_the_sections_is_ignored() -> None:
     result = flyway.parse_migrate_output(output)
     assert result.success and result.migrations_executed == 3
     assert flyway.error_text(output) is None
+
+
+# ------------------------------------------------------------------------------------ SQL callbacks
+def _run_args(script: str, name: str) -> list[str]:
+    """The command line of `run <name> ...` in a Job script, as the shell splits it."""
+    import shlex
+
+    line = next(line for line in script.splitlines() if line.startswith(f"run {name} "))
+    return shlex.split(line)[2:]
+
+
+def test_preflight_runs_no_sql_callbacks() -> None:
+    """beforeValidate.sql, beforeInfo.sql ... among the migrations must not run in preflight or a dry run: nothing
+    is backed up yet. Both commands of the validate Job skip them."""
+    assert "-skipDefaultCallbacks=true" in flyway.command_line(SPEC, "validate", preflight=True)
+    assert "-skipDefaultCallbacks=true" in flyway.command_line(SPEC, "info", callbacks=False)
+    script = flyway.job_script(SPEC, "validate")
+    assert "-skipDefaultCallbacks=true" in _run_args(script, "validate")
+    info = _run_args(script, "info")
+    assert info[0] == "flyway" and info[-1] == "info"
+    assert "-skipDefaultCallbacks=true" in info
+
+
+def test_migrate_and_repair_still_run_the_callbacks() -> None:
+    for command in ("migrate", "repair"):
+        assert not any("skipDefaultCallbacks" in a for a in flyway.command_line(SPEC, command))
+        assert "skipDefaultCallbacks" not in flyway.job_script(SPEC, command)
