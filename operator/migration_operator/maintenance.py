@@ -2,14 +2,55 @@
 
 The original replica count is written to the Deployment (annotation `dbops.io/original-replicas`, plus
 `dbops.io/maintenance-by` naming the run) *before* scaling, and to status: a restart at any moment finds it.
+
+The operator sets `spec.replicas` with a patch of the Deployment under its own field manager (`migration-operator`),
+not through the `scale` subresource: a Scale of 0 replicas carries no `spec.replicas` (omitempty), so scaling to 0
+through it leaves nobody owning the field, and a later `kubectl scale` is then recorded under no manager at all
+(measured on Kubernetes 1.35). Owned by us, the field changes hands to whoever scales the app next, which is how
+`observe` names them (`replicas_manager`).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from . import constants, kube
 from .observations import DeploymentObservation
+
+FIELD_MANAGER = constants.APPLICATION_NAME
+# Pods that can no longer serve: their containers have stopped for good.
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def can_serve(pod: Any) -> bool:
+    """Whether a pod may still serve (or hold database connections): anything but a finished or evicted pod.
+    A terminating pod (deletionTimestamp set) still counts: its containers run until they exit."""
+    status = pod.status
+    if status is None:
+        return True
+    return status.phase not in FINISHED_PHASES and status.reason != "Evicted"
+
+
+def replicas_manager(managed_fields: list[Any] | None) -> str | None:
+    """The field manager that last set `spec.replicas`: among the managedFields entries (Update or Apply) owning
+    `f:spec` -> `f:replicas`, the one with the latest `time`. An Update takes the field from every other manager,
+    so several owners only happen when appliers set the same value after it; the API server records an update
+    through the `scale` subresource (`kubectl scale`, an HPA) without a time, so such an entry ranks below them."""
+    latest: tuple[datetime, int, str] | None = None
+    for index, entry in enumerate(managed_fields or []):
+        fields = entry.fields_v1 if isinstance(entry.fields_v1, dict) else {}
+        spec = fields.get("f:spec")
+        if entry.operation not in ("Update", "Apply") or not isinstance(spec, dict) or "f:replicas" not in spec:
+            continue
+        when = entry.time if isinstance(entry.time, datetime) else _NO_TIME
+        candidate = (when if when.tzinfo else when.replace(tzinfo=UTC), index, entry.manager or "")
+        if latest is None or candidate > latest:
+            latest = candidate
+    if latest is None:
+        return None
+    return latest[2] or None
 
 
 async def observe(namespace: str, name: str) -> DeploymentObservation:
@@ -27,7 +68,7 @@ async def observe(namespace: str, name: str) -> DeploymentObservation:
             namespace,
             label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())),
         )
-        pods = len(listing.items)
+        pods = sum(1 for pod in listing.items if can_serve(pod))
     status = deployment.status
     return DeploymentObservation(
         exists=True,
@@ -38,6 +79,7 @@ async def observe(namespace: str, name: str) -> DeploymentObservation:
         up_to_date=bool(status and (status.observed_generation or 0) >= (deployment.metadata.generation or 0)),
         original_replicas_annotation=int(original) if original and original.isdigit() else None,
         annotation_owner=annotations.get(constants.MAINTENANCE_OWNER_ANNOTATION),
+        replicas_manager=replicas_manager(deployment.metadata.managed_fields),
     )
 
 
@@ -50,10 +92,14 @@ async def scale(
         if owner:
             annotations[constants.MAINTENANCE_OWNER_ANNOTATION] = owner
         await kube.call(
-            clients.apps.patch_namespaced_deployment, name, namespace, {"metadata": {"annotations": annotations}}
+            clients.apps.patch_namespaced_deployment,
+            name,
+            namespace,
+            {"metadata": {"annotations": annotations}},
+            field_manager=FIELD_MANAGER,
         )
     body: dict[str, Any] = {"spec": {"replicas": replicas}}
-    await kube.call(clients.apps.patch_namespaced_deployment_scale, name, namespace, body)
+    await kube.call(clients.apps.patch_namespaced_deployment, name, namespace, body, field_manager=FIELD_MANAGER)
 
 
 async def clear_record(namespace: str, name: str, owner: str) -> None:
@@ -72,4 +118,4 @@ async def clear_record(namespace: str, name: str, owner: str) -> None:
             "annotations": {constants.ORIGINAL_REPLICAS_ANNOTATION: None, constants.MAINTENANCE_OWNER_ANNOTATION: None}
         }
     }
-    await kube.call(clients.apps.patch_namespaced_deployment, name, namespace, patch)
+    await kube.call(clients.apps.patch_namespaced_deployment, name, namespace, patch, field_manager=FIELD_MANAGER)
