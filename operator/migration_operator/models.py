@@ -213,7 +213,13 @@ class VerifySpec(ApiModel):
     required_tables: list[Name] = Field(
         default_factory=list, max_length=256, description="Tables that must exist (schema.table or table)."
     )
-    checks: list[VerifyCheck] = Field(default_factory=list, max_length=64)
+    checks: list[VerifyCheck] = Field(
+        default_factory=list,
+        max_length=64,
+        description="User SQL checks; names are unique (a duplicate would hide a failing check in status).",
+        # a map keyed by name: the API server itself refuses two checks with one name
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     allow_dropped_objects: bool = Field(
         False,
         description="Accept fewer foreign keys or indexes than before (the migration drops them on purpose).",
@@ -250,6 +256,11 @@ class CompensateSpec(ApiModel):
     config_map_key_ref: ConfigMapKeyRef | None = None
 
 
+class RollbackFailurePolicy(StrEnum):
+    KEEP_APP_DOWN = "KeepAppDown"
+    BRING_APP_BACK = "BringAppBack"
+
+
 class RollbackSpec(ApiModel):
     """What to do when the migration or its verification fails."""
 
@@ -272,6 +283,13 @@ class RollbackSpec(ApiModel):
         "None: stop; the app stays down and the condition says what to do.",
     )
     compensate: CompensateSpec | None = None
+    on_failure: RollbackFailurePolicy = Field(
+        RollbackFailurePolicy.KEEP_APP_DOWN,
+        description="When the rollback itself fails, the database is in a state nobody checked. KeepAppDown "
+        "(default, the runbook's order: restart services only after the restore is verified): the app stays at 0, "
+        "the run ends Failed/Stalled saying so, a human decides. BringAppBack: scale the app back anyway "
+        "(availability first, the app runs on whatever the database holds).",
+    )
 
 
 class ApprovalSpec(ApiModel):
@@ -292,6 +310,13 @@ class TimeoutsSpec(ApiModel):
     verify_seconds: int = Field(600, ge=5, le=86400)
     ready_seconds: int = Field(600, ge=5, le=86400)
     rollback_seconds: int = Field(3600, ge=10, le=604800)
+    transient_error_seconds: int = Field(
+        60,
+        ge=5,
+        le=3600,
+        description="How long an error that may go away (database unreachable, API server busy, Secret unreadable) "
+        "is retried before it fails the phase. Errors that cannot go away by themselves fail it at once.",
+    )
 
 
 Short = Annotated[str, Field(max_length=NAME_MAX)]
@@ -461,6 +486,13 @@ class MaintenanceStatus(ApiModel):
     original_replicas: int | None = None
     scaled_down_at: str | None = None
     scaled_up_at: str | None = None
+    back_by: str | None = Field(
+        None,
+        description="When the app must be back at the latest: scaled down + every timeout of the window + a margin. "
+        "Past it the run brings the app back whatever else happens (unless a failed rollback keeps it down, said "
+        "in the conditions). Alert on it.",
+    )
+    held_down: bool = Field(False, description="The run ended with the app left at 0 on purpose (see the message).")
 
 
 class LogEntry(ApiModel):
@@ -487,7 +519,9 @@ class LastError(ApiModel):
     action: str = Field(description="What the operator was doing.")
     message: str = Field(description="The error text.")
     at: str = Field(description="When it happened last.")
+    since: str | None = Field(None, description="When it first happened (this run of errors).")
     count: int = Field(1, description="How many times in a row.")
+    retryable: bool = Field(True, description="Whether retrying may help (else the phase fails at once).")
 
 
 class DatabaseMigrationStatus(ApiModel):

@@ -136,8 +136,10 @@ class Observations:
     jobs: dict[str, JobObservation] = field(default_factory=dict)
     clone: CloneObservation | None = None
     verification: Verification | None = None
-    # The error of the last pass's database action (status.lastError): a retry says why it retries.
+    # The error met while observing in this pass, or the one of the last pass's actions (status.lastError).
     last_error: LastError | None = None
+    # False when observing raised (`last_error` says what): nothing above reflects the world.
+    observed: bool = True
 
     def job(self, step: str) -> JobObservation:
         return self.jobs.get(step, ABSENT)

@@ -81,6 +81,15 @@ ROLLBACK_DISABLED: Final = "RollbackDisabled"
 NOTHING_TO_ROLL_BACK: Final = "NothingToRollBack"
 FAILED: Final = "Failed"
 
+# Errors met while observing or acting, by what the operator was doing.
+RETRYING: Final = "Retrying"
+OPERATION_FAILED: Final = "OperationFailed"
+OBSERVE_FAILED: Final = "ObserveFailed"
+JOB_REFUSED: Final = "JobRefused"
+SCALE_FAILED: Final = "ScaleFailed"
+MAINTENANCE_HELD: Final = "MaintenanceHeld"
+MAINTENANCE_WINDOW_EXCEEDED: Final = "MaintenanceWindowExceeded"
+
 # Preflight failures: precise, so a user knows what to fix.
 BAD_CREDENTIALS: Final = "BadCredentials"
 CREDENTIALS_SECRET_NOT_FOUND: Final = "CredentialsSecretNotFound"
@@ -96,3 +105,17 @@ COMPENSATE_CONFIGMAP_NOT_FOUND: Final = "CompensateConfigMapNotFound"
 BACKUP_VOLUME_NOT_FOUND: Final = "BackupVolumeNotFound"
 INVALID_SPEC: Final = "InvalidSpec"
 TIMEOUT: Final = "Timeout"
+
+# What the operator was doing when an error happened (status.lastError.action), and the reason it fails a phase with.
+ACTION_OBSERVE: Final = "observing"
+ACTION_CREATE_JOB: Final = "creating a Job"
+ACTION_SCALE: Final = "scaling the app"
+ACTION_CLEAR_RECORD: Final = "clearing the maintenance record"
+ACTION_CLONE: Final = "cloning the database"
+ACTION_SWAP_BACK: Final = "renaming the clone back"
+ACTION_RELEASE_LOCK: Final = "releasing the Lease"
+ERROR_REASONS: Final = {
+    ACTION_OBSERVE: OBSERVE_FAILED,
+    ACTION_CREATE_JOB: JOB_REFUSED,
+    ACTION_SCALE: SCALE_FAILED,
+}

@@ -2,10 +2,11 @@
 
 Called by the per-object daemon in handlers.py, again and again until the run is terminal. Every pass is
 safe to repeat: Jobs are found by their deterministic names (creation tolerates 409 AlreadyExists), scaling
-is absolute, the Lease is keyed by the run's uid, and the status write carries the resourceVersion it was
-computed from, so a conflicting writer (409) makes us re-read and recompute instead of overwriting.
-The status is built as a typed model (`DatabaseMigrationStatus`, only the fields this pass sets) and serialised
-once, at the write.
+is absolute, the Lease is keyed by the run's uid. Status belongs to the operator alone (one daemon per run, its
+passes in sequence), so it is written without a resourceVersion precondition: a busy writer of labels or
+annotations cannot make every pass conflict. The status is built as a typed model (`DatabaseMigrationStatus`, only
+the fields this pass sets) and serialised once, at the write. Any error met while observing or acting is an
+observation too (`errors.py`, `machine/guards.py`): it reaches the status in the same pass.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
-import psycopg
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from . import conditions, constants, database, jobs, kube, lock, machine, maintenance, metrics, reasons
-from .machine import context
+from . import conditions, constants, database, errors, jobs, kube, lock, machine, maintenance, metrics, reasons
+from .machine import context, guards
 from .machine.context import Context, Logger
 from .machine.core import (
+    Action,
     ClearMaintenanceRecord,
     CloneDatabase,
     CreateJob,
@@ -59,56 +60,88 @@ async def _database_action(ctx: Context, action: CloneDatabase | SwapCloneBack) 
         await database.swap_clone_back(ctx.spec, login, action.clone_name, action.failed_name)
 
 
-async def execute(ctx: Context, decision: Decision) -> tuple[dict[str, str], str | None]:
-    """Run the decision's actions in order. Returns the Jobs created or found ({step: job name}) and the error
-    of a database action (retried on the next pass, which sees it in status.lastError)."""
-    created: dict[str, str] = {}
-    error: str | None = None
+def _action_name(action: Action) -> str:
+    return {
+        CreateJob: reasons.ACTION_CREATE_JOB,
+        ScaleDeployment: reasons.ACTION_SCALE,
+        ClearMaintenanceRecord: reasons.ACTION_CLEAR_RECORD,
+        CloneDatabase: reasons.ACTION_CLONE,
+        SwapCloneBack: reasons.ACTION_SWAP_BACK,
+        ReleaseLock: reasons.ACTION_RELEASE_LOCK,
+    }[type(action)]
+
+
+async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
     clients = kube.load()
+    if isinstance(action, CreateJob):
+        manifest = machine.build_job(ctx.body, ctx.spec, action.step)
+        try:
+            await kube.call(clients.batch.create_namespaced_job, ctx.namespace, manifest)
+            ctx.logger.info("created Job %s", manifest["metadata"]["name"])
+        except ApiException as failure:
+            if failure.status != 409:  # 409: created by an earlier pass (the name is deterministic)
+                raise
+        created[action.step] = manifest["metadata"]["name"]
+    elif isinstance(action, ScaleDeployment):
+        assert ctx.spec.maintenance is not None
+        await maintenance.scale(
+            ctx.namespace,
+            ctx.spec.maintenance.deployment.name,
+            action.replicas,
+            record_original=action.record_original,
+            owner=ctx.name,
+        )
+        ctx.logger.info("scaled Deployment %s to %d", ctx.spec.maintenance.deployment.name, action.replicas)
+    elif isinstance(action, ClearMaintenanceRecord):
+        if ctx.spec.maintenance:
+            await maintenance.clear_record(ctx.namespace, ctx.spec.maintenance.deployment.name, ctx.name)
+    elif isinstance(action, CloneDatabase | SwapCloneBack):
+        login = await context.credentials(ctx)
+        if isinstance(action, CloneDatabase):
+            await database.create_clone(ctx.spec, login, action.clone_name)
+        else:
+            await database.swap_clone_back(ctx.spec, login, action.clone_name, action.failed_name)
+    elif isinstance(action, ReleaseLock):
+        await lock.release(ctx.body, ctx.spec)
+
+
+async def execute(ctx: Context, decision: Decision, now: str) -> tuple[dict[str, str], LastError | None]:
+    """Run the decision's actions in order; the first that fails stops the rest (they may depend on it). Returns the
+    Jobs created or found ({step: job name}) and the error, for status.lastError: the next pass decides on it."""
+    created: dict[str, str] = {}
     for action in decision.actions:
-        if isinstance(action, CreateJob):
-            manifest = machine.build_job(ctx.body, ctx.spec, action.step)
-            try:
-                await kube.call(clients.batch.create_namespaced_job, ctx.namespace, manifest)
-                ctx.logger.info("created Job %s", manifest["metadata"]["name"])
-            except ApiException as failure:
-                if failure.status != 409:
-                    raise
-            created[action.step] = manifest["metadata"]["name"]
-        elif isinstance(action, ScaleDeployment):
-            assert ctx.spec.maintenance is not None
-            await maintenance.scale(
-                ctx.namespace,
-                ctx.spec.maintenance.deployment.name,
-                action.replicas,
-                record_original=action.record_original,
-                owner=ctx.name,
+        try:
+            await _act(ctx, action, created)
+        except Exception as failure:  # every error reaches the status; CancelledError (shutdown) is not an Exception
+            error = errors.describe(
+                failure, _action_name(action), now, ctx.status.last_error, await _secrets(ctx)
             )
-            ctx.logger.info("scaled Deployment %s to %d", ctx.spec.maintenance.deployment.name, action.replicas)
-        elif isinstance(action, ClearMaintenanceRecord):
-            if ctx.spec.maintenance:
-                await maintenance.clear_record(ctx.namespace, ctx.spec.maintenance.deployment.name, ctx.name)
-        elif isinstance(action, CloneDatabase | SwapCloneBack):
-            try:
-                await _database_action(ctx, action)
-            except psycopg.Error as failure:
-                error = " ".join(str(failure).split())
-                ctx.logger.warning("%s failed: %s", type(action).__name__, error)
-        elif isinstance(action, ReleaseLock):
-            await lock.release(ctx.body, ctx.spec)
-    return created, error
+            ctx.logger.warning("%s failed: %s", error.action, error.message)
+            return created, error
+    return created, None
+
+
+async def _secrets(ctx: Context) -> list[str]:
+    """The login's values, to scrub them from error texts (best effort: the Secret may be what is missing)."""
+    try:
+        values = await context.secret_values(ctx)
+    except Exception:
+        return []
+    return list((values or {}).values())
+
+
+async def observe(ctx: Context, now: str) -> Observations:
+    """What the phase needs to see; when that fails, an observation of the failure (`observed=False`)."""
+    try:
+        return await machine.observe(ctx, generation=ctx.generation, last_error=ctx.status.last_error)
+    except Exception as failure:  # every error reaches the status; CancelledError (shutdown) is not an Exception
+        error = errors.describe(failure, reasons.ACTION_OBSERVE, now, ctx.status.last_error, await _secrets(ctx))
+        ctx.logger.warning("observing %s failed: %s", ctx.phase.value, error.message)
+        return Observations(generation=ctx.generation, last_error=error, observed=False)
 
 
 def now_iso() -> str:
     return iso(datetime.now(UTC))
-
-
-def _last_error(ctx: Context, action_error: str | None, now: str) -> LastError | None:
-    if action_error is None:
-        return None
-    previous = ctx.status.last_error
-    count = previous.count + 1 if previous and previous.message == action_error else 1
-    return LastError(action=ctx.phase.value, message=action_error[:2000], at=now, count=count)
 
 
 def new_status(
@@ -117,7 +150,7 @@ def new_status(
     created_jobs: dict[str, str],
     observed: Observations,
     now: str,
-    action_error: str | None = None,
+    action_error: LastError | None = None,
 ) -> dict[str, Any]:
     """The status to write: the decision's typed fields plus the bookkeeping of every pass, serialised once."""
     patch = decision.status.model_copy()
@@ -139,12 +172,20 @@ def new_status(
     known_jobs.update(created_jobs)
     if known_jobs != old.jobs:
         patch.jobs = known_jobs
-    if decision.log:
-        entry = LogEntry(time=now, phase=decision.phase.value, message=decision.log[:1000])
-        patch.log = [*old.log, entry][-constants.LOG_LIMIT :]
+    entries = [decision.log] if decision.log else []
+    if action_error is not None and action_error.count == 1:
+        entries.append(f"{action_error.action} failed: {action_error.message}")
+    if entries:
+        added = [LogEntry(time=now, phase=decision.phase.value, message=text[:1000]) for text in entries]
+        patch.log = [*old.log, *added][-constants.LOG_LIMIT :]
     if observed.lock is not None and observed.lock.acquired:
         patch.lock = f"{lock.lease_namespace(ctx.namespace)}/{lock.lease_name(ctx.spec)}"
-    last_error = _last_error(ctx, action_error, now)
+    # the error of this pass (observing or acting); a pass without one clears it
+    # (an observing error is kept only while the run stays in the phase it happened in)
+    kept = observed.last_error if not observed.observed and decision.phase == ctx.phase else None
+    last_error = action_error or kept
+    if action_error is not None:
+        patch.message = f"{decision.message}; {action_error.action} failed: {action_error.message}"[:2000]
     if last_error is not None or old.last_error is not None:
         patch.last_error = last_error
     return status_patch_document(patch)
@@ -178,15 +219,21 @@ def _record_metrics(ctx: Context, decision: Decision) -> None:
             metrics.APP_DOWNTIME.observe(max((up - down).total_seconds(), 0))
 
 
-def _event(ctx: Context, decision: Decision) -> None:
-    if not decision.log:
-        return
-    kopf.event(
-        cast(Any, ctx.body),
-        type="Warning" if decision.warning else "Normal",
-        reason=decision.phase.value,
-        message=decision.log[:1000],
-    )
+def _event(ctx: Context, decision: Decision, action_error: LastError | None) -> None:
+    if decision.log:
+        kopf.event(
+            cast(Any, ctx.body),
+            type="Warning" if decision.warning else "Normal",
+            reason=decision.phase.value,
+            message=decision.log[:1000],
+        )
+    if action_error is not None and action_error.count == 1:
+        kopf.event(
+            cast(Any, ctx.body),
+            type="Warning",
+            reason=reasons.ERROR_REASONS.get(action_error.action, reasons.OPERATION_FAILED),
+            message=f"{action_error.action} failed: {action_error.message}"[:1000],
+        )
 
 
 async def _invalid_spec(body: dict[str, Any], error: pydantic.ValidationError, logger: Logger) -> None:
@@ -224,12 +271,14 @@ async def reconcile_once(namespace: str, name: str, logger: Logger) -> float | N
     if ctx.phase in TERMINAL_PHASES:
         await lock.release(body, spec)
         return None
-    observed = await machine.observe(ctx, generation=ctx.generation, last_error=ctx.status.last_error)
+    observed = await observe(ctx, now_iso())
     decision = machine.decide(spec, ctx.status, observed, ctx.name, ctx.uid)
-    created, action_error = await execute(ctx, decision)
+    created, action_error = await execute(ctx, decision, now_iso())
     update = new_status(ctx, decision, created, observed, now_iso(), action_error)
     if _changed(ctx.body.get("status") or {}, update):
-        patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": update}
+        # No resourceVersion precondition: status is the operator's alone (one daemon per run, passes in sequence),
+        # so a client writing labels or annotations meanwhile must not make every pass conflict (a livelock).
+        patch = {"status": update}
         try:
             await kube.patch_migration_status(namespace, name, patch)
         except ApiException as error:
@@ -240,7 +289,9 @@ async def reconcile_once(namespace: str, name: str, logger: Logger) -> float | N
         if decision.phase != ctx.phase:
             logger.info("phase %s -> %s: %s", ctx.phase.value, decision.phase.value, decision.message)
         _record_metrics(ctx, decision)
-        _event(ctx, decision)
+        _event(ctx, decision, action_error)
+    if action_error is not None:
+        return guards.ERROR_BACKOFF[min(action_error.count, len(guards.ERROR_BACKOFF)) - 1]
     if decision.terminal:
         return None
     return decision.requeue_after if decision.requeue_after is not None else machine.core.POLL_JOB

@@ -678,20 +678,44 @@ def test_rollback_completes_rolled_back_with_the_original_error() -> None:
     assert ReleaseLock() in decision.actions
 
 
-def test_failed_restore_still_restores_the_app_then_fails() -> None:
+def test_failed_restore_with_bring_app_back_restores_the_app_then_fails() -> None:
+    spec = make_spec(rollback={"strategy": "Restore", "onFailure": "BringAppBack"})
     failed = run(
-        make_spec(),
+        spec,
         _rolling_status(),
         observe(deployment=DEPLOYMENT_DOWN, jobs={"restore": JobObservation("Failed", "restore failed: disk full")}),
     )
     assert written(failed)["rollback"]["failed"] is True
     status = _rolling_status(failed=True, failure="pg_restore of the backup failed: disk full")
-    scale = run(make_spec(), status, observe(deployment=DEPLOYMENT_DOWN))
+    scale = run(spec, status, observe(deployment=DEPLOYMENT_DOWN))
     assert scale.actions == [ScaleDeployment(3)]
-    final = run(make_spec(), status, observe(deployment=DEPLOYMENT_UP))
+    final = run(spec, status, observe(deployment=DEPLOYMENT_UP))
     assert final.phase == Phase.FAILED
     assert condition(final, reasons.STALLED).reason == reasons.ROLLBACK_FAILED
     assert "disk full" in final.message
+
+
+def test_failed_restore_keeps_the_app_down_by_default_and_says_so() -> None:
+    status = _rolling_status(failed=True, failure="pg_restore of the backup failed: disk full")
+    final = run(make_spec(), status, observe(deployment=DEPLOYMENT_DOWN))
+    assert final.phase == Phase.FAILED
+    assert not any(isinstance(a, ScaleDeployment) for a in final.actions)
+    assert phases_clear_record(final) is False  # the annotation with the original replicas stays for the human
+    assert written(final)["maintenance"]["heldDown"] is True
+    stalled = condition(final, reasons.STALLED)
+    assert stalled.reason == reasons.ROLLBACK_FAILED
+    assert "kept at 0 replicas" in stalled.message and "original 3" in stalled.message and "disk full" in stalled.message
+
+
+def test_failed_restore_scales_an_app_that_is_up_back_down_when_keeping_it_down() -> None:
+    status = _rolling_status(failed=True, failure="rollback took longer than 3600s")
+    decision = run(make_spec(), status, observe(deployment=DEPLOYMENT_UP))
+    assert decision.phase == Phase.ROLLING_BACK
+    assert decision.actions == [ScaleDeployment(0)]
+
+
+def phases_clear_record(decision: Decision) -> bool:
+    return core.ClearMaintenanceRecord() in decision.actions
 
 
 def test_strategy_none_stops_and_leaves_the_app_down() -> None:

@@ -34,9 +34,9 @@ from .. import jobs
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase
 from ..observations import Observations
 from ..reasons import Step
-from . import backup, maintenance, migrate, pending, preflight, rollback, verify
+from . import backup, guards, maintenance, migrate, pending, preflight, rollback, verify
 from .context import Context
-from .core import Decide, Decision, PodBuilder, ReleaseLock, Run, iso
+from .core import Decide, Decision, PodBuilder, ReleaseLock, Run, first_line, iso
 
 
 async def _nothing(ctx: Context) -> dict[str, Any]:
@@ -86,6 +86,8 @@ def current_phase(status: DatabaseMigrationStatus) -> Phase:
 async def observe(ctx: Context, **known: Any) -> Observations:
     """What the current phase needs to see, plus what every pass knows (`known`: now, generation, last error)."""
     fields = await PHASES[ctx.phase].observe(ctx)
+    if guards.app_must_be_down(ctx.status, ctx.phase) and "deployment" not in fields:
+        fields.update(await maintenance.observe_deployment(ctx))
     return Observations(**known, **fields)
 
 
@@ -106,9 +108,18 @@ def stamp(decision: Decision, status: DatabaseMigrationStatus, obs: Observations
 def decide(
     spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, name: str = "", uid: str = ""
 ) -> Decision:
-    """The next step of the runbook for one DatabaseMigration."""
-    decision = PHASES[current_phase(status)].decide(spec, status, obs, Run(name, uid))
-    return stamp(decision, status, obs)
+    """The next step of the runbook for one DatabaseMigration: the guards first (window, deadline, errors, holding
+    the app down), then the phase."""
+    phase = current_phase(status)
+    if phase not in guards.GUARDED:
+        return stamp(PHASES[phase].decide(spec, status, obs, Run(name, uid)), status, obs)
+    decision = guards.before(spec, status, obs, phase)
+    if decision is None:
+        decision = PHASES[phase].decide(spec, status, obs, Run(name, uid))
+        last = obs.last_error
+        if last is not None and decision.phase == phase and last.at >= (status.phase_started_at or ""):
+            decision.message += f" (retrying after {last.action} failed: {first_line(last.message, 200)})"
+    return stamp(guards.after(spec, status, obs, phase, decision), status, obs)
 
 
 def build_job(body: dict[str, Any], spec: DatabaseMigrationSpec, step: Step) -> dict[str, Any]:

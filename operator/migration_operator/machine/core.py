@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import flyway, reasons
@@ -34,6 +34,8 @@ POLL_LOCK = 15.0
 POLL_RETRY = 10.0
 # Jobs have activeDeadlineSeconds; the phase deadline catches everything else (and a lost Job) with this slack.
 DEADLINE_SLACK = 30
+# Beyond a phase's timeout + slack: the hard deadline that holds whatever happens (machine/guards.py).
+HARD_MARGIN = 30
 
 
 # -------------------------------------------------------------------------------------------------- the run
@@ -362,3 +364,22 @@ def rollback_job_step(step: Step, what: str, obs: Observations, rollback: Rollba
         rollback = rollback.model_copy(update={"failed": True, "failure": f"{what} failed: {first_line(detail, 600)}"})
         text = rollback.failure or ""
     return stay(Phase.ROLLING_BACK, text, reasons.ROLLING_BACK, 0.0, log=text, rollback=rollback)
+
+
+def back_by(spec: DatabaseMigrationSpec, scaled_down_at: str) -> str | None:
+    """Scaled down + every timeout the window may contain + a margin."""
+    down = parse_time(scaled_down_at)
+    if down is None:
+        return None
+    t = spec.timeouts
+    seconds = (
+        t.drain_seconds
+        + (t.backup_seconds if spec.backup.enabled else 0)
+        + t.migrate_seconds
+        + t.verify_seconds
+        + t.ready_seconds
+        + t.rollback_seconds
+        + t.ready_seconds
+        + 4 * (DEADLINE_SLACK + HARD_MARGIN)
+    )
+    return iso(down + timedelta(seconds=seconds))

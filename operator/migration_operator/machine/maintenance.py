@@ -22,6 +22,7 @@ from .core import (
     Run,
     ScaleDeployment,
     app_available,
+    back_by,
     enter,
     fail,
     iso,
@@ -61,10 +62,12 @@ def decide_entering(
     if deployment is None:
         return fail(spec, status, phase, reasons.DEPLOYMENT_NOT_FOUND, f"Deployment {deployment_name} not found")
     original = original_replicas(status, deployment, run.name)
+    scaled_down_at = (status.maintenance.scaled_down_at if status.maintenance else None) or iso(obs.now)
     record = MaintenanceStatus(
         deployment=deployment_name,
         original_replicas=original,
-        scaled_down_at=(status.maintenance.scaled_down_at if status.maintenance else None) or iso(obs.now),
+        scaled_down_at=scaled_down_at,
+        back_by=back_by(spec, scaled_down_at),
     )
     if deployment.replicas != 0:
         message = f"maintenance: scaling {deployment_name} from {original} to 0 replicas"

@@ -26,6 +26,7 @@ from ..models import (
     DatabaseMigrationStatus,
     MaintenanceStatus,
     Phase,
+    RollbackFailurePolicy,
     RollbackStatus,
     RollbackStrategy,
 )
@@ -255,8 +256,13 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
             return decision
         return plan.decide(Situation(spec, status, obs, run), rollback)
 
-    # 2. The app, back at its recorded replicas.
-    if deployment is not None and deployment.exists and maintenance_touched(status):
+    # 2. The app: back at its recorded replicas, or held at 0 when the database is in a state nobody checked.
+    if keeps_app_down(spec, status, rollback):
+        if deployment is not None and deployment.exists and deployment.replicas != 0:
+            decision = stay(PHASE, f"rollback failed: keeping {deployment_name} at 0", reasons.SCALING_DOWN, POLL_DRAIN)
+            decision.actions.append(ScaleDeployment(0))
+            return decision
+    elif deployment is not None and deployment.exists and maintenance_touched(status):
         original = original_replicas(status, deployment, run.name)
         if deployment.replicas != original:
             record = (status.maintenance or MaintenanceStatus()).model_copy(
@@ -282,19 +288,11 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
             )
 
     # 3. The outcome.
+    if rollback.failed:
+        return failed_end(spec, status, rollback)
     actions: list[Action] = (
         [ClearMaintenanceRecord(), ReleaseLock()] if maintenance_touched(status) else [ReleaseLock()]
     )
-    if rollback.failed:
-        text = f"rollback failed: {rollback.failure}; the run failed with {rollback.reason}: {first_line(cause, 500)}"
-        return stalled_end(
-            Phase.FAILED,
-            reasons.ROLLBACK_FAILED,
-            text,
-            [ConditionChange(reasons.ROLLED_BACK, "False", reasons.ROLLBACK_FAILED, text)],
-            actions,
-            rollback=rollback,
-        )
     changed = rollback.database_changed
     how = plan.done if changed else NoRollback.done
     app = f", {deployment_name} back at its replicas" if maintenance_touched(status) else ""
@@ -313,3 +311,60 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
         actions,
         rollback=rollback,
     )
+
+
+def keeps_app_down(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, rollback: RollbackStatus) -> bool:
+    """The database part of the rollback failed (its state is unknown) and the spec says a human decides."""
+    database_unknown = rollback.failed and rollback.database_changed and not rollback.database_restored
+    return (
+        database_unknown
+        and maintenance_touched(status)
+        and spec.rollback.on_failure == RollbackFailurePolicy.KEEP_APP_DOWN
+    )
+
+
+def failed_end(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, rollback: RollbackStatus) -> Decision:
+    """The rollback failed: Failed and Stalled, saying where the database and the app are."""
+    cause = rollback.error or rollback.reason or "unknown failure"
+    text = f"rollback failed: {rollback.failure}; the run failed with {rollback.reason}: {first_line(cause, 500)}"
+    extra: dict[str, Any] = {}
+    if keeps_app_down(spec, status, rollback):
+        assert spec.maintenance is not None
+        original = status.maintenance.original_replicas if status.maintenance else None
+        text += (
+            f"; {spec.maintenance.deployment.name} kept at 0 replicas (rollback.onFailure KeepAppDown; original "
+            f"{original} in annotation dbops.io/original-replicas): check the database, then scale it back"
+        )
+        extra["maintenance"] = (status.maintenance or MaintenanceStatus()).model_copy(update={"held_down": True})
+        actions: list[Action] = [ReleaseLock()]  # the annotation stays: it is how a human finds the replicas
+    else:
+        actions = [ClearMaintenanceRecord(), ReleaseLock()] if maintenance_touched(status) else [ReleaseLock()]
+    return stalled_end(
+        Phase.FAILED,
+        reasons.ROLLBACK_FAILED,
+        text,
+        [ConditionChange(reasons.ROLLED_BACK, "False", reasons.ROLLBACK_FAILED, text)],
+        actions,
+        rollback=rollback,
+        **extra,
+    )
+
+
+def abandon(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, why: str) -> Decision:
+    """The rollback cannot go on as planned (its deadline passed, or an error that will not go away): give the
+    database part up and go to the app part; when that too cannot finish, end here, saying what is known."""
+    rollback = status.rollback or RollbackStatus(strategy=spec.rollback.strategy, reason=reasons.TIMEOUT, error=why)
+    if not rollback.failed:
+        rollback = rollback.model_copy(update={"failed": True, "failure": why})
+        decision = stay(PHASE, f"rollback: giving up the database part: {why}", reasons.ROLLING_BACK, 0.0, log=why)
+        decision.warning = True
+        return decision.record(rollback=rollback)
+    if spec.maintenance and maintenance_touched(status) and not keeps_app_down(spec, status, rollback):
+        original = status.maintenance.original_replicas if status.maintenance else None
+        rollback = rollback.model_copy(
+            update={
+                "failure": f"{rollback.failure}; then {why}: {spec.maintenance.deployment.name} may still be at 0 "
+                f"replicas (original {original}, annotation dbops.io/original-replicas)"
+            }
+        )
+    return failed_end(spec, status, rollback)

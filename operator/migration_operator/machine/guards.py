@@ -1,0 +1,157 @@
+"""What every pass checks before the phase decides, in this order, whatever the phase:
+
+1. The maintenance window: once the app was scaled down, it must be back by `status.maintenance.backBy` (scaled down
+   + every timeout the window can contain + a margin). Past it, the run goes straight to bringing the app back.
+2. The last error (`status.lastError`, or this pass's failure to observe): retried while it may go away and is
+   younger than `timeouts.transientErrorSeconds`, else it fails the phase.
+3. Holding the window: while the app must be at 0, a scale-up by anyone else is reverted at once, naming who did it.
+4. The phase's hard deadline: its timeout + slack + a margin. Whatever decided to stay in the phase (the phase
+   itself, a retry, a hold), past that deadline the run leaves it: the phase's own timeout check, with its precise
+   message, fires first; this one holds when observing fails or hangs.
+
+Each of 1-3 returns a Decision, or None to let the phase decide.
+"""
+
+from __future__ import annotations
+
+from .. import reasons
+from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase, RollbackStatus
+from ..observations import Observations
+from .core import (
+    DEADLINE_SLACK,
+    HARD_MARGIN,
+    POLL_DRAIN,
+    Decision,
+    ScaleDeployment,
+    elapsed,
+    fail,
+    first_line,
+    maintenance_touched,
+    parse_time,
+    stay,
+)
+from .rollback import abandon
+
+# Retry delays after an error, by how many times in a row it happened.
+ERROR_BACKOFF = (2.0, 5.0, 10.0, 20.0)
+# The phases the guards watch: every phase of a run in flight.
+GUARDED = frozenset(Phase) - {Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED}
+# Phases in which the app must stay at 0 once it was scaled down.
+HOLD_PHASES = (Phase.BACKING_UP, Phase.MIGRATING, Phase.VERIFYING)
+
+
+def phase_timeout(spec: DatabaseMigrationSpec, phase: Phase) -> int | None:
+    timeouts = spec.timeouts
+    return {
+        Phase.PREFLIGHT: timeouts.preflight_seconds,
+        Phase.BACKING_UP: timeouts.backup_seconds,
+        Phase.ENTERING_MAINTENANCE: timeouts.drain_seconds,
+        Phase.MIGRATING: timeouts.migrate_seconds,
+        Phase.VERIFYING: timeouts.verify_seconds,
+        Phase.EXITING_MAINTENANCE: timeouts.ready_seconds,
+        Phase.ROLLING_BACK: timeouts.rollback_seconds + timeouts.ready_seconds,
+    }.get(phase)
+
+
+def app_must_be_down(status: DatabaseMigrationStatus, phase: Phase) -> bool:
+    return phase in HOLD_PHASES and maintenance_touched(status)
+
+
+def window(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, phase: Phase
+) -> Decision | None:
+    record = status.maintenance
+    back_by = parse_time(record.back_by) if record else None
+    if back_by is None or record is None or record.scaled_up_at or obs.now <= back_by:
+        return None
+    why = f"the app was due back by {record.back_by} (scaled down at {record.scaled_down_at})"
+    if phase == Phase.ROLLING_BACK:
+        return abandon(spec, status, why)
+    return fail(spec, status, phase, reasons.MAINTENANCE_WINDOW_EXCEEDED, why)
+
+
+def deadline(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, phase: Phase
+) -> Decision | None:
+    timeout = phase_timeout(spec, phase)
+    if timeout is None:
+        return None
+    limit = timeout + DEADLINE_SLACK + HARD_MARGIN
+    rollback = status.rollback or RollbackStatus()
+    if phase == Phase.ROLLING_BACK and rollback.failed:
+        limit += spec.timeouts.ready_seconds  # the app part, after the database part was given up
+    if elapsed(status, obs.now) <= limit:
+        return None
+    why = f"{phase.value} exceeded its deadline ({limit}s)"
+    if obs.last_error is not None:
+        why += f"; last error: {first_line(obs.last_error.message)}"
+    if phase == Phase.ROLLING_BACK:
+        return abandon(spec, status, why)
+    return fail(spec, status, phase, reasons.TIMEOUT, why)
+
+
+def error(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, phase: Phase
+) -> Decision | None:
+    last = obs.last_error
+    if last is None or (status.phase_started_at and last.at < status.phase_started_at):
+        return None  # none, or one of an earlier phase
+    since = parse_time(last.since or last.at)
+    age = (obs.now - since).total_seconds() if since else 0.0
+    persistent = not last.retryable or age > spec.timeouts.transient_error_seconds
+    if persistent:
+        why = f"{last.action} failed: {last.message}"
+        if last.retryable:
+            why += f" (for {int(age)}s, {last.count} attempts)"
+        if phase == Phase.ROLLING_BACK:
+            return abandon(spec, status, why)
+        return fail(spec, status, phase, reasons.ERROR_REASONS.get(last.action, reasons.OPERATION_FAILED), why)
+    if obs.observed:
+        return None  # the phase decides again; the action that failed is retried (the message says so)
+    message = f"{phase.value}: {last.action} failed, retrying ({last.count}x): {first_line(last.message)}"
+    decision = stay(phase, message, reasons.RETRYING, ERROR_BACKOFF[min(last.count, len(ERROR_BACKOFF)) - 1])
+    if last.count == 1:
+        decision.log = message
+        decision.warning = True
+    return decision
+
+
+def hold(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, phase: Phase
+) -> Decision | None:
+    deployment = obs.deployment
+    if not app_must_be_down(status, phase) or deployment is None or not deployment.exists or deployment.replicas == 0:
+        return None
+    assert spec.maintenance is not None
+    who = deployment.replicas_manager or "someone"
+    message = (
+        f"{spec.maintenance.deployment.name} was scaled to {deployment.replicas} by {who} during {phase.value}: "
+        "scaling it back to 0 (the migration needs it down; with Argo CD, ignore spec.replicas of this Deployment)"
+    )
+    decision = stay(phase, message, reasons.MAINTENANCE_HELD, POLL_DRAIN, log=message)
+    decision.warning = True
+    decision.actions.append(ScaleDeployment(0))
+    return decision
+
+
+BEFORE_THE_PHASE = (window, error, hold)
+
+
+def before(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, phase: Phase
+) -> Decision | None:
+    for guard in BEFORE_THE_PHASE:
+        decision = guard(spec, status, obs, phase)
+        if decision is not None:
+            return decision
+    return None
+
+
+def after(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, phase: Phase, decision: Decision
+) -> Decision:
+    """A decision to stay in the phase past its hard deadline is replaced by the deadline's failure. (Checked after
+    the phase, so the phase's own timeout, with its precise message, wins when it fires first.)"""
+    if decision.phase != phase:
+        return decision
+    return deadline(spec, status, obs, phase) or decision

@@ -1,0 +1,168 @@
+"""The guards every pass checks before (and after) the phase decides: the maintenance window, errors met while
+observing or acting, holding the app at 0, the phase's hard deadline. And the error descriptions they decide on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import specs
+from kubernetes.client.exceptions import ApiException
+
+from migration_operator import errors, machine, reasons
+from migration_operator.machine import core
+from migration_operator.machine.core import ScaleDeployment
+from migration_operator.models import DatabaseMigrationStatus, LastError, Phase, parse_spec, status_patch_document
+from migration_operator.observations import DeploymentObservation, JobObservation, Observations
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+SPEC = parse_spec(specs.parking(maintenance={"deployment": {"name": "api-gateway"}}))
+DOWN = {"deployment": "api-gateway", "originalReplicas": 3, "scaledDownAt": core.iso(NOW - timedelta(seconds=60))}
+
+
+def status(phase: Phase, seconds_in_phase: float = 5, **fields: Any) -> DatabaseMigrationStatus:
+    data = {"phase": phase.value, "phaseStartedAt": core.iso(NOW - timedelta(seconds=seconds_in_phase)), **fields}
+    return DatabaseMigrationStatus.model_validate(data)
+
+
+def error(action: str = reasons.ACTION_OBSERVE, age: float = 1, retryable: bool = True, count: int = 1) -> LastError:
+    return LastError(
+        action=action,
+        message="OperationalError: connection refused",
+        at=core.iso(NOW),
+        since=core.iso(NOW - timedelta(seconds=age)),
+        count=count,
+        retryable=retryable,
+    )
+
+
+def test_a_fresh_error_while_observing_is_retried_and_shown() -> None:
+    decision = machine.decide(
+        SPEC, status(Phase.MIGRATING), Observations(now=NOW, last_error=error(), observed=False)
+    )
+    assert decision.phase == Phase.MIGRATING
+    assert "connection refused" in decision.message and decision.requeue_after
+    assert decision.log and decision.warning  # the first occurrence is logged and becomes a Warning event
+
+
+def test_a_transient_error_older_than_its_grace_fails_the_phase_and_rolls_back_once_the_app_was_touched() -> None:
+    decision = machine.decide(
+        SPEC,
+        status(Phase.MIGRATING, maintenance=DOWN, jobs={"migrate": "m"}),
+        Observations(now=NOW, last_error=error(age=61, count=9), observed=False),
+    )
+    assert decision.phase == Phase.ROLLING_BACK
+    assert status_patch_document(decision.status)["rollback"]["reason"] == reasons.OBSERVE_FAILED
+
+
+def test_an_error_that_cannot_go_away_fails_at_once_with_the_app_untouched_in_preflight() -> None:
+    decision = machine.decide(
+        SPEC, status(Phase.PREFLIGHT), Observations(now=NOW, last_error=error(retryable=False), observed=False)
+    )
+    assert decision.phase == Phase.FAILED
+    assert "not touched" in decision.message
+
+
+def test_a_refused_job_fails_the_phase_with_its_own_reason() -> None:
+    decision = machine.decide(
+        SPEC,
+        status(Phase.BACKING_UP, maintenance=DOWN),
+        Observations(now=NOW, last_error=error(reasons.ACTION_CREATE_JOB, retryable=False),
+                     deployment=DeploymentObservation(exists=True, replicas=0)),
+    )
+    assert decision.phase == Phase.ROLLING_BACK
+    assert status_patch_document(decision.status)["rollback"]["reason"] == reasons.JOB_REFUSED
+
+
+def test_an_error_of_an_earlier_phase_is_not_held_against_this_one() -> None:
+    old = error(retryable=False).model_copy(update={"at": core.iso(NOW - timedelta(seconds=30))})
+    decision = machine.decide(
+        SPEC, status(Phase.PREFLIGHT, seconds_in_phase=5), Observations(now=NOW, last_error=old)
+    )
+    assert decision.phase == Phase.PREFLIGHT
+
+
+def test_an_app_scaled_up_by_someone_else_while_migrating_is_scaled_back_naming_who() -> None:
+    scaled = DeploymentObservation(exists=True, replicas=3, pods=1, replicas_manager="argocd-controller")
+    decision = machine.decide(
+        SPEC,
+        status(Phase.MIGRATING, maintenance=DOWN, jobs={"migrate": "m"}),
+        Observations(now=NOW, deployment=scaled, jobs={"migrate": JobObservation("Running")}),
+    )
+    assert decision.phase == Phase.MIGRATING
+    assert decision.actions == [ScaleDeployment(0)]
+    assert decision.warning and "argocd-controller" in (decision.log or "")
+
+
+def test_staying_past_the_hard_deadline_leaves_the_phase_whatever_decided_to_stay() -> None:
+    limit = SPEC.timeouts.verify_seconds + core.DEADLINE_SLACK + core.HARD_MARGIN
+    decision = machine.decide(
+        SPEC,
+        status(Phase.VERIFYING, seconds_in_phase=limit + 1, maintenance=DOWN, jobs={"migrate": "m"}),
+        Observations(now=NOW, last_error=error(), observed=False),
+    )
+    assert decision.phase == Phase.ROLLING_BACK
+    assert "deadline" in decision.message
+
+
+def test_past_the_maintenance_window_the_run_goes_to_bring_the_app_back() -> None:
+    late = {**DOWN, "backBy": core.iso(NOW - timedelta(seconds=1))}
+    decision = machine.decide(
+        SPEC,
+        status(Phase.MIGRATING, maintenance=late, jobs={"migrate": "m"}),
+        Observations(now=NOW, jobs={"migrate": JobObservation("Running")}),
+    )
+    assert decision.phase == Phase.ROLLING_BACK
+    assert status_patch_document(decision.status)["rollback"]["reason"] == reasons.MAINTENANCE_WINDOW_EXCEEDED
+
+
+def test_a_rollback_that_cannot_observe_gives_up_the_database_then_ends_saying_where_the_app_is() -> None:
+    rolling = {"strategy": "Restore", "reason": "MigrationFailed", "databaseChanged": True}
+    persistent = Observations(now=NOW, last_error=error(age=61), observed=False)
+    spec = parse_spec(specs.parking(maintenance={"deployment": {"name": "api-gateway"}},
+                                    rollback={"strategy": "Restore", "onFailure": "BringAppBack"}))
+    first = machine.decide(spec, status(Phase.ROLLING_BACK, maintenance=DOWN, rollback=rolling), persistent)
+    assert first.phase == Phase.ROLLING_BACK
+    given_up = status_patch_document(first.status)["rollback"]
+    assert given_up["failed"] is True
+    second = machine.decide(spec, status(Phase.ROLLING_BACK, maintenance=DOWN, rollback=given_up), persistent)
+    assert second.phase == Phase.FAILED
+    assert "may still be at 0 replicas" in second.message and "original 3" in second.message
+
+
+def test_scaling_down_records_when_the_app_must_be_back() -> None:
+    decision = machine.decide(
+        SPEC,
+        status(Phase.ENTERING_MAINTENANCE),
+        Observations(now=NOW, deployment=DeploymentObservation(exists=True, replicas=3, pods=3)),
+    )
+    back_by = status_patch_document(decision.status)["maintenance"]["backBy"]
+    t = SPEC.timeouts
+    window = t.drain_seconds + t.backup_seconds + t.migrate_seconds + t.verify_seconds + 2 * t.ready_seconds
+    assert core.parse_time(back_by) > NOW + timedelta(seconds=window + t.rollback_seconds)
+
+
+@pytest.mark.parametrize(
+    ("failure", "retryable"),
+    [
+        (psycopg.errors.InsufficientPrivilege("permission denied for table t"), False),
+        (psycopg.OperationalError("connection refused"), True),
+        (ApiException(status=403, reason="Forbidden"), False),
+        (ApiException(status=503, reason="Unavailable"), True),
+        (KeyError("x"), True),
+    ],
+)
+def test_errors_are_classified_by_whether_retrying_can_help(failure: BaseException, retryable: bool) -> None:
+    assert errors.retryable(failure) is retryable
+
+
+def test_an_error_text_loses_the_login_and_counts_its_repeats() -> None:
+    failure = psycopg.OperationalError('FATAL: password authentication failed for user "payments_token_xyz" s3cr3t')
+    first = errors.describe(failure, reasons.ACTION_OBSERVE, "2026-01-01T00:00:00Z", secrets=["s3cr3t"])
+    assert "s3cr3t" not in first.message and "payments_token_xyz" not in first.message
+    again = errors.describe(failure, reasons.ACTION_OBSERVE, "2026-01-01T00:00:09Z", first)
+    assert (again.count, again.since) == (2, "2026-01-01T00:00:00Z")
+    other = errors.describe(failure, reasons.ACTION_SCALE, "2026-01-01T00:00:10Z", again)
+    assert (other.count, other.since) == (1, "2026-01-01T00:00:10Z")
