@@ -1,0 +1,126 @@
+"""Many migrations from a migrations image (issue 10, point 4): Flyway's output then exceeds the 4 KiB a
+termination message holds, and the operator must read it whole.
+
+The image `many-migrations` (hack/images.yaml) holds the parking example's V1-V5 and 40 generated migrations
+V5_1 ... V5_40, written here to ${MO_CACHE}/images/many-migrations before the runs. A first run brings the
+database part way, to 5.14 (a release's targetVersion); the second, without targetVersion, must find every
+pending one (the preflight `flyway info` is ~20 KiB), apply all 26, verify version 5.40 and say so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.conftest import ParkingApp
+from tests.support import postgres
+from tests.support.local_cluster import MO_CACHE, not_local_reason
+
+IMAGE = "ghcr.io/dbops/many-migrations:40"
+GENERATED = MO_CACHE / "images" / "many-migrations"  # hack/images.yaml mounts it at /flyway/sql/generated
+COUNT = 40
+PART_WAY = 14
+
+
+def generated_migrations() -> dict[str, str]:
+    """V5_1 ... V5_40: tables referencing the parking spots, columns, indexes, a backfill, like a year of releases."""
+    files: dict[str, str] = {}
+    for n in range(1, COUNT + 1):
+        table = f"spot_note_{(n + 1) // 2:02d}"
+        if n % 2:
+            sql = (
+                f"create table {table} (\n"
+                "  id bigint generated always as identity primary key,\n"
+                "  spot_id bigint not null references parking_spots (id),\n"
+                "  note text not null default ''\n"
+                ");\n"
+                f"insert into {table} (spot_id, note) select id, 'release 5.{n}' from parking_spots;\n"
+            )
+            name = f"V5_{n}__create_{table}.sql"
+        else:
+            sql = (
+                f"alter table {table} add column reviewed_at timestamptz;\n"
+                f"create index {table}_spot_idx on {table} (spot_id);\n"
+            )
+            name = f"V5_{n}__review_{table}.sql"
+        files[name] = sql
+    return files
+
+
+def write_image_files(directory: Path, files: dict[str, str]) -> None:
+    """The image's content on the host, written once per content (other runs may read it at the same time)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = directory / name
+        if path.exists() and path.read_text() == text:
+            continue
+        scratch = directory / f".{name}.{os.getpid()}"
+        scratch.write_text(text)
+        scratch.replace(path)
+    for stale in directory.glob("V*.sql"):
+        if stale.name not in files:
+            stale.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def many_migrations_image(parking: ParkingApp) -> dict[str, str]:
+    reason = not_local_reason(parking.api)
+    if reason:
+        pytest.skip(f"the many-migrations image exists on the local cluster only ({reason})")
+    files = generated_migrations()
+    write_image_files(GENERATED, files)
+    return files
+
+
+def termination_message_bytes(parking: ParkingApp, job: str) -> int:
+    pods = parking.core.list_namespaced_pod(parking.namespace, label_selector=f"job-name={job}").items
+    messages = [
+        len((c.state.terminated.message or "").encode())
+        for p in pods
+        for c in p.status.container_statuses or []
+        if c.state and c.state.terminated
+    ]
+    return max(messages, default=0)
+
+
+def test_thirty_migrations_from_an_image_on_a_database_part_way(
+    parking: ParkingApp, many_migrations_image: dict[str, str]
+) -> None:
+    source = {"image": {"image": IMAGE, "path": "/flyway/sql"}}
+    tables = ["clients", "parking_spots", "tickets", "spot_note_01"]
+
+    # the previous release: 5.1 ... 5.14
+    first = parking.spec(migrations={**source, "targetVersion": f"5.{PART_WAY}"})
+    parking.create_migration("to-5-14", first)
+    status = parking.wait_done("to-5-14")
+    assert status["phase"] == "Succeeded", parking.describe("to-5-14")
+    assert [m["version"] for m in status["applied"]] == [f"5.{n}" for n in range(1, PART_WAY + 1)]
+    assert postgres.history(parking.database)[-1][0] == f"5.{PART_WAY}"
+
+    # this release: no targetVersion, everything the image holds
+    second = parking.spec(migrations=source, verify={"requiredTables": [*tables, f"spot_note_{COUNT // 2}"]})
+    parking.create_migration("to-latest", second)
+    status = parking.wait_done("to-latest")
+    assert status["phase"] == "Succeeded", parking.describe("to-latest")
+    expected = [f"5.{n}" for n in range(PART_WAY + 1, COUNT + 1)]
+    # the preflight output was far beyond what a termination message holds: the operator read it whole
+    assert termination_message_bytes(parking, "to-latest-validate") >= 4090
+    assert [m["version"] for m in status["pending"]] == expected
+    assert [m["version"] for m in status["applied"]] == expected
+    scripts = {f"5.{name.removeprefix('V5_').split('__')[0]}": name for name in many_migrations_image}
+    assert [m["script"].rsplit("/", 1)[-1] for m in status["applied"]] == [scripts[v] for v in expected]
+    assert status["after"]["version"] == f"5.{COUNT}"
+    count = len(expected)
+    assert f"from version 5.{PART_WAY} to 5.{COUNT} ({count} migration(s))" in status["message"], status["message"]
+    migrated = parking.condition("to-latest", "Migrated")
+    assert migrated is not None and migrated["message"] == (
+        f"migrated: {count} migration(s) applied, now at version 5.{COUNT}"
+    ), migrated
+    history = postgres.history(parking.database)
+    assert [row[0] for row in history][-count:] == expected and all(row[4] for row in history)
+    # the app is back
+    parking.wait_gateway_available()
+    assert client.AppsV1Api(parking.api).read_namespaced_deployment("api-gateway", parking.namespace).spec.replicas == 3
