@@ -31,6 +31,9 @@ grep -q 'kind: ClusterRoleBinding' "$tmp/all.yaml"
 # one Role per watched namespace, plus the Lease Role in the operator's own namespace
 [[ $(grep -c '^kind: Role$' "$tmp/scoped.yaml") == 3 && $(grep -c '^kind: RoleBinding$' "$tmp/scoped.yaml") == 3 ]]
 if grep -q -- '--all-namespaces' "$tmp/scoped.yaml"; then echo "scoped chart watches all namespaces" >&2; exit 1; fi
+# a Job's output is read from its pod's log: `get` on pods/log in the ClusterRole, and in every watched namespace
+grep -A1 'resources: \["pods/log"\]' "$tmp/all.yaml" | grep -q 'verbs: \["get"\]'
+[[ $(grep -c 'resources: \["pods/log"\]' "$tmp/scoped.yaml") == 2 ]]
 grep -q 'kind: ServiceMonitor' "$tmp/monitor.yaml"
 if "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set replicaCount=2 >/dev/null 2>&1; then
   echo "replicaCount=2 should be refused" >&2; exit 1

@@ -130,11 +130,12 @@ def test_kustomize_example_migrates_with_the_in_cluster_operator(api: client.Api
                       .status.available_replicas or 0) == 3, timeout=120, what="gateway back at 3")
 
 
-def _allowed(api: client.ApiClient, verb: str, resource: str, namespace: str | None, group: str = "") -> bool:
+def _allowed(api: client.ApiClient, verb: str, resource: str, namespace: str | None, group: str = "",
+             subresource: str | None = None) -> bool:
     review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
         user=SERVICE_ACCOUNT, groups=["system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NS}"],
         resource_attributes=client.V1ResourceAttributes(verb=verb, resource=resource, namespace=namespace,
-                                                        group=group)))
+                                                        group=group, subresource=subresource)))
     return bool(client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed)
 
 
@@ -143,10 +144,13 @@ def test_rbac_is_sufficient_in_watched_namespaces_and_nothing_more(api: client.A
     assert _allowed(api, "create", "jobs", APP_NS, "batch")
     assert _allowed(api, "patch", "deployments", APP_NS, "apps")
     assert _allowed(api, "create", "leases", OPERATOR_NS, "coordination.k8s.io")
+    # a Job's output is read whole from its pod's log (the termination message holds 4 KiB)
+    assert _allowed(api, "get", "pods", APP_NS, subresource="log")
     # not excessive: nothing outside the watched namespace, no cluster-wide secrets, never write secrets
     assert not _allowed(api, "get", "secrets", "default")
     assert not _allowed(api, "list", "secrets", None)
     assert not _allowed(api, "create", "secrets", APP_NS)
+    assert not _allowed(api, "get", "pods", "default", subresource="log")
     assert not _allowed(api, "create", "jobs", "default", "batch")
     assert not _allowed(api, "patch", "deployments", "kube-system", "apps")
     assert not _allowed(api, "create", "leases", APP_NS, "coordination.k8s.io")
