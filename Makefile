@@ -53,6 +53,10 @@ lint: venv ## ruff and mypy --strict
 test-unit: venv ## unit tests of pure logic (no cluster)
 	@$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
+.PHONY: test-db
+test-db: ## the backup/restore Job scripts run for real against the local PostgreSQL (every database shape)
+	@$(PY) -m pytest tests/db -q $(PYTEST_ARGS)
+
 .PHONY: test-lua
 test-lua: ## Argo CD health and action Lua tests, evaluated by gopher-lua (Argo CD's engine)
 	@cd argocd/luatest && go test ./... -count=1
@@ -74,7 +78,7 @@ test-install: ## the Helm chart on $$KUBECONFIG: operator as a pod, RBAC bounds,
 	@$(PY) -m pytest tests/install -q $(PYTEST_ARGS)
 
 .PHONY: test
-test: cluster lint test-unit test-lua test-chart test-cluster test-e2e test-install ## everything: brings the local cluster up if needed
+test: cluster lint test-unit test-db test-lua test-chart test-cluster test-e2e test-install ## everything: brings the local cluster up if needed
 
 .PHONY: test-kind
 test-kind: ## the same e2e suite on a kind cluster (needs Docker: not on these machines)

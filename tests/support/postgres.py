@@ -135,3 +135,193 @@ def write_counters(dbname: str) -> tuple[int, int, int]:
         ).fetchone()
         assert row is not None
         return row  # type: ignore[return-value]
+
+
+# The schemas fingerprint_full leaves out: PostgreSQL's own.
+_SYSTEM_SCHEMAS = "n.nspname !~ '^pg_' and n.nspname <> 'information_schema'"
+
+
+def fingerprint_full(dbname: str) -> dict[str, Any]:
+    """Everything a Restore promises to put back, in EVERY schema (so "the other schemas are untouched" is checked
+    too): schemas with owner, raw ACL and comment; relations with kind, owner, raw ACL and options; columns (type,
+    default, generated expression, identity, column ACL); constraints, indexes, triggers, policies, views' and
+    functions' definitions, types (enum labels in order, domains), sequences (definition, last value, is_called),
+    every table's rows (count and a checksum of the sorted rows, generated columns included), default privileges,
+    extensions, comments on objects and the large objects. Names, never OIDs, so a dropped and recreated object
+    equals the original. Schema ACLs are compared raw; a relation's, function's or type's ACL that is explicitly
+    equal to its owner's default counts as no ACL: pg_dump writes neither, so no restore from a dump can tell them
+    apart (the privileges are the same; only `\\dp` shows the first and not the second)."""
+    with connect(dbname) as conn:
+
+        def rows(query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in conn.execute(query, params).fetchall()]
+
+        result: dict[str, Any] = {
+            "schemas": rows(
+                f"""select n.nspname, pg_get_userbyid(n.nspowner), n.nspacl::text,
+                          obj_description(n.oid, 'pg_namespace')
+                   from pg_namespace n where {_SYSTEM_SCHEMAS} order by 1"""
+            ),
+            "relations": rows(
+                f"""select n.nspname, c.relname, c.relkind::text, pg_get_userbyid(c.relowner),
+                          nullif(c.relacl, acldefault(case c.relkind when 'S' then 's' else 'r' end::"char",
+                                                      c.relowner))::text,
+                          c.reloptions::text, c.relpersistence::text, c.relrowsecurity, c.relispartition,
+                          pg_get_expr(c.relpartbound, c.oid), obj_description(c.oid, 'pg_class')
+                   from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                   where {_SYSTEM_SCHEMAS} order by 1, 2"""
+            ),
+            "columns": rows(
+                f"""select n.nspname, c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+                          a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attgenerated::text,
+                          a.attidentity::text, a.attacl::text, col_description(c.oid, a.attnum)
+                   from pg_attribute a join pg_class c on c.oid = a.attrelid
+                   join pg_namespace n on n.oid = c.relnamespace
+                   left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+                   where {_SYSTEM_SCHEMAS} and a.attnum > 0 and not a.attisdropped order by 1, 2, 3"""
+            ),
+            "constraints": rows(
+                f"""select n.nspname, coalesce(c.conrelid::regclass::text, c.contypid::regtype::text), c.conname,
+                          pg_get_constraintdef(c.oid)
+                   from pg_constraint c join pg_namespace n on n.oid = c.connamespace
+                   where {_SYSTEM_SCHEMAS} order by 1, 2, 3"""
+            ),
+            "indexes": rows(
+                f"""select schemaname, tablename, indexname, indexdef from pg_indexes n
+                   where {_SYSTEM_SCHEMAS.replace("n.nspname", "n.schemaname")} order by 1, 2, 3"""
+            ),
+            "triggers": rows(
+                f"""select n.nspname, c.relname, t.tgname, pg_get_triggerdef(t.oid), t.tgenabled::text
+                   from pg_trigger t join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+                   where {_SYSTEM_SCHEMAS} and not t.tgisinternal order by 1, 2, 3"""
+            ),
+            "policies": rows(
+                "select schemaname, tablename, policyname, permissive, roles::text, cmd, qual, with_check "
+                "from pg_policies order by 1, 2, 3"
+            ),
+            "views": rows(
+                f"""select n.nspname, c.relname, pg_get_viewdef(c.oid)
+                   from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                   where {_SYSTEM_SCHEMAS} and c.relkind in ('v', 'm') order by 1, 2"""
+            ),
+            "functions": rows(
+                f"""select n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), p.prokind::text,
+                          pg_get_userbyid(p.proowner), nullif(p.proacl, acldefault('f', p.proowner))::text,
+                          case when p.prokind <> 'a' then md5(pg_get_functiondef(p.oid)) end
+                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   where {_SYSTEM_SCHEMAS} order by 1, 2, 3"""
+            ),
+            "types": rows(
+                f"""select n.nspname, t.typname, t.typtype::text, pg_get_userbyid(t.typowner),
+                          nullif(t.typacl, acldefault('T', t.typowner))::text,
+                          format_type(t.typbasetype, t.typtypmod), t.typnotnull,
+                          (select array_agg(e.enumlabel order by e.enumsortorder) from pg_enum e
+                           where e.enumtypid = t.oid)::text
+                   from pg_type t join pg_namespace n on n.oid = t.typnamespace
+                   where {_SYSTEM_SCHEMAS} order by 1, 2"""
+            ),
+            "default_privileges": rows(
+                """select pg_get_userbyid(d.defaclrole), coalesce(n.nspname, ''), d.defaclobjtype::text,
+                          d.defaclacl::text
+                   from pg_default_acl d left join pg_namespace n on n.oid = d.defaclnamespace order by 1, 2, 3"""
+            ),
+            "extensions": rows(
+                """select e.extname, e.extversion, n.nspname, pg_get_userbyid(e.extowner)
+                   from pg_extension e join pg_namespace n on n.oid = e.extnamespace order by 1"""
+            ),
+            "large_objects": rows(
+                "select oid::bigint, pg_get_userbyid(lomowner), lomacl::text from pg_largeobject_metadata order by 1"
+            ),
+            "comments": rows(
+                """select d.classoid::regclass::text, i.identity, d.description
+                   from pg_description d, pg_identify_object(d.classoid, d.objoid, d.objsubid) i
+                   where d.classoid in ('pg_class'::regclass, 'pg_type'::regclass, 'pg_proc'::regclass,
+                                        'pg_constraint'::regclass)
+                     and i.schema !~ '^pg_' and i.schema <> 'information_schema' order by 1, 2"""
+            ),
+        }
+        sequences = rows(
+            f"""select n.nspname, c.relname, s.seqtypid::regtype::text, s.seqstart, s.seqincrement, s.seqmin,
+                      s.seqmax, s.seqcache, s.seqcycle
+               from pg_sequence s join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
+               where {_SYSTEM_SCHEMAS} order by 1, 2"""
+        )
+        result["sequences"] = [
+            (
+                *seq,
+                *conn.execute(
+                    sql.SQL("select last_value, is_called from {}.{}").format(
+                        sql.Identifier(seq[0]), sql.Identifier(seq[1])
+                    )
+                ).fetchone(),  # type: ignore[misc]
+            )
+            for seq in sequences
+        ]
+        tables = rows(
+            f"""select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where {_SYSTEM_SCHEMAS} and c.relkind = 'r' order by 1, 2"""
+        )
+        contents: dict[str, tuple[int, str]] = {}
+        for schema, table in tables:
+            query = sql.SQL(
+                "select count(*), coalesce(md5(string_agg(t::text, '|' order by t::text collate \"C\")), '') "
+                "from only {}.{} t"
+            ).format(sql.Identifier(schema), sql.Identifier(table))
+            count, checksum = conn.execute(query).fetchone()  # type: ignore[misc]
+            contents[f"{schema}.{table}"] = (count, checksum)
+        result["rows"] = contents
+    return result
+
+
+def object_oids(dbname: str, schemas: list[str]) -> list[tuple[Any, ...]]:
+    """The OIDs of every object in these schemas (and of the schemas): equal before and after means nothing in them
+    was dropped and recreated, not only that it looks the same."""
+    with connect(dbname) as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                """select 'schema', n.nspname, n.oid::bigint from pg_namespace n where n.nspname = any(%(s)s)
+                   union all select 'class', c.relname, c.oid::bigint from pg_class c
+                     join pg_namespace n on n.oid = c.relnamespace where n.nspname = any(%(s)s)
+                   union all select 'type', t.typname, t.oid::bigint from pg_type t
+                     join pg_namespace n on n.oid = t.typnamespace where n.nspname = any(%(s)s)
+                   union all select 'proc', p.proname, p.oid::bigint from pg_proc p
+                     join pg_namespace n on n.oid = p.pronamespace where n.nspname = any(%(s)s)
+                   order by 1, 2, 3""",
+                {"s": schemas},
+            ).fetchall()
+        ]
+
+
+def fingerprint_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprint_full() results, one line each (for assertion messages)."""
+    lines: list[str] = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    lines.append(f"{key}[{name}]: {old.get(name)!r} -> {new.get(name)!r}")
+        elif isinstance(old, list) and isinstance(new, list):
+            lines += [f"{key} only before: {row!r}" for row in old if row not in new]
+            lines += [f"{key} only after: {row!r}" for row in new if row not in old]
+        else:
+            lines.append(f"{key}: {old!r} -> {new!r}")
+    return lines
+
+
+def extension_oids(dbname: str) -> list[tuple[Any, ...]]:
+    """Every extension and every member object with its OID: equal before and after means no extension was
+    dropped and created again (which would break what refers to its objects by OID)."""
+    with connect(dbname) as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                """select x.extname, x.oid::bigint, d.classid::regclass::text, d.objid::bigint
+                   from pg_extension x left join pg_depend d
+                     on d.refclassid = 'pg_extension'::regclass and d.refobjid = x.oid and d.deptype = 'e'
+                   order by 1, 3, 4"""
+            ).fetchall()
+        ]
