@@ -169,6 +169,7 @@ async def deployment_changed(namespace: str | None, name: str, **kwargs: Any) ->
         poke(namespace, migration)
 
 
-@kopf.on.delete(constants.GROUP, constants.VERSION, constants.PLURAL, retries=5, backoff=5, timeout=120)
+# retries: the handler waits (TemporaryError every 2 s) for the run's Jobs to stop before scaling the app back
+@kopf.on.delete(constants.GROUP, constants.VERSION, constants.PLURAL, retries=120, backoff=5, timeout=300)
 async def migration_deleted(body: kopf.Body, logger: Logger, **_: Any) -> None:
     await reconcile.on_delete(dict(body), logger)

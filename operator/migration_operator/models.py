@@ -510,6 +510,9 @@ class RollbackStatus(ApiModel):
     database_restored: bool = False
     failed: bool = False
     failure: str | None = None
+    sessions_ended: bool = Field(
+        False, description="The database sessions of the run's earlier steps were terminated before acting."
+    )
 
 
 class LastError(ApiModel):

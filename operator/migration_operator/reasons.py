@@ -23,6 +23,10 @@ class Step(StrEnum):
     COMPENSATE = "compensate"
 
 
+# The steps that put the database back (RollingBack runs them; every other step is stopped before).
+ROLLBACK_STEPS: Final = frozenset({Step.RESTORE, Step.REPAIR, Step.COMPENSATE})
+
+
 # Condition types.
 READY: Final = "Ready"
 RECONCILING: Final = "Reconciling"
@@ -114,6 +118,8 @@ ACTION_CLEAR_RECORD: Final = "clearing the maintenance record"
 ACTION_CLONE: Final = "cloning the database"
 ACTION_SWAP_BACK: Final = "renaming the clone back"
 ACTION_RELEASE_LOCK: Final = "releasing the Lease"
+ACTION_STOP_JOB: Final = "stopping a Job"
+ACTION_END_SESSIONS: Final = "terminating the sessions of a step"
 ERROR_REASONS: Final = {
     ACTION_OBSERVE: OBSERVE_FAILED,
     ACTION_CREATE_JOB: JOB_REFUSED,

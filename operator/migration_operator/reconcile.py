@@ -18,7 +18,20 @@ import kopf
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from . import conditions, constants, database, errors, jobs, kube, lock, machine, maintenance, metrics, reasons
+from . import (
+    conditions,
+    constants,
+    database,
+    errors,
+    jobs,
+    kube,
+    lock,
+    machine,
+    maintenance,
+    metrics,
+    reasons,
+    stopping,
+)
 from .machine import context, guards
 from .machine.context import Context, Logger
 from .machine.core import (
@@ -29,7 +42,9 @@ from .machine.core import (
     Decision,
     ReleaseLock,
     ScaleDeployment,
+    StopJob,
     SwapCloneBack,
+    TerminateSessions,
     elapsed,
     iso,
     maintenance_touched,
@@ -68,6 +83,8 @@ def _action_name(action: Action) -> str:
         CloneDatabase: reasons.ACTION_CLONE,
         SwapCloneBack: reasons.ACTION_SWAP_BACK,
         ReleaseLock: reasons.ACTION_RELEASE_LOCK,
+        StopJob: reasons.ACTION_STOP_JOB,
+        TerminateSessions: reasons.ACTION_END_SESSIONS,
     }[type(action)]
 
 
@@ -103,6 +120,14 @@ async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
             await database.swap_clone_back(ctx.spec, login, action.clone_name, action.failed_name)
     elif isinstance(action, ReleaseLock):
         await lock.release(ctx.body, ctx.spec)
+    elif isinstance(action, StopJob):
+        await stopping.stop_job(ctx.namespace, jobs.job_name(ctx.name, action.step))
+        ended = await stopping.terminate_sessions(ctx.spec, await context.credentials(ctx), action.step)
+        ctx.logger.info("stopping the %s Job (%d database session(s) terminated)", action.step, ended)
+    elif isinstance(action, TerminateSessions):
+        ended = await stopping.terminate_sessions(ctx.spec, await context.credentials(ctx), action.step)
+        if ended:
+            ctx.logger.info("terminated %d database session(s) of the %s step", ended, action.step)
 
 
 async def execute(ctx: Context, decision: Decision, now: str) -> tuple[dict[str, str], LastError | None]:
@@ -113,9 +138,7 @@ async def execute(ctx: Context, decision: Decision, now: str) -> tuple[dict[str,
         try:
             await _act(ctx, action, created)
         except Exception as failure:  # every error reaches the status; CancelledError (shutdown) is not an Exception
-            error = errors.describe(
-                failure, _action_name(action), now, ctx.status.last_error, await _secrets(ctx)
-            )
+            error = errors.describe(failure, _action_name(action), now, ctx.status.last_error, await _secrets(ctx))
             ctx.logger.warning("%s failed: %s", error.action, error.message)
             return created, error
     return created, None
@@ -179,7 +202,7 @@ def new_status(
         added = [LogEntry(time=now, phase=decision.phase.value, message=text[:1000]) for text in entries]
         patch.log = [*old.log, *added][-constants.LOG_LIMIT :]
     if observed.lock is not None and observed.lock.acquired:
-        patch.lock = f"{lock.lease_namespace(ctx.namespace)}/{lock.lease_name(ctx.spec)}"
+        patch.lock = f"{lock.lease_namespace(ctx.namespace)}/{lock.lease_name(ctx.spec, ctx.namespace)}"
     # the error of this pass (observing or acting); a pass without one clears it
     # (an observing error is kept only while the run stays in the phase it happened in)
     kept = observed.last_error if not observed.observed and decision.phase == ctx.phase else None
@@ -308,6 +331,7 @@ async def on_delete(body: dict[str, Any], logger: Logger) -> None:
     if phase not in TERMINAL_PHASES and spec.maintenance and maintenance_touched(status):
         namespace = body["metadata"]["namespace"]
         try:
+            await _stop_before_scaling_back(body, spec, status, logger)
             await _scale_back_on_delete(body, spec, status, phase, logger)
         except ApiException as error:
             # the whole namespace is going: the app goes with it, and with scoped RBAC our Role in it may already
@@ -321,6 +345,24 @@ async def on_delete(body: dict[str, Any], logger: Logger) -> None:
                 error.reason,
             )
     await lock.release(body, spec)
+
+
+async def _stop_before_scaling_back(
+    body: dict[str, Any], spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, logger: Logger
+) -> None:
+    """The app comes back only once nothing of the run still writes: its Jobs gone (foreground deletion), their
+    database sessions terminated. Until then kopf calls the handler again."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    remaining = await stopping.stop_all(namespace, name)
+    if remaining:
+        raise kopf.TemporaryError(f"waiting for Job(s) {', '.join(remaining)} to stop", delay=2)
+    ctx = Context(body=body, spec=spec, status=status, logger=logger)
+    try:
+        login = await context.credentials(ctx)
+        for step in status.jobs:
+            await stopping.terminate_sessions(spec, login, step)
+    except Exception as error:
+        logger.warning("could not terminate the run's database sessions: %s", errors.text_of(error))
 
 
 async def _scale_back_on_delete(

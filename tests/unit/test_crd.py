@@ -82,7 +82,8 @@ def test_spec_defaults_and_rules() -> None:
     spec = _schema()["properties"]["spec"]
     assert spec["properties"]["database"]["properties"]["port"]["default"] == 5432
     assert spec["properties"]["rollback"]["properties"]["strategy"]["default"] == "Restore"
-    assert spec["properties"]["rollback"]["default"] == {"strategy": "Restore", "onFailure": "KeepAppDown"}  # CEL rules read it
+    # CEL rules read it
+    assert spec["properties"]["rollback"]["default"] == {"strategy": "Restore", "onFailure": "KeepAppDown"}
     rules = [
         r["rule"]
         for node in (spec, *spec["properties"].values())

@@ -16,6 +16,7 @@ from migration_operator.machine import core
 from migration_operator.machine.core import ScaleDeployment
 from migration_operator.models import DatabaseMigrationStatus, LastError, Phase, parse_spec, status_patch_document
 from migration_operator.observations import DeploymentObservation, JobObservation, Observations
+from migration_operator.reasons import Step
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 SPEC = parse_spec(specs.parking(maintenance={"deployment": {"name": "api-gateway"}}))
@@ -166,3 +167,43 @@ def test_an_error_text_loses_the_login_and_counts_its_repeats() -> None:
     assert (again.count, again.since) == (2, "2026-01-01T00:00:00Z")
     other = errors.describe(failure, reasons.ACTION_SCALE, "2026-01-01T00:00:10Z", again)
     assert (other.count, other.since) == (1, "2026-01-01T00:00:10Z")
+
+
+ROLLING = {"strategy": "Restore", "reason": "MigrationFailed", "databaseChanged": True}
+
+
+def test_a_rollback_first_stops_the_migrate_job_still_running_after_its_timeout() -> None:
+    decision = machine.decide(
+        SPEC,
+        status(Phase.ROLLING_BACK, maintenance=DOWN, rollback=ROLLING, jobs={"validate": "v", "migrate": "m"}),
+        Observations(
+            now=NOW,
+            deployment=DeploymentObservation(exists=True, replicas=0),
+            jobs={"validate": JobObservation("Succeeded"), "migrate": JobObservation("Running")},
+        ),
+    )
+    assert decision.phase == Phase.ROLLING_BACK
+    assert decision.actions == [core.StopJob(Step.MIGRATE)]
+
+
+def test_then_it_ends_the_sessions_of_the_earlier_steps_once_before_restoring() -> None:
+    jobs = {"validate": "v", "backup": "b", "migrate": "m"}
+    decision = machine.decide(
+        SPEC,
+        status(Phase.ROLLING_BACK, maintenance=DOWN, rollback=ROLLING, jobs=jobs),
+        Observations(now=NOW, deployment=DeploymentObservation(exists=True, replicas=0),
+                     jobs={step: JobObservation("Failed") for step in jobs}),
+    )
+    assert decision.actions == [core.TerminateSessions(s) for s in (Step.BACKUP, Step.MIGRATE, Step.VALIDATE)]
+    assert status_patch_document(decision.status)["rollback"]["sessionsEnded"] is True
+
+
+def test_a_given_up_rollback_stops_its_own_restore_job_before_the_app_comes_back() -> None:
+    given_up = {**ROLLING, "failed": True, "failure": "rollback took longer than 3600s", "sessionsEnded": True}
+    decision = machine.decide(
+        SPEC,
+        status(Phase.ROLLING_BACK, maintenance=DOWN, rollback=given_up, jobs={"migrate": "m", "restore": "r"}),
+        Observations(now=NOW, deployment=DeploymentObservation(exists=True, replicas=0),
+                     jobs={"migrate": JobObservation("Failed"), "restore": JobObservation("Running")}),
+    )
+    assert decision.actions == [core.StopJob(Step.RESTORE)]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kopf
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from migration_operator import kube, lock, maintenance, reconcile
+from migration_operator import kube, lock, maintenance, reconcile, stopping
+from migration_operator.machine import context
 from migration_operator.observations import DeploymentObservation
 from tests.unit import specs
 
@@ -20,6 +22,7 @@ class Cluster:
         self.terminating = terminating
         self.scaled: list[tuple[str, int]] = []
         self.released = 0
+        self.jobs_running = False
 
     async def observe(self, namespace: str, name: str) -> DeploymentObservation:
         if self.observe_error:
@@ -38,6 +41,13 @@ class Cluster:
     async def release(self, body: dict[str, Any], spec: Any) -> None:
         self.released += 1
 
+    async def stop_all(self, namespace: str, run: str) -> list[str]:
+        self.jobs_running, remaining = False, ["v6-migrate"] if self.jobs_running else []
+        return remaining
+
+    async def secret_values(self, ctx: Any) -> dict[str, str] | None:
+        return None
+
 
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
@@ -47,6 +57,8 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
     monkeypatch.setattr(maintenance, "clear_record", fake.clear_record)
     monkeypatch.setattr(kube, "namespace_terminating", fake.namespace_terminating)
     monkeypatch.setattr(lock, "release", fake.release)
+    monkeypatch.setattr(stopping, "stop_all", fake.stop_all)
+    monkeypatch.setattr(context, "secret_values", fake.secret_values)
     return fake
 
 
@@ -84,3 +96,12 @@ async def test_otherwise_the_error_is_raised_so_kopf_retries(cluster: Cluster, c
     with pytest.raises(ApiException):
         await reconcile.on_delete(deleted_while_migrating(), LOG)
     assert cluster.released == 0
+
+
+async def test_the_app_comes_back_only_once_the_runs_jobs_are_gone(cluster: Cluster) -> None:
+    cluster.jobs_running = True
+    with pytest.raises(kopf.TemporaryError, match="v6-migrate"):
+        await reconcile.on_delete(deleted_while_migrating(), LOG)
+    assert cluster.scaled == []  # not while the migrate Job may still write
+    await reconcile.on_delete(deleted_while_migrating(), LOG)
+    assert cluster.scaled == [("api-gateway", 3)]

@@ -94,7 +94,30 @@ class ReleaseLock:
     pass
 
 
-Action = CreateJob | ScaleDeployment | ClearMaintenanceRecord | CloneDatabase | SwapCloneBack | ReleaseLock
+@dataclass(frozen=True)
+class StopJob:
+    """Delete the step's Job in the foreground and terminate its database sessions (stopping.py)."""
+
+    step: Step
+
+
+@dataclass(frozen=True)
+class TerminateSessions:
+    """Terminate the step's database sessions (a statement outlives its killed client in PostgreSQL)."""
+
+    step: Step
+
+
+Action = (
+    CreateJob
+    | ScaleDeployment
+    | ClearMaintenanceRecord
+    | CloneDatabase
+    | SwapCloneBack
+    | ReleaseLock
+    | StopJob
+    | TerminateSessions
+)
 
 
 def status_patch(**fields: Any) -> DatabaseMigrationStatus:

@@ -31,7 +31,7 @@ from ..models import (
     RollbackStrategy,
 )
 from ..observations import ConditionChange, Observations
-from ..reasons import Step
+from ..reasons import ROLLBACK_STEPS, Step
 from . import backup, context
 from .context import Context
 from .core import (
@@ -44,6 +44,8 @@ from .core import (
     Run,
     ScaleDeployment,
     Situation,
+    StopJob,
+    TerminateSessions,
     app_available,
     first_line,
     iso,
@@ -213,10 +215,25 @@ def _database_pending(rollback: RollbackStatus) -> bool:
 
 async def observe(ctx: Context) -> dict[str, Any]:
     fields = await observe_deployment(ctx)
+    # every Job the run created, to stop what still runs before acting
+    seen = {}
+    for step in ctx.status.jobs:
+        seen.update(await context.job(ctx, Step(step)))
     rollback = ctx.status.rollback or RollbackStatus()
     if _database_pending(rollback):
         fields.update(await ROLLBACK_STRATEGIES[strategy_of(ctx.spec, ctx.status)].observe(ctx))
+    fields["jobs"] = {**seen, **fields.get("jobs", {})}
     return fields
+
+
+def still_running(obs: Observations, rollback: RollbackStatus) -> list[Step]:
+    """Jobs to stop before going on: any step still running that is not putting the database back (all of them
+    once the rollback was given up)."""
+    return [
+        Step(step)
+        for step, job in sorted(obs.jobs.items())
+        if job.state == "Running" and (step not in ROLLBACK_STEPS or rollback.failed)
+    ]
 
 
 def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run) -> Decision:
@@ -227,6 +244,22 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
     deployment = obs.deployment if spec.maintenance else None
     deployment_name = spec.maintenance.deployment.name if spec.maintenance else None
     expired = timed_out(status, obs, spec.timeouts.rollback_seconds)
+
+    # 0. Stop what still runs (the migrate Job after its timeout, a restore Job after the rollback's) before acting.
+    running = still_running(obs, rollback)
+    if running:
+        names = ", ".join(str(step) for step in running)
+        decision = stay(PHASE, f"rollback: stopping the {names} Job(s) first", reasons.ROLLING_BACK, POLL_DRAIN)
+        if decision.message != status.message:
+            decision.log = decision.message
+        decision.actions.extend(StopJob(step) for step in running)
+        return decision
+    if not rollback.sessions_ended:
+        earlier = sorted(Step(step) for step in status.jobs if step not in ROLLBACK_STEPS)
+        rollback = rollback.model_copy(update={"sessions_ended": True})
+        decision = stay(PHASE, "rollback: ending the sessions of the earlier steps", reasons.ROLLING_BACK, 0.0)
+        decision.actions.extend(TerminateSessions(step) for step in earlier)
+        return decision.record(rollback=rollback)
 
     # 1. The database, when the migration (may have) changed it.
     if _database_pending(rollback):

@@ -1,0 +1,66 @@
+"""Stop before you act: before a rollback touches the database, after a timeout, and when a run is deleted, what the
+run still has running is stopped first. Its Jobs are deleted in the foreground (the Job object goes only once its pod
+is gone), and the database sessions of their steps are terminated (a statement keeps running in PostgreSQL after its
+client died, until it next talks to it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes.client import V1DeleteOptions
+
+from . import constants, database, jobs, kube
+from .database import Credentials
+from .models import DatabaseMigrationSpec
+
+
+async def stop_job(namespace: str, name: str) -> None:
+    """Delete the Job with foreground propagation (idempotent: a Job already gone is fine)."""
+    clients = kube.load()
+    try:
+        await kube.call(
+            clients.batch.delete_namespaced_job,
+            name,
+            namespace,
+            body=V1DeleteOptions(propagation_policy="Foreground", grace_period_seconds=5),
+        )
+    except Exception as error:
+        if kube.status_of(error) != 404:
+            raise
+
+
+async def remaining_jobs(namespace: str, run: str) -> list[str]:
+    """Names of the run's Jobs that still exist (a Job being deleted in the foreground included)."""
+    clients = kube.load()
+    found: Any = await kube.call(
+        clients.batch.list_namespaced_job,
+        namespace,
+        label_selector=f"{constants.MIGRATION_LABEL}={jobs.label_value(run)}",
+    )
+    return [job.metadata.name for job in found.items]
+
+
+async def stop_all(namespace: str, run: str) -> list[str]:
+    """Ask every Job of the run to stop; returns those still there (call again until none is)."""
+    names = await remaining_jobs(namespace, run)
+    for name in names:
+        await stop_job(namespace, name)
+    return await remaining_jobs(namespace, run)
+
+
+def application_name(step: str) -> str:
+    """The application_name a step's sessions carry (PGAPPNAME, and Flyway's JDBC ApplicationName)."""
+    return f"{constants.APPLICATION_NAME}-{step}"
+
+
+async def terminate_sessions(spec: DatabaseMigrationSpec, credentials: Credentials, step: str) -> int:
+    """Terminate the step's sessions on the run's database; returns how many were asked to end."""
+    async with await database.connect(spec, credentials, read_only=False) as conn:
+        cursor = await conn.execute(
+            "select count(*) filter (where pg_terminate_backend(pid)) as ended from pg_stat_activity "
+            "where datname = %s and application_name = %s and pid <> pg_backend_pid()",
+            [spec.database.name, application_name(step)],
+        )
+        row = await cursor.fetchone()
+    return int(row["ended"]) if row else 0
