@@ -392,9 +392,12 @@ async def _read_log(namespace: str, pod: str, container: str, message: str | Non
         raise
 
 
-async def observe(namespace: str, name: str) -> JobObservation:
+async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObservation:
     """The Job's state; while it runs, why its pod cannot start (if so); once it ended, its main container's
-    complete output (log, or termination message as the fallback), exit code and failure reason."""
+    complete output (log, or termination message as the fallback), exit code and failure reason.
+
+    `read_log=False` when only the state matters (a Job looked at again on every pass after its result was
+    used): no log is read, `output` is the termination message."""
     clients = kube.load()
     job = await kube.get_or_none(clients.batch.read_namespaced_job, name, namespace)
     if job is None:
@@ -430,7 +433,7 @@ async def observe(namespace: str, name: str) -> JobObservation:
                 message, exit_code, pod_reason = terminated.message, terminated.exit_code, terminated.reason
                 ended_pod, main = pod, container.name
     log = None
-    if ended_pod is not None and main is not None:
+    if read_log and ended_pod is not None and main is not None:
         log = await _read_log(namespace, ended_pod.metadata.name, main, message)
     output, source, truncated = choose_output(message, log)
     failure = None

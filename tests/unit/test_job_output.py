@@ -348,3 +348,11 @@ def test_finished_and_restarted_pods() -> None:
     assert jobs.pod_waiting(pod("Running", [], [crashing])) == jobs.Waiting(
         "CrashLoopBackOff", "back-off 10s restarting failed container", "validate", at(30)
     )
+
+
+async def test_no_log_read_when_only_the_state_matters(api: Any) -> None:
+    message = termination_message(validate_output())
+    fake = api(job(succeeded=1), [ended_pod(message)], validate_output().encode())
+    observed = await jobs.observe("ns", "run-validate", read_log=False)
+    assert (observed.state, observed.output, observed.output_source) == ("Succeeded", message, "terminationMessage")
+    assert not fake.log_calls
