@@ -91,6 +91,7 @@ OPERATION_FAILED: Final = "OperationFailed"
 OBSERVE_FAILED: Final = "ObserveFailed"
 JOB_REFUSED: Final = "JobRefused"
 SCALE_FAILED: Final = "ScaleFailed"
+JOB_CANNOT_START: Final = "JobCannotStart"
 MAINTENANCE_HELD: Final = "MaintenanceHeld"
 MAINTENANCE_WINDOW_EXCEEDED: Final = "MaintenanceWindowExceeded"
 

@@ -207,3 +207,27 @@ def test_a_given_up_rollback_stops_its_own_restore_job_before_the_app_comes_back
                      jobs={"migrate": JobObservation("Failed"), "restore": JobObservation("Running")}),
     )
     assert decision.actions == [core.StopJob(Step.RESTORE)]
+
+
+def test_a_job_whose_image_cannot_be_pulled_fails_the_phase_after_a_minute_not_its_timeout() -> None:
+    pulling = JobObservation(
+        "Running",
+        waiting_reason="ImagePullBackOff",
+        waiting_message='Back-off pulling image "postgres:51"',
+        waiting_container="backup",
+        waiting_since=NOW - timedelta(seconds=61),
+    )
+    at = status(Phase.BACKING_UP, maintenance=DOWN, jobs={"backup": "b"})
+    down = DeploymentObservation(exists=True, replicas=0)
+    decision = machine.decide(SPEC, at, Observations(now=NOW, jobs={"backup": pulling}, deployment=down))
+    assert decision.phase == Phase.ROLLING_BACK
+    assert "postgres:51" in status_patch_document(decision.status)["rollback"]["error"]
+    young = pulling.__class__(**{**pulling.__dict__, "waiting_since": NOW - timedelta(seconds=5)})
+    assert machine.decide(SPEC, at, Observations(now=NOW, jobs={"backup": young}, deployment=down)).phase == (
+        Phase.BACKING_UP
+    )
+
+
+def test_without_a_pending_list_the_expected_version_is_where_flyway_went() -> None:
+    after = status(Phase.VERIFYING, before={"version": "1.14"}, flyway={"targetSchemaVersion": "1.27"})
+    assert core.expected_version(SPEC, after) == "1.27"

@@ -217,6 +217,11 @@ def expected_version(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatu
     versions = [m.version for m in status.pending if m.version]
     if versions:
         return max(versions, key=version_key)
+    # the pending list is unknown (an image source without flyway info): where Flyway says it went, having applied
+    # everything it found (migrate runs with pending migrations as errors)
+    reached = (status.flyway or {}).get("targetSchemaVersion")
+    if reached:
+        return str(reached)
     return status.before.version if status.before else None
 
 

@@ -4,12 +4,13 @@
    + every timeout the window can contain + a margin). Past it, the run goes straight to bringing the app back.
 2. The last error (`status.lastError`, or this pass's failure to observe): retried while it may go away and is
    younger than `timeouts.transientErrorSeconds`, else it fails the phase.
-3. Holding the window: while the app must be at 0, a scale-up by anyone else is reverted at once, naming who did it.
-4. The phase's hard deadline: its timeout + slack + a margin. Whatever decided to stay in the phase (the phase
+3. A Job whose pod cannot start (image pull, missing Secret key, unschedulable) fails the phase after a minute.
+4. Holding the window: while the app must be at 0, a scale-up by anyone else is reverted at once, naming who did it.
+5. The phase's hard deadline: its timeout + slack + a margin. Whatever decided to stay in the phase (the phase
    itself, a retry, a hold), past that deadline the run leaves it: the phase's own timeout check, with its precise
    message, fires first; this one holds when observing fails or hangs.
 
-Each of 1-3 returns a Decision, or None to let the phase decide.
+Each of 1-4 returns a Decision, or None to let the phase decide.
 """
 
 from __future__ import annotations
@@ -34,6 +35,21 @@ from .rollback import abandon
 
 # Retry delays after an error, by how many times in a row it happened.
 ERROR_BACKOFF = (2.0, 5.0, 10.0, 20.0)
+# Why a pod may never start by itself, and how long it may try (an image pull may fail once on a busy registry).
+CANNOT_START = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "CrashLoopBackOff",
+        "Unschedulable",
+    }
+)
+CANNOT_START_EVER = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+POD_START_GRACE = 60
 # The phases the guards watch: every phase of a run in flight.
 GUARDED = frozenset(Phase) - {Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED}
 # Phases in which the app must stay at 0 once it was scaled down.
@@ -116,6 +132,25 @@ def error(
     return decision
 
 
+def stuck_job(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, phase: Phase
+) -> Decision | None:
+    """A Job whose pod cannot start (an image that cannot be pulled, a Secret key that is missing, no node that
+    takes it) fails the phase once it has waited POD_START_GRACE seconds, instead of the phase's whole timeout."""
+    for step, job in sorted(obs.jobs.items()):
+        if job.state != "Running" or job.waiting_reason not in CANNOT_START:
+            continue
+        waited = (obs.now - job.waiting_since).total_seconds() if job.waiting_since else 0.0
+        if waited < POD_START_GRACE and job.waiting_reason not in CANNOT_START_EVER:
+            continue
+        where = f" (container {job.waiting_container})" if job.waiting_container else ""
+        why = f"the {step} Job's pod cannot start{where}: {job.waiting_reason}: {first_line(job.waiting_message or '')}"
+        if phase == Phase.ROLLING_BACK:
+            return abandon(spec, status, why)
+        return fail(spec, status, phase, reasons.JOB_CANNOT_START, why)
+    return None
+
+
 def hold(
     spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, phase: Phase
 ) -> Decision | None:
@@ -134,7 +169,7 @@ def hold(
     return decision
 
 
-BEFORE_THE_PHASE = (window, error, hold)
+BEFORE_THE_PHASE = (window, error, stuck_job, hold)
 
 
 def before(
