@@ -1,0 +1,33 @@
+"""Holding the maintenance window: Argo CD with selfHeal, an HPA or a person scaling the app up in the middle of a
+migration is reverted at once, with a Warning event naming who did it, and the run still ends as it should."""
+
+from __future__ import annotations
+
+from kubernetes import client
+
+from tests.e2e.conftest import ParkingApp, _migration_files
+from tests.support.wait import wait_for
+
+
+def test_an_app_scaled_up_by_someone_else_while_migrating_is_scaled_back_at_once(parking: ParkingApp) -> None:
+    files = _migration_files("good")
+    # V6 of the "good" set, then a pause long enough to scale the app up in the middle of Migrating
+    files["V6_1__pause.sql"] = "select pg_sleep(25);\n"
+    parking.core.replace_namespaced_config_map(
+        "api-gateway-migrations", parking.namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="api-gateway-migrations"), data=files),
+    )
+    parking.create_migration("held", parking.spec(verify={"requiredTables": ["clients"]}))
+    parking.wait_phase("held", "Migrating", timeout=180)
+    parking.apps.patch_namespaced_deployment(
+        "api-gateway", parking.namespace, {"spec": {"replicas": 3}}, field_manager="someone-in-a-hurry"
+    )
+    wait_for(
+        lambda: any("someone-in-a-hurry" in (e.message or "") and e.type == "Warning" for e in parking.events("held")),
+        timeout=30, what="a Warning event naming who scaled the app", describe=lambda: parking.describe("held"),
+    )
+    wait_for(lambda: parking.deployment().spec.replicas == 0, timeout=15, what="the app scaled back to 0")
+    status = parking.wait_done("held", timeout=240)
+    assert status["phase"] == "Succeeded", parking.describe("held")
+    assert any("someone-in-a-hurry" in entry["message"] for entry in status["log"]), status["log"]
+    parking.wait_gateway_available(3)
