@@ -59,9 +59,9 @@ class Context:
         return dict(self.body["metadata"].get("annotations") or {})
 
 
-async def job(ctx: Context, step: Step) -> dict[str, JobObservation]:
-    """{step: what its Job is doing}, for `Observations.jobs`."""
-    return {step: await jobs.observe(ctx.namespace, jobs.job_name(ctx.name, step))}
+async def job(ctx: Context, step: Step, *, read_log: bool = True) -> dict[str, JobObservation]:
+    """{step: what its Job is doing}, for `Observations.jobs` (`read_log=False`: the state only, not its output)."""
+    return {step: await jobs.observe(ctx.namespace, jobs.job_name(ctx.name, step), read_log=read_log)}
 
 
 async def secret_values(ctx: Context) -> dict[str, str] | None:

@@ -218,7 +218,7 @@ async def observe(ctx: Context) -> dict[str, Any]:
     # every Job the run created, to stop what still runs before acting
     seen = {}
     for step in ctx.status.jobs:
-        seen.update(await context.job(ctx, Step(step)))
+        seen.update(await context.job(ctx, Step(step), read_log=False))
     rollback = ctx.status.rollback or RollbackStatus()
     if _database_pending(rollback):
         fields.update(await ROLLBACK_STRATEGIES[strategy_of(ctx.spec, ctx.status)].observe(ctx))
