@@ -171,6 +171,59 @@ async def check(spec: DatabaseMigrationSpec, credentials: Credentials) -> Databa
     return DatabaseCheck(reachable=True, history_table_exists=exists, history=tuple(row for _, row in rows))
 
 
+# One line per catalog fact of the user schemas, hashed: equal hashes mean the same definitions, owners and
+# privileges (and the same sequence positions: nextval is not rolled back with a failed transaction).
+SCHEMA_HASH_SQL = """
+with user_ns as (
+  select oid, nspname from pg_namespace
+  where nspname <> all(%(system)s) and nspname not like 'pg\\_temp%%' and nspname not like 'pg\\_toast%%'
+), facts as (
+  select 'schema ' || n.nspname || ' ' || pg_get_userbyid(s.nspowner) || ' ' || coalesce(s.nspacl::text, '') as line
+  from user_ns n join pg_namespace s on s.oid = n.oid
+  union all
+  select 'rel ' || c.oid::regclass::text || ' ' || c.relkind::text || ' ' || pg_get_userbyid(c.relowner) || ' '
+         || coalesce(c.relacl::text, '')
+  from pg_class c join user_ns n on n.oid = c.relnamespace where c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
+  union all
+  select 'col ' || a.attrelid::regclass::text || ' ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+         || ' ' || a.attnotnull || ' ' || a.attgenerated::text || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+         || ' ' || coalesce(a.attacl::text, '')
+  from pg_attribute a join pg_class c on c.oid = a.attrelid join user_ns n on n.oid = c.relnamespace
+  left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+  where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'f')
+  union all
+  select 'con ' || con.conrelid::regclass::text || ' ' || con.conname || ' ' || pg_get_constraintdef(con.oid)
+  from pg_constraint con join user_ns n on n.oid = con.connamespace
+  union all
+  select 'idx ' || i.indexrelid::regclass::text || ' ' || pg_get_indexdef(i.indexrelid)
+  from pg_index i join pg_class c on c.oid = i.indexrelid join user_ns n on n.oid = c.relnamespace
+  union all
+  select 'fn ' || p.oid::regprocedure::text || ' ' || pg_get_userbyid(p.proowner) || ' ' || coalesce(p.proacl::text, '')
+         || ' ' || md5(p.prosrc)
+  from pg_proc p join user_ns n on n.oid = p.pronamespace
+  union all
+  select 'enum ' || e.enumtypid::regtype::text || ' ' || string_agg(e.enumlabel, ',' order by e.enumsortorder)
+  from pg_enum e join pg_type t on t.oid = e.enumtypid join user_ns n on n.oid = t.typnamespace
+  group by e.enumtypid
+  union all
+  select 'seq ' || s.schemaname || '.' || s.sequencename || ' ' || coalesce(s.last_value::text, '-')
+  from pg_sequences s join user_ns n on n.nspname = s.schemaname
+  union all
+  select 'defacl ' || pg_get_userbyid(d.defaclrole) || ' ' || coalesce(n.nspname, '*') || ' ' || d.defaclobjtype::text
+         || ' ' || d.defaclacl::text
+  from pg_default_acl d left join pg_namespace n on n.oid = d.defaclnamespace
+  union all
+  select 'ext ' || x.extname || ' ' || x.extversion || ' ' || x.extnamespace::regnamespace::text from pg_extension x
+)
+select md5(coalesce(string_agg(line, E'\\n' order by line), '')) as hash from facts
+"""
+
+
+async def schema_hash(conn: psycopg.AsyncConnection[dict[str, Any]]) -> str:
+    cursor = await conn.execute(SCHEMA_HASH_SQL, {"system": list(SYSTEM_SCHEMAS)})
+    return str((await cursor.fetchone() or {"hash": ""})["hash"])
+
+
 async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec) -> Snapshot:
     """The runbook's "document current state": version, tables, FKs, indexes, rows (and content checksums)."""
     cursor = await conn.execute(
@@ -219,6 +272,7 @@ async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: Database
         checksums=checksums,
         last_installed_rank=last_rank,
         taken_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        schema_hash=await schema_hash(conn),
     )
 
 

@@ -453,6 +453,11 @@ class Snapshot(ApiModel):
     checksums: dict[str, str] = Field(default_factory=dict)
     last_installed_rank: int | None = None
     taken_at: str | None = None
+    schema_hash: str | None = Field(
+        None,
+        description="md5 over the catalog of the user schemas: schemas, relations, columns, constraints, indexes, "
+        "functions, enums, sequences and their last values, owners, ACLs, default privileges, extensions.",
+    )
 
 
 class PendingMigration(ApiModel):
@@ -510,6 +515,11 @@ class RollbackStatus(ApiModel):
     database_restored: bool = False
     failed: bool = False
     failure: str | None = None
+    database_unchanged: bool | None = Field(
+        None,
+        description="After the failure the database equals the \"before\" snapshot (history, catalog, rows): "
+        "nothing to put back.",
+    )
     sessions_ended: bool = Field(
         False, description="The database sessions of the run's earlier steps were terminated before acting."
     )

@@ -89,3 +89,20 @@ def test_failed_v7_with_a_clone_backup_swaps_the_copy_back(parking: ParkingApp) 
                                             (f"{parking.database}%",)).fetchall()}
     assert parking.database in names and len(names) >= 2, names
     parking.wait_gateway_available(3)
+
+
+def test_a_failed_migration_flyway_rolled_back_is_not_restored_and_the_app_comes_back_at_once(
+    parking: ParkingApp,
+) -> None:
+    # V7 alone: it fails inside its transaction, so Flyway rolls it back and writes no history row
+    parking.set_migrations("fail-in-tx")
+    before = postgres.fingerprint(parking.database)
+    parking.create_migration("unchanged", parking.spec(rollback={"strategy": "Restore"}))
+    status = parking.wait_done("unchanged")
+    assert status["phase"] == "RolledBack", parking.describe("unchanged")
+    assert status["rollback"]["databaseUnchanged"] is True, status["rollback"]
+    rolled_back = parking.condition("unchanged", "RolledBack")
+    assert rolled_back and rolled_back["reason"] == "NothingToRollBack", rolled_back
+    assert not [job for job in parking.jobs("unchanged") if job.metadata.name.endswith("-restore")]
+    assert postgres.fingerprint(parking.database) == before
+    parking.wait_gateway_available(3)

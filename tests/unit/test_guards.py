@@ -231,3 +231,36 @@ def test_a_job_whose_image_cannot_be_pulled_fails_the_phase_after_a_minute_not_i
 def test_without_a_pending_list_the_expected_version_is_where_flyway_went() -> None:
     after = status(Phase.VERIFYING, before={"version": "1.14"}, flyway={"targetSchemaVersion": "1.27"})
     assert core.expected_version(SPEC, after) == "1.27"
+
+
+BEFORE = {"version": "5", "lastInstalledRank": 5, "schemaHash": "abc", "rows": {"public.clients": 4},
+          "checksums": {"public.clients": "x"}}
+
+
+def _rolled_back_by_flyway(after: dict[str, Any]) -> Any:
+    from migration_operator.models import Snapshot
+
+    rolling = {**ROLLING, "sessionsEnded": True}
+    return machine.decide(
+        SPEC,
+        status(Phase.ROLLING_BACK, maintenance=DOWN, rollback=rolling, before=BEFORE, jobs={"migrate": "m"}),
+        Observations(now=NOW, deployment=DeploymentObservation(exists=True, replicas=0),
+                     jobs={"migrate": JobObservation("Failed")}, snapshot=Snapshot.model_validate(after)),
+    )
+
+
+def test_a_database_flyway_already_rolled_back_is_not_restored() -> None:
+    decision = _rolled_back_by_flyway(BEFORE)
+    assert not decision.actions
+    assert status_patch_document(decision.status)["rollback"]["databaseUnchanged"] is True
+    assert "nothing to restore" in decision.message
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"lastInstalledRank": 6}, {"schemaHash": "def"}, {"rows": {"public.clients": 5}},
+     {"checksums": {"public.clients": "y"}}],
+)
+def test_any_difference_from_before_means_the_database_is_put_back(change: dict[str, Any]) -> None:
+    decision = _rolled_back_by_flyway({**BEFORE, **change})
+    assert status_patch_document(decision.status)["rollback"]["databaseUnchanged"] is False

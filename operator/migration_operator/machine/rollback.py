@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .. import jobs, pg_scripts, reasons
+from .. import database, jobs, pg_scripts, reasons
 from ..models import (
     DatabaseMigrationSpec,
     DatabaseMigrationStatus,
@@ -29,6 +29,7 @@ from ..models import (
     RollbackFailurePolicy,
     RollbackStatus,
     RollbackStrategy,
+    Snapshot,
 )
 from ..observations import ConditionChange, Observations
 from ..reasons import ROLLBACK_STEPS, Step
@@ -210,7 +211,29 @@ def strategy_of(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus) ->
 
 
 def _database_pending(rollback: RollbackStatus) -> bool:
-    return rollback.database_changed and not rollback.database_restored and not rollback.failed
+    return (
+        rollback.database_changed
+        and not rollback.database_restored
+        and not rollback.failed
+        and not rollback.database_unchanged
+    )
+
+
+def _comparable(before: Snapshot | None) -> bool:
+    return before is not None and before.schema_hash is not None and before.last_installed_rank is not None
+
+
+def unchanged(before: Snapshot | None, after: Snapshot) -> bool:
+    """The database equals the "before" snapshot: no history row added (not even a failed one), the same catalog
+    (definitions, owners, privileges, sequence positions), the same row counts and content checksums."""
+    return (
+        before is not None
+        and _comparable(before)
+        and after.last_installed_rank == before.last_installed_rank
+        and after.schema_hash == before.schema_hash
+        and after.rows == before.rows
+        and after.checksums == before.checksums
+    )
 
 
 async def observe(ctx: Context) -> dict[str, Any]:
@@ -221,6 +244,9 @@ async def observe(ctx: Context) -> dict[str, Any]:
         seen.update(await context.job(ctx, Step(step), read_log=False))
     rollback = ctx.status.rollback or RollbackStatus()
     if _database_pending(rollback):
+        if rollback.database_unchanged is None and _comparable(ctx.status.before):
+            # did the failed migration change anything at all? (Flyway rolls a failed transactional one back)
+            fields["snapshot"] = await database.take_snapshot(ctx.spec, await context.credentials(ctx))
         fields.update(await ROLLBACK_STRATEGIES[strategy_of(ctx.spec, ctx.status)].observe(ctx))
     fields["jobs"] = {**seen, **fields.get("jobs", {})}
     return fields
@@ -261,7 +287,17 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
         decision.actions.extend(TerminateSessions(step) for step in earlier)
         return decision.record(rollback=rollback)
 
-    # 1. The database, when the migration (may have) changed it.
+    # 1. The database, when the migration (may have) changed it: nothing to do when it provably did not.
+    if _database_pending(rollback) and obs.snapshot is not None and rollback.database_unchanged is None:
+        same = unchanged(status.before, obs.snapshot)
+        rollback = rollback.model_copy(update={"database_unchanged": same})
+        text = (
+            "rollback: the database equals its state before the run (Flyway rolled the failed migration back): "
+            "nothing to restore"
+            if same
+            else "rollback: the database changed since the run began: putting it back"
+        )
+        return stay(PHASE, text, reasons.ROLLING_BACK, 0.0, log=text, rollback=rollback)
     if _database_pending(rollback):
         if not plan.changes_database:
             return plan.decide(Situation(spec, status, obs, run), rollback)
@@ -326,8 +362,10 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
     actions: list[Action] = (
         [ClearMaintenanceRecord(), ReleaseLock()] if maintenance_touched(status) else [ReleaseLock()]
     )
-    changed = rollback.database_changed
+    changed = rollback.database_changed and not rollback.database_unchanged
     how = plan.done if changed else NoRollback.done
+    if rollback.database_unchanged:
+        how = "nothing to restore: the database equals its state before the run"
     app = f", {deployment_name} back at its replicas" if maintenance_touched(status) else ""
     text = f"rolled back ({how}{app}) after {rollback.reason}: {first_line(cause, 600)}"
     reason = plan.succeeded_reason if changed else reasons.NOTHING_TO_ROLL_BACK
