@@ -35,6 +35,9 @@ MIGRATIONS = REPO / "examples" / "parking" / "migrations"
 MIGRATIONS_NEXT = REPO / "examples" / "parking" / "migrations-next"
 GATEWAY_IMAGE = os.environ.get("MO_E2E_GATEWAY_IMAGE", "ghcr.io/dbops/parking-gateway:0.1.0")
 TERMINAL = {"Succeeded", "RolledBack", "Failed"}
+# The namespaces of this session: its operator watches `<prefix>-*`. Two sessions on one cluster (two developers,
+# or helpers working in parallel) need different prefixes, or each one's operator also runs the other's migrations.
+PREFIX = os.environ.get("MO_E2E_PREFIX", "e2e")
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +72,7 @@ def operator(crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Op
     if os.environ.get("MO_E2E_OPERATOR") == "external":
         yield None
         return
-    process = OperatorProcess("e2e-*", tmp_path_factory.mktemp("operator"))
+    process = OperatorProcess(f"{PREFIX}-*", tmp_path_factory.mktemp("operator"))
     process.start()
     try:
         yield process
@@ -278,7 +281,7 @@ def gateway_deployment(database: str, replicas: int) -> dict[str, Any]:
 
 @pytest.fixture
 def parking(api: client.ApiClient, operator: OperatorProcess | None, crd: None) -> Iterator[ParkingApp]:
-    with postgres.cloned_database() as database, temporary_namespace(api, "e2e") as namespace:
+    with postgres.cloned_database() as database, temporary_namespace(api, PREFIX) as namespace:
         app = ParkingApp(api=api, namespace=namespace, database=database, operator=operator)
         core = client.CoreV1Api(api)
         login = {"username": postgres.APP_ROLE, "password": postgres.APP_PASSWORD}

@@ -19,6 +19,7 @@ from migration_operator import jobs, machine
 from migration_operator.models import parse_spec
 from migration_operator.observations import JobObservation
 from migration_operator.reasons import Step
+from tests.e2e.conftest import PREFIX
 from tests.support.kube import temporary_namespace
 from tests.support.wait import wait_for
 
@@ -27,7 +28,7 @@ BUSYBOX = "busybox:1.37"
 
 @pytest.fixture
 def namespace(api: client.ApiClient) -> Iterator[str]:
-    with temporary_namespace(api, "e2e-jobobs") as name:
+    with temporary_namespace(api, f"{PREFIX}-jobobs") as name:
         yield name
 
 

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 
 from migration_operator import maintenance
-from tests.e2e.conftest import ParkingApp
+from tests.e2e.conftest import PREFIX, ParkingApp
 from tests.support import postgres
 from tests.support.kube import kubectl_binary, temporary_namespace
 from tests.support.wait import wait_for
@@ -104,7 +104,7 @@ def idle_deployment(replicas: int) -> dict[str, Any]:
 
 @pytest.fixture
 def idle_app(api: client.ApiClient) -> Iterator[str]:
-    with temporary_namespace(api, "e2e-scale") as namespace:
+    with temporary_namespace(api, f"{PREFIX}-scale") as namespace:
         client.AppsV1Api(api).create_namespaced_deployment(
             namespace, idle_deployment(2), field_manager="e2e-release-tool"
         )
