@@ -18,8 +18,11 @@ ever pasted into a shell. Environment of backup and restore:
                    literal --schema pattern; the ones that do not exist yet are reported in absentSchemas) and the
                    restore puts back only those. Empty or unset: the whole database as the role sees it.
   DROP_SCHEMAS     restore only, optional, space-separated: schemas that did not exist before the run and that the
-                   failed migration created; dropped (CASCADE) in the restore's transaction. Without DUMP_SCHEMAS,
-                   a schema the dump does not hold is known to be new and is dropped even if not listed.
+                   failed migration created; dropped (CASCADE) in the restore's transaction. The restore never drops
+                   a schema it is not told to: one that exists, is in its scope (every schema without DUMP_SCHEMAS)
+                   and that the dump does not hold makes it refuse.
+The restore must get the backup's DUMP_SCHEMAS unchanged (the backup reports them in `schemas`): a dump does not
+say how it was scoped.
 The scripts also honour TMPDIR (their scratch directory is `mktemp -d`).
 
 Restore design (measured in tests/db/test_pg_scripts.py): in place, in ONE transaction, and only in the schemas
@@ -344,10 +347,11 @@ _RESTORE_PLAN = """WITH p AS (
 SELECT 'problem', format('schema %I is listed in DROP_SCHEMAS, but the backup holds it', d)
 FROM p, unnest(p.dropping) d WHERE d <> '' AND d = ANY (p.dumped)
 UNION ALL
-SELECT 'problem', format('schema %I exists and is listed in DUMP_SCHEMAS but the backup does not hold it (it did '
-                         'not exist when the backup was taken): list it in DROP_SCHEMAS to drop it', n.nspname)
-FROM now n, p WHERE NOT p.whole AND n.nspname = ANY (p.listed) AND NOT n.nspname = ANY (p.dumped)
-  AND NOT n.nspname = ANY (p.dropping)
+SELECT 'problem', format('schema %I exists but the backup does not hold it (it did not exist when the backup was '
+                         'taken, or the backup had other DUMP_SCHEMAS): list it in DROP_SCHEMAS to drop it', n.nspname)
+FROM now n, p
+WHERE (p.whole OR n.nspname = ANY (p.listed)) AND NOT n.nspname = ANY (p.dumped) AND NOT n.nspname = ANY (p.dropping)
+  AND NOT (p.whole AND n.nspname = 'public')
 UNION ALL
 SELECT 'keep', n.nspname FROM now n, p
 WHERE (n.nspname = ANY (p.dumped) OR (p.whole AND n.nspname = 'public')) AND NOT n.nspname = ANY (p.dropping)
@@ -355,8 +359,7 @@ UNION ALL
 SELECT 'create', d FROM p, unnest(p.dumped) d
 WHERE d <> '' AND NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = d)
 UNION ALL
-SELECT 'drop', n.nspname FROM now n, p
-WHERE n.nspname = ANY (p.dropping) OR (p.whole AND NOT n.nspname = ANY (p.dumped) AND n.nspname <> 'public')
+SELECT 'drop', n.nspname FROM now n, p WHERE n.nspname = ANY (p.dropping)
 UNION ALL
 SELECT 'member', rolname FROM pg_roles WHERE pg_has_role(current_user, oid, 'MEMBER')
 UNION ALL
@@ -590,9 +593,10 @@ if [ -s "$W/problem" ]; then
   fail "restore refused, nothing was changed: $(wc -l <"$W/problem" | tr -d ' ') problem(s) for role ${PGUSER:-?}"
 fi
 # TOC lines of the schemas to create back (the failed migration dropped them): SCHEMA, and its ACL and COMMENT
-awk -v names="$(cat "$W/create")" '
+# (names go through the environment: awk -v would interpret their backslashes)
+names="$(cat "$W/create")" awk '
   function unq(s) { if (s ~ /^".*"$/) { s = substr(s, 2, length(s) - 2); gsub(/""/, "\"", s) } return s }
-  BEGIN { n = split(names, a, "\n"); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+  BEGIN { n = split(ENVIRON["names"], a, "\n"); for (i = 1; i <= n; i++) want[a[i]] = 1 }
   ($4 == "SCHEMA" && $5 == "-" && ($6 in want)) ||
   (($4 == "ACL" || $4 == "COMMENT") && $5 == "-" && $6 == "SCHEMA" && (unq($7) in want))' "$W/toc" >"$W/create.list"
 # TOC lines of everything inside the kept and created schemas, but the default privileges of roles it may not
@@ -603,9 +607,9 @@ $(cat "$W/keep" "$W/create")
 EOF
 : >"$W/content.list"
 if [ -s "$W/keep" ] || [ -s "$W/create" ]; then
-  pg_restore --list "$@" "$F" 2>"$W/err" | awk -v members="$(cat "$W/member")" -v extrels="$(cat "$W/extrel")" '
-    BEGIN { n = split(members, a, "\n"); for (i = 1; i <= n; i++) member[a[i]] = 1
-            n = split(extrels, a, "\n"); for (i = 1; i <= n; i++) extrel[a[i]] = 1 }
+  pg_restore --list "$@" "$F" 2>"$W/err" | members="$(cat "$W/member")" extrels="$(cat "$W/extrel")" awk '
+    BEGIN { n = split(ENVIRON["members"], a, "\n"); for (i = 1; i <= n; i++) member[a[i]] = 1
+            n = split(ENVIRON["extrels"], a, "\n"); for (i = 1; i <= n; i++) extrel[a[i]] = 1 }
     /^;/ { next }
     $4 == "DEFAULT" && $5 == "ACL" && !($NF in member) { next }
     (($4 == "TABLE" && $5 == "DATA") || ($4 == "SEQUENCE" && $5 == "SET")) && (($6 " " $7) in extrel) { next }
@@ -613,8 +617,8 @@ if [ -s "$W/keep" ] || [ -s "$W/create" ]; then
 fi
 if [ "$whole" = on ]; then
   # a whole-database dump's global default privileges (of the roles it may change), last like pg_dump puts them
-  awk -v members="$(cat "$W/member")" '
-    BEGIN { n = split(members, a, "\n"); for (i = 1; i <= n; i++) member[a[i]] = 1 }
+  members="$(cat "$W/member")" awk '
+    BEGIN { n = split(ENVIRON["members"], a, "\n"); for (i = 1; i <= n; i++) member[a[i]] = 1 }
     $4 == "DEFAULT" && $5 == "ACL" && $6 == "-" && ($NF in member)' "$W/toc" >>"$W/content.list"
 fi
 # the kept schemas' owner, ACL and comment
@@ -623,10 +627,11 @@ cat <<'EOF' >"$W/meta.tpl"
 : >"$W/post.sql"
 while IFS= read -r s; do
   [ -n "$s" ] || continue
-  owner=$(awk -v s="$s" '$1 == s { print $2 }' "$W/dumped")
-  awk -v s="$s" '
+  owner=$(s="$s" awk '$1 == ENVIRON["s"] { print $2 }' "$W/dumped")
+  s="$s" awk '
     function unq(x) { if (x ~ /^".*"$/) { x = substr(x, 2, length(x) - 2); gsub(/""/, "\"", x) } return x }
-    ($4 == "ACL" || $4 == "COMMENT") && $5 == "-" && $6 == "SCHEMA" && unq($7) == s' "$W/toc" >"$W/meta.list"
+    ($4 == "ACL" || $4 == "COMMENT") && $5 == "-" && $6 == "SCHEMA" && unq($7) == ENVIRON["s"]' "$W/toc" \
+    >"$W/meta.list"
   : >"$W/meta.sql"
   if [ -s "$W/meta.list" ]; then
     pg_restore -L "$W/meta.list" --file=- "$F" 2>"$W/err" \
@@ -648,6 +653,7 @@ cat <<'EOF' >>"$W/post.sql"
 cat <<'EOF' >"$W/pre.sql"
 @PRE@EOF
 rm -f "$W/failed.pg_restore"
+: >"$W/err"
 {
   cat "$W/pre.sql"
   # pg_restore's output is streamed into the open transaction; COMMIT is written only once pg_restore has
@@ -662,8 +668,12 @@ rm -f "$W/failed.pg_restore"
   fi
 } | psql -X -q -v ON_ERROR_STOP=1 -v keep="$keep" -v drop="$drop" -v whole="$whole" >"$W/out" 2>>"$W/err"
 rc=$?
-[ -e "$W/failed.pg_restore" ] && fail "restore failed, nothing was changed: pg_restore could not read the backup"
+# pg_restore dies quietly of SIGPIPE when psql stopped first: then psql's error is the cause
+if grep -q '^pg_restore: error' "$W/err"; then
+  fail "restore failed, nothing was changed: pg_restore could not read the backup"
+fi
 [ "$rc" -eq 0 ] || fail "restore failed, nothing was changed (psql exit $rc)"
+[ ! -e "$W/failed.pg_restore" ] || fail "restore failed, nothing was changed: pg_restore failed"
 { printf 'restored=true\npath=%s\nschemas=%s\ndroppedSchemas=%s\n' "$BACKUP_FILE" \
     "$(cat "$W/keep" "$W/create" | tr '\n' ' ' | sed 's/ $//')" "$(printf '%s' "$drop" | sed 's/ $//')"
 } >"$W/message"

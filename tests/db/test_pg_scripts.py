@@ -107,6 +107,17 @@ def test_restore_puts_the_database_back_exactly(shape: Shape, work: Path) -> Non
         assert db.preflight(shape.dump_schemas()) == []
 
 
+def test_restore_problems_are_the_rows_messages_once_each() -> None:
+    view = "view reports.v depends on table public.t: the restore would drop it too"
+    rows = [
+        ("dependent", "reports", "reports.v", view),
+        ("dependent", "reports", "reports.v", view),
+        ("owner", "public", "public.a", "table public.a is owned by x: app cannot drop and recreate it"),
+    ]
+    assert pg_scripts.restore_problems(rows) == [rows[0][3], rows[2][3]]
+    assert pg_scripts.restore_problems([]) == []
+
+
 def test_empty_database_backs_up_and_restores_to_empty(work: Path) -> None:
     with scratch_database(work) as db:
         before = postgres.fingerprint_full(db.name)
@@ -120,14 +131,20 @@ def test_empty_database_backs_up_and_restores_to_empty(work: Path) -> None:
         _assert_same(before, postgres.fingerprint_full(db.name), "the empty database after its restore")
 
 
-def test_whole_database_restore_drops_the_schemas_the_dump_does_not_hold(work: Path) -> None:
+def test_restore_drops_only_the_schemas_it_is_told_to(work: Path) -> None:
+    """A schema the dump does not hold, in the restore's scope: refused unless listed in DROP_SCHEMAS."""
     with scratch_database(work) as db:
         db.run("app", "CREATE TABLE public.t (id int); INSERT INTO public.t VALUES (1)")
         before = postgres.fingerprint_full(db.name)
-        _backup = db.backup()
-        assert _backup.returncode == 0, _backup.stdout
+        backup = db.backup()
+        assert backup.returncode == 0, backup.stdout
         db.run("app", ["CREATE SCHEMA brand_new", "CREATE TABLE brand_new.x (id int)", "DROP TABLE public.t"])
-        result = db.restore()  # no DROP_SCHEMAS: a whole-database dump says what existed
+        migrated = postgres.fingerprint_full(db.name)
+        refused = db.restore()
+        assert refused.returncode != 0
+        assert "schema brand_new exists but the backup does not hold it" in refused.stdout, refused.stdout
+        _assert_same(migrated, postgres.fingerprint_full(db.name), "a refused restore changed the database")
+        result = db.restore(None, "brand_new")
         assert result.returncode == 0, result.stdout
         assert result.values["droppedSchemas"] == "brand_new" and result.values["schemas"] == "public"
         _assert_same(before, postgres.fingerprint_full(db.name), "after the restore")
@@ -147,13 +164,29 @@ def test_dump_schemas_that_do_not_exist_yet(work: Path) -> None:
         migrated = postgres.fingerprint_full(db.name)
 
         refused = db.restore("app_schema")
-        assert refused.returncode != 0 and "list it in DROP_SCHEMAS" in refused.stdout, refused.stdout
+        assert refused.returncode != 0 and "list it in DROP_SCHEMAS to drop it" in refused.stdout, refused.stdout
         _assert_same(migrated, postgres.fingerprint_full(db.name), "a refused restore changed the database")
 
         result = db.restore("app_schema", "app_schema")
         assert result.returncode == 0, result.stdout
         assert result.values["droppedSchemas"] == "app_schema"
         _assert_same(before, postgres.fingerprint_full(db.name), "after the restore")
+
+
+def test_restore_refuses_to_drop_a_schema_the_role_does_not_own(work: Path) -> None:
+    with scratch_database(work) as db:
+        db.run("app", "CREATE TABLE public.t AS SELECT 1 AS id")
+        assert db.backup().returncode == 0
+        db.run("admin", f"CREATE SCHEMA not_mine AUTHORIZATION {db.roles.other}")
+        db.run("app", "DROP TABLE public.t")
+        migrated = postgres.fingerprint_full(db.name)
+        problem = f"schema not_mine is owned by {db.roles.other}: {db.roles.app} cannot drop it"
+        assert db.preflight(None, "not_mine") == [problem]
+        result = db.restore(None, "not_mine")
+        assert result.returncode != 0, result.stdout
+        head = f"restore refused, nothing was changed: 1 problem(s) for role {db.roles.app}:"
+        assert result.stdout == f"{head}\n{problem}\n\n"
+        _assert_same(migrated, postgres.fingerprint_full(db.name), "a refused restore changed the database")
 
 
 def _fake_pg_dump(work: Path, body: str) -> str:
@@ -259,8 +292,36 @@ def test_restore_failing_after_its_first_drops_changes_nothing(work: Path) -> No
         _assert_same(migrated, postgres.fingerprint_full(db.name), "a failed restore changed the database")
 
 
+def _restore_into_a_new_database(dump: Path) -> float:
+    """Design (a), for comparison: pg_restore of the same dump into a new database, in one transaction, as the
+    superuser (the only role sure to be allowed to); seconds."""
+    name = f"mo_compare_{os.getpid()}"
+    endpoint = postgres.test_endpoint()
+    env = {
+        **os.environ,
+        "PGHOST": endpoint.host,
+        "PGPORT": str(endpoint.port),
+        "PGUSER": os.environ.get("MO_E2E_PG_SUPERUSER", "postgres"),
+        "PGPASSWORD": os.environ.get("MO_E2E_PG_PASSWORD", "postgres"),
+    }
+    with postgres.connect() as conn:
+        conn.execute(f'create database "{name}" template template0')
+    try:
+        started = time.monotonic()
+        subprocess.run(
+            ["pg_restore", "--single-transaction", "--exit-on-error", "--no-owner", "--no-acl", f"--dbname={name}",
+             str(dump)],
+            env=env, check=True, capture_output=True,
+        )
+        return time.monotonic() - started
+    finally:
+        with postgres.connect() as conn:
+            conn.execute(f'drop database if exists "{name}"')
+
+
 def test_large_table_costs(work: Path) -> None:
-    """The figures of this module's docstring: backup with the full read vs the table of contents only, restore."""
+    """The figures of this module's docstring: backup with the full read vs the table of contents only, restore in
+    place vs into a new database."""
     shape = Shape("plain", (shapes.FEATURES["large_table"],), "whole")
     with shape_database(shape, work) as db:
         dump_only = work / "dump-only.dump"
@@ -285,10 +346,12 @@ def test_large_table_costs(work: Path) -> None:
         restore_seconds = time.monotonic() - started
         assert result.returncode == 0, result.stdout
         _assert_same(before, postgres.fingerprint_full(db.name), "after the restore")
+        new_database_seconds = _restore_into_a_new_database(db.dump)
         print(
             f"\n{shapes.LARGE_ROWS} rows, dump {summary['sizeBytes'] / 1e6:.1f} MB: pg_dump {dump_seconds:.2f} s, "
             f"verify --list {list_seconds:.2f} s, verify full read {read_seconds:.2f} s, backup script "
-            f"{backup_seconds:.2f} s, restore {restore_seconds:.2f} s"
+            f"{backup_seconds:.2f} s, restore in place {restore_seconds:.2f} s, pg_restore into a new database "
+            f"{new_database_seconds:.2f} s"
         )
         # the full read decompresses what pg_dump compressed, with no server work: cheaper than the dump itself
         assert read_seconds < dump_seconds + 0.5, (read_seconds, dump_seconds)

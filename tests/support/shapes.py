@@ -63,7 +63,7 @@ class Feature:
     old_tables: tuple[OldTable, ...] = ()
     droppable: str | None = None  # a table the failed migration drops
     outcome: Callable[[Scope], Outcome] = lambda s: "restored"
-    message: str = ""  # what the refusal/failure must say
+    message: Callable[[Scope], str] = lambda s: ""  # what the refusal/failure must say
     db_owner_is_app: bool = True
 
 
@@ -95,7 +95,7 @@ class Shape:
         return "restored"
 
     def message(self) -> str:
-        return next((f.message for f in self.features if f.outcome(self.scope) == self.outcome()), "")
+        return next((f.message(self.scope) for f in self.features if f.outcome(self.scope) == self.outcome()), "")
 
     def app_schemas(self) -> list[str]:
         schemas = ["public"]
@@ -234,6 +234,22 @@ def _other_app_schema(readable: bool) -> Callable[[Roles], list[Step]]:
     return setup
 
 
+def _other_app_depends_on_app(r: Roles) -> list[Step]:
+    """Another app's schema holds a view of the app's table: dropping the table would drop it."""
+    return [
+        ("app", f"GRANT SELECT ON public.accounts TO {r.other}"),
+        (
+            "admin",
+            f"""CREATE SCHEMA reports AUTHORIZATION {r.other};
+                GRANT USAGE ON SCHEMA reports TO {r.app};
+                SET ROLE {r.other};
+                CREATE VIEW reports.accounts_view AS SELECT id, name FROM public.accounts;
+                GRANT SELECT ON reports.accounts_view TO {r.app};
+                RESET ROLE;""",
+        ),
+    ]
+
+
 def _extension_schema_setup(r: Roles) -> list[Step]:
     return [
         (
@@ -261,7 +277,7 @@ def _extension_in_public_setup(r: Roles) -> list[Step]:
     ]
 
 
-ODD_SCHEMA = 'Odd."Name'
+ODD_SCHEMA = 'Odd."Na\\me'
 
 
 def _mixed_case_setup(r: Roles) -> list[Step]:
@@ -281,6 +297,8 @@ def _mixed_case_setup(r: Roles) -> list[Step]:
                 CREATE TABLE public."MixedCase" ("Id" int PRIMARY KEY, "Value" text);
                 INSERT INTO public."MixedCase" VALUES (1, 'one'), (2, 'two');
                 CREATE SCHEMA {odd};
+                COMMENT ON SCHEMA {odd} IS 'odd';
+                GRANT USAGE ON SCHEMA {odd} TO {r.reader};
                 CREATE TABLE {odd}."T.1" (id int PRIMARY KEY, "Quote""d" text);
                 INSERT INTO {odd}."T.1" VALUES (1, 'x');""",
         )
@@ -291,7 +309,7 @@ def _mixed_case_migration(r: Roles, scope: Scope) -> list[str]:
     return [
         """ALTER TYPE "Sales"."OrderStatus" ADD VALUE 'Refunded'""",
         """INSERT INTO "Sales"."Orders" ("OrderId", "Amount") VALUES (1000, 1)""",
-        f"""DROP TABLE {quote(ODD_SCHEMA)}."T.1" """,
+        f"DROP SCHEMA {quote(ODD_SCHEMA)} CASCADE",  # the restore must create it back, with its grant
     ]
 
 
@@ -416,14 +434,14 @@ FEATURES: dict[str, Feature] = {
             "other_owner",
             setup=_other_owner_setup(member=False),
             outcome=lambda s: "restore_refused",
-            message="public.audit_log is owned by",
+            message=lambda s: "public.audit_log is owned by",
         ),
         Feature("other_owner_member", setup=_other_owner_setup(member=True)),
         Feature(
             "other_owner_member_without_create",
             setup=_other_owner_setup(member=True, create=False),
             outcome=lambda s: "restore_refused",
-            message="which lacks CREATE on schema public",
+            message=lambda s: "which lacks CREATE on schema public",
         ),
         Feature(
             "public_owned_by_app",
@@ -434,14 +452,23 @@ FEATURES: dict[str, Feature] = {
             setup=_other_app_schema(readable=False),
             untouched_schemas=("billing",),
             outcome=lambda s: "backup_refused" if s == "whole" else "restored",
-            message="permission denied for schema billing",
+            message=lambda s: "permission denied for schema billing",
         ),
         Feature(
             "other_app_schema_readable",
             setup=_other_app_schema(readable=True),
             untouched_schemas=("billing",),
             outcome=lambda s: "restore_refused" if s == "whole" else "restored",
-            message="billing.invoices is owned by",
+            message=lambda s: "billing.invoices is owned by",
+        ),
+        Feature(
+            "other_app_depends_on_app",
+            setup=_other_app_depends_on_app,
+            untouched_schemas=("reports",),
+            outcome=lambda s: "restore_refused",
+            message=lambda s: (
+                "reports.accounts_view is owned by" if s == "whole" else "depends on table public.accounts"
+            ),
         ),
         Feature("extension_schema", setup=_extension_schema_setup, untouched_schemas=("ext",)),
         Feature("extension_in_public", setup=_extension_in_public_setup),

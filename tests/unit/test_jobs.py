@@ -172,3 +172,17 @@ def test_backup_output_parsing() -> None:
     assert pg_scripts.parse_backup_output(None) is None
     empty = pg_scripts.parse_backup_output("verified=true\nsizeBytes=0\n")
     assert empty is not None and empty["verified"] is False
+    # an empty database's dump: a valid backup with no entry; keys added by DUMP_SCHEMAS and the free space
+    scoped = pg_scripts.parse_backup_output(
+        "verified=true\nsizeBytes=1300\ntocEntries=0\npath=y.dump\nschemas=public Sales\nabsentSchemas=\n"
+        "freeBytes=4096\n"
+    )
+    assert scoped == {
+        "verified": True,
+        "sizeBytes": 1300,
+        "tocEntries": 0,
+        "freeBytes": 4096,
+        "path": "y.dump",
+        "schemas": ["public", "Sales"],
+        "absentSchemas": [],
+    }
