@@ -20,6 +20,19 @@ APP_DOWNTIME = Histogram(
 OUTCOMES = Counter("dbmig_migrations_total", "Finished DatabaseMigrations by outcome", ["result"])
 IN_FLIGHT = Gauge("dbmig_migrations_in_flight", "DatabaseMigrations currently running")
 TRANSITIONS = Counter("dbmig_phase_transitions_total", "Phase transitions", ["from_phase", "to_phase"])
+# Per run while its app is down (and kept while a finished run holds it down on purpose): alert on
+# `dbmig_app_down_seconds > 0 and dbmig_maintenance_window_remaining_seconds < 0`, or on held_down == 1.
+APP_DOWN = Gauge("dbmig_app_down_seconds", "Seconds the run's app has been at 0 replicas", ["namespace", "name"])
+WINDOW_REMAINING = Gauge(
+    "dbmig_maintenance_window_remaining_seconds",
+    "Seconds until status.maintenance.backBy (negative: overdue)",
+    ["namespace", "name"],
+)
+HELD_DOWN = Gauge(
+    "dbmig_app_held_down",
+    "1 when a finished run left its app at 0 on purpose (a failed rollback)",
+    ["namespace", "name"],
+)
 
 _started = False
 

@@ -11,6 +11,7 @@ observation too (`errors.py`, `machine/guards.py`): it reaches the status in the
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -242,6 +243,25 @@ def _record_metrics(ctx: Context, decision: Decision) -> None:
             metrics.APP_DOWNTIME.observe(max((up - down).total_seconds(), 0))
 
 
+def _window_metrics(ctx: Context, decision: Decision) -> None:
+    """The app-down gauges of this run, from the record the pass just wrote (or the one it read)."""
+    record = decision.status.maintenance or ctx.status.maintenance
+    labels = (ctx.namespace, ctx.name)
+    down = parse_time(record.scaled_down_at) if record else None
+    if record is None or down is None or record.scaled_up_at or (decision.terminal and not record.held_down):
+        for gauge in (metrics.APP_DOWN, metrics.WINDOW_REMAINING):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        return
+    now = datetime.now(UTC)
+    metrics.APP_DOWN.labels(*labels).set(max((now - down).total_seconds(), 0))
+    back_by = parse_time(record.back_by)
+    if back_by is not None:
+        metrics.WINDOW_REMAINING.labels(*labels).set((back_by - now).total_seconds())
+    if record.held_down:
+        metrics.HELD_DOWN.labels(*labels).set(1)
+
+
 def _event(ctx: Context, decision: Decision, action_error: LastError | None) -> None:
     if decision.log:
         kopf.event(
@@ -313,6 +333,7 @@ async def reconcile_once(namespace: str, name: str, logger: Logger) -> float | N
             logger.info("phase %s -> %s: %s", ctx.phase.value, decision.phase.value, decision.message)
         _record_metrics(ctx, decision)
         _event(ctx, decision, action_error)
+    _window_metrics(ctx, decision)
     if action_error is not None:
         return guards.ERROR_BACKOFF[min(action_error.count, len(guards.ERROR_BACKOFF)) - 1]
     if decision.terminal:

@@ -4,6 +4,7 @@ migration is reverted at once, with a Warning event naming who did it, and the r
 from __future__ import annotations
 
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ParkingApp, _migration_files
 from tests.support.wait import wait_for
@@ -27,7 +28,24 @@ def test_an_app_scaled_up_by_someone_else_while_migrating_is_scaled_back_at_once
         timeout=30, what="a Warning event naming who scaled the app", describe=lambda: parking.describe("held"),
     )
     wait_for(lambda: parking.deployment().spec.replicas == 0, timeout=15, what="the app scaled back to 0")
+    labels = {"namespace": parking.namespace, "name": "held"}
+    if parking.operator is not None:  # the window is on /metrics while the app is down, to alert on
+        wait_for(lambda: any(v > 0 for v in _series(parking, "dbmig_app_down_seconds", labels)), timeout=30,
+                 what="dbmig_app_down_seconds of the run")
+        assert all(v > 0 for v in _series(parking, "dbmig_maintenance_window_remaining_seconds", labels))
     status = parking.wait_done("held", timeout=240)
     assert status["phase"] == "Succeeded", parking.describe("held")
     assert any("someone-in-a-hurry" in entry["message"] for entry in status["log"]), status["log"]
     parking.wait_gateway_available(3)
+    if parking.operator is not None:  # the app is back: the run's series are gone
+        assert not _series(parking, "dbmig_app_down_seconds", labels), parking.operator.metrics()
+
+
+def _series(parking: ParkingApp, name: str, labels: dict[str, str]) -> list[float]:
+    assert parking.operator is not None
+    return [
+        sample.value
+        for family in text_string_to_metric_families(parking.operator.metrics())
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
