@@ -419,6 +419,7 @@ def _grants_migration(r: Roles, scope: Scope) -> list[str]:
         f"GRANT CREATE ON SCHEMA public TO {r.reader}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT UPDATE ON TABLES TO {r.reader}",
         f"GRANT DELETE ON public.before_defaults TO {r.reader}",
+        "COMMENT ON SCHEMA public IS 'changed by the failed migration'",
         f"REVOKE SELECT ON public.after_defaults FROM {r.reader}",
     ]
     if scope == "whole":
