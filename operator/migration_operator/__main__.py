@@ -9,7 +9,7 @@ import sys
 
 import kopf
 
-from . import handlers  # noqa: F401  (importing it registers the handlers with kopf)
+from . import errors, handlers  # noqa: F401  (importing handlers registers them with kopf)
 
 USAGE_EPILOG = """
 environment:
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         log_refkey="object" if log_format == "json" else None,
     )
 
+    errors.install_log_scrubber()  # no log line carries a secret (errors.scrub)
     # kubelet probes hit the liveness endpoint every few seconds: an access line each would drown the log
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 

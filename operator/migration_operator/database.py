@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from . import constants, reasons
+from . import constants, pg_scripts, reasons
 from .models import AppliedMigration, DatabaseMigrationSpec, Snapshot
 from .observations import CloneObservation, DatabaseCheck, Session, Verification
 
@@ -219,6 +219,30 @@ select md5(coalesce(string_agg(line, E'\\n' order by line), '')) as hash from fa
 """
 
 
+async def user_schemas(conn: psycopg.AsyncConnection[dict[str, Any]]) -> list[str]:
+    cursor = await conn.execute(
+        "select nspname from pg_namespace where nspname <> all(%s) and nspname !~ '^pg_' order by 1",
+        [list(SYSTEM_SCHEMAS)],
+    )
+    return [str(row["nspname"]) for row in await cursor.fetchall()]
+
+
+async def default_schema(conn: psycopg.AsyncConnection[dict[str, Any]]) -> str | None:
+    cursor = await conn.execute("select current_schema() as name")
+    row = await cursor.fetchone()
+    return str(row["name"]) if row and row["name"] else None
+
+
+async def restore_problems(spec: DatabaseMigrationSpec, credentials: Credentials, schemas: list[str]) -> list[str]:
+    """What would make a Restore of these schemas impossible for the migration role (pg_scripts' preflight)."""
+    async with await connect(spec, credentials) as conn:
+        cursor = await conn.execute(
+            pg_scripts.RESTORE_PROBLEMS_QUERY, {"schemas": " ".join(schemas) or None, "drop_schemas": ""}
+        )
+        rows = await cursor.fetchall()
+    return pg_scripts.restore_problems([tuple(row.values()) for row in rows])
+
+
 async def schema_hash(conn: psycopg.AsyncConnection[dict[str, Any]]) -> str:
     cursor = await conn.execute(SCHEMA_HASH_SQL, {"system": list(SYSTEM_SCHEMAS)})
     return str((await cursor.fetchone() or {"hash": ""})["hash"])
@@ -273,6 +297,8 @@ async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: Database
         last_installed_rank=last_rank,
         taken_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         schema_hash=await schema_hash(conn),
+        schemas=await user_schemas(conn),
+        default_schema=await default_schema(conn),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from . import constants
+from . import constants, errors
 
 T = TypeVar("T")
 
@@ -92,7 +92,9 @@ async def get_migration(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 async def patch_migration_status(namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Every status write goes through the scrubber (`errors.scrub`), whoever built the document."""
     clients = load()
+    body = errors.scrub_document(body)
     result: dict[str, Any] = await call(
         clients.custom.patch_namespaced_custom_object_status,
         constants.GROUP,

@@ -453,6 +453,8 @@ class Snapshot(ApiModel):
     checksums: dict[str, str] = Field(default_factory=dict)
     last_installed_rank: int | None = None
     taken_at: str | None = None
+    schemas: list[str] = Field(default_factory=list, description="The user schemas the role sees.")
+    default_schema: str | None = Field(None, description="current_schema() of the migration role: Flyway's default.")
     schema_hash: str | None = Field(
         None,
         description="md5 over the catalog of the user schemas: schemas, relations, columns, constraints, indexes, "
@@ -484,6 +486,11 @@ class BackupStatus(ApiModel):
     size_bytes: int | None = None
     verified: bool = False
     completed_at: str | None = None
+    schemas: list[str] = Field(
+        default_factory=list,
+        description="The schemas the dump holds (the run's scope: migrations.schemas, else the role's default schema); "
+        "a Restore puts back exactly these.",
+    )
 
 
 class MaintenanceStatus(ApiModel):
@@ -519,6 +526,9 @@ class RollbackStatus(ApiModel):
         None,
         description="After the failure the database equals the \"before\" snapshot (history, catalog, rows): "
         "nothing to put back.",
+    )
+    drop_schemas: list[str] = Field(
+        default_factory=list, description="Schemas the failed run created: the Restore drops them."
     )
     sessions_ended: bool = Field(
         False, description="The database sessions of the run's earlier steps were terminated before acting."

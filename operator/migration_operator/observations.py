@@ -130,6 +130,8 @@ class Observations:
     # Migrations found in the ConfigMap (None when the source is an image).
     local_migrations: tuple[PendingMigration, ...] | None = None
     snapshot: Snapshot | None = None
+    # Why the run's Restore could not work for the migration role (preflight; empty: it can).
+    restore_problems: tuple[str, ...] = ()
     deployment: DeploymentObservation | None = None
     app_sessions: tuple[Session, ...] = ()
     blocked_locks: tuple[str, ...] = ()

@@ -268,7 +268,11 @@ WITH params AS (
   CROSS JOIN params p
   WHERE d.deptype IN ('n', 'a')
     AND (ds.nsp IS NULL OR ds.nsp NOT IN (SELECT oid FROM touched))
-    AND NOT (p.whole AND d.classid = 'pg_publication_rel'::regclass)
+    -- a whole-database dump puts a table back in its publications (ALTER PUBLICATION: the owner's right)
+    AND NOT (p.whole AND d.classid = 'pg_publication_rel'::regclass
+             AND pg_has_role(current_user, (SELECT b.pubowner FROM pg_publication_rel pr
+                                            JOIN pg_publication b ON b.oid = pr.prpubid WHERE pr.oid = d.objid),
+                             'USAGE'))
     AND """
     + _NOT_EXTENSION_MEMBER.format(c="d.classid", o="d.objid")
     + """
@@ -283,7 +287,8 @@ SELECT DISTINCT problem, schema, object, message FROM problems ORDER BY problem,
   schema     a schema without USAGE and CREATE for current_user
   drop       a schema of drop_schemas current_user does not own
   dependent  an object outside the schemas depends on one inside (a view, a foreign key, a column of that type,
-             a trigger, a cast, a publication membership when schemas are listed): the restore would drop it
+             a trigger, a cast; a table's membership of a publication when schemas are listed, or when the
+             publication's owner is not a role of current_user's): the restore would drop it
 No row: the restore can run."""
 
 

@@ -108,6 +108,7 @@ DEPLOYMENT_NOT_FOUND: Final = "DeploymentNotFound"
 MIGRATIONS_CONFIGMAP_NOT_FOUND: Final = "MigrationsConfigMapNotFound"
 COMPENSATE_CONFIGMAP_NOT_FOUND: Final = "CompensateConfigMapNotFound"
 BACKUP_VOLUME_NOT_FOUND: Final = "BackupVolumeNotFound"
+RESTORE_NOT_POSSIBLE: Final = "RestoreNotPossible"
 INVALID_SPEC: Final = "InvalidSpec"
 TIMEOUT: Final = "Timeout"
 

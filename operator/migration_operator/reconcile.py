@@ -92,7 +92,7 @@ def _action_name(action: Action) -> str:
 async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
     clients = kube.load()
     if isinstance(action, CreateJob):
-        manifest = machine.build_job(ctx.body, ctx.spec, action.step)
+        manifest = machine.build_job(ctx.body, ctx.spec, action.step, action.env)
         try:
             await kube.call(clients.batch.create_namespaced_job, ctx.namespace, manifest)
             ctx.logger.info("created Job %s", manifest["metadata"]["name"])
@@ -212,7 +212,9 @@ def new_status(
         patch.message = f"{decision.message}; {action_error.action} failed: {action_error.message}"[:2000]
     if last_error is not None or old.last_error is not None:
         patch.last_error = last_error
-    return status_patch_document(patch)
+    # scrubbed before it is compared with the stored status, so a scrubbed text does not look like a change
+    scrubbed: dict[str, Any] = errors.scrub_document(status_patch_document(patch))
+    return scrubbed
 
 
 def _changed(old: dict[str, Any], update: dict[str, Any]) -> bool:
@@ -268,14 +270,14 @@ def _event(ctx: Context, decision: Decision, action_error: LastError | None) -> 
             cast(Any, ctx.body),
             type="Warning" if decision.warning else "Normal",
             reason=decision.phase.value,
-            message=decision.log[:1000],
+            message=errors.scrub(decision.log)[:1000],
         )
     if action_error is not None and action_error.count == 1:
         kopf.event(
             cast(Any, ctx.body),
             type="Warning",
             reason=reasons.ERROR_REASONS.get(action_error.action, reasons.OPERATION_FAILED),
-            message=f"{action_error.action} failed: {action_error.message}"[:1000],
+            message=errors.scrub(f"{action_error.action} failed: {action_error.message}")[:1000],
         )
 
 
@@ -311,6 +313,7 @@ async def reconcile_once(namespace: str, name: str, logger: Logger) -> float | N
         await _invalid_spec(body, error, logger)
         return None
     ctx = Context(body=body, spec=spec, status=parse_status(body.get("status")), logger=logger)
+    errors.remember(await context.values_to_scrub(ctx))  # what every text of this pass is scrubbed of
     if ctx.phase in TERMINAL_PHASES:
         await lock.release(body, spec)
         return None

@@ -264,3 +264,27 @@ def test_a_database_flyway_already_rolled_back_is_not_restored() -> None:
 def test_any_difference_from_before_means_the_database_is_put_back(change: dict[str, Any]) -> None:
     decision = _rolled_back_by_flyway({**BEFORE, **change})
     assert status_patch_document(decision.status)["rollback"]["databaseUnchanged"] is False
+
+
+def test_preflight_fails_with_the_app_untouched_when_a_restore_could_not_work() -> None:
+    from migration_operator.observations import DatabaseCheck
+
+    problem = "table public.audit is owned by auditor: parking_admin cannot drop and recreate it"
+    decision = machine.decide(
+        SPEC,
+        status(Phase.PREFLIGHT),
+        Observations(now=NOW, database=DatabaseCheck(reachable=True), restore_problems=(problem,)),
+    )
+    assert decision.phase == Phase.FAILED
+    assert "public.audit" in decision.message and "not touched" in decision.message
+    stalled = [c for c in decision.conditions if c.type == reasons.STALLED][0]
+    assert stalled.reason == reasons.RESTORE_NOT_POSSIBLE
+
+
+def test_the_restore_scope_is_flyways_schemas_else_the_roles_default_schema() -> None:
+    from migration_operator.models import Snapshot
+
+    assert core.restore_scope(SPEC, Snapshot(default_schema="app")) == ["app"]
+    assert core.restore_scope(SPEC, None) == ["public"]
+    scoped = parse_spec(specs.parking(migrations={"configMap": {"name": "m"}, "schemas": ["billing", "Audit"]}))
+    assert core.restore_scope(scoped, Snapshot(default_schema="app")) == ["billing", "Audit"]

@@ -390,7 +390,7 @@ def test_missing_deployment_fails_before_touching_anything() -> None:
 # ---------------------------------------------------------------------------------------------- BackingUp
 def test_backing_up_creates_the_dump_job() -> None:
     decision = run(make_spec(), make_status(Phase.BACKING_UP, maintenance=MAINTENANCE), observe())
-    assert decision.actions == [CreateJob("backup")]
+    assert decision.actions == [CreateJob("backup", (("DUMP_SCHEMAS", "public"),))]
     assert written(decision)["backup"]["pvc"] == "db-backups"
     assert written(decision)["backup"]["path"].startswith(NAME)
 
@@ -646,7 +646,7 @@ def _rolling_status(strategy: str = "Restore", changed: bool = True, **rollback:
 
 def test_restore_rollback_creates_the_restore_job() -> None:
     decision = run(make_spec(), _rolling_status(), observe(deployment=DEPLOYMENT_DOWN))
-    assert decision.actions == [CreateJob("restore")]
+    assert decision.actions == [CreateJob("restore", (("DUMP_SCHEMAS", "public"), ("DROP_SCHEMAS", "")))]
 
 
 def test_rollback_stops_a_running_app_before_restoring() -> None:

@@ -26,6 +26,7 @@ and in an annotation on the Deployment.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -122,8 +123,12 @@ def decide(
     return stamp(guards.after(spec, status, obs, phase, decision), status, obs)
 
 
-def build_job(body: dict[str, Any], spec: DatabaseMigrationSpec, step: Step) -> dict[str, Any]:
-    """The Job manifest of `step` for the DatabaseMigration `body`."""
+def build_job(
+    body: dict[str, Any], spec: DatabaseMigrationSpec, step: Step, env: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any]:
+    """The Job manifest of `step` for the DatabaseMigration `body` (`env`: what the decision adds to its container)."""
     metadata = body["metadata"]
     parts = JOB_PODS[Step(step)](spec, Run(metadata["name"], metadata.get("uid", "")))
+    if env:
+        parts = dataclasses.replace(parts, env=[*parts.env, *({"name": k, "value": v} for k, v in env)])
     return jobs.build_job(body, spec, Step(step), parts)

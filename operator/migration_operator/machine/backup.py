@@ -42,6 +42,7 @@ from .core import (
     first_line,
     iso,
     next_phase,
+    restore_scope,
     rollback_job_step,
     stay,
     timed_out,
@@ -112,7 +113,8 @@ class DumpBackup:
                     verified=False,
                 ),
             )
-            decision.actions.append(CreateJob(Step.BACKUP))
+            scope = restore_scope(spec, status.before)
+            decision.actions.append(CreateJob(Step.BACKUP, (("DUMP_SCHEMAS", " ".join(scope)),)))
             decision.conditions.append(
                 ConditionChange(reasons.BACKUP_COMPLETE, "False", reasons.BACKING_UP, "pg_dump running")
             )
@@ -131,6 +133,7 @@ class DumpBackup:
                 "size_bytes": int(summary.get("sizeBytes", 0)),
                 "verified": True,
                 "completed_at": iso(obs.now),
+                "schemas": list(summary.get("schemas") or restore_scope(spec, status.before)),
             }
         )
         if backup.path is None:
@@ -147,7 +150,10 @@ class DumpBackup:
         return {"jobs": await context.job(ctx, Step.RESTORE)}
 
     def decide_restore(self, at: Situation, rollback: RollbackStatus) -> Decision:
-        return rollback_job_step(Step.RESTORE, "pg_restore of the backup", at.obs, rollback)
+        spec, status, _, _ = at
+        scope = (status.backup.schemas if status.backup else None) or restore_scope(spec, status.before)
+        env = (("DUMP_SCHEMAS", " ".join(scope)), ("DROP_SCHEMAS", " ".join(rollback.drop_schemas)))
+        return rollback_job_step(Step.RESTORE, "pg_restore of the backup", at.obs, rollback, env)
 
 
 # --------------------------------------------------------------------------------------------------- Clone

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -28,6 +28,9 @@ class Context:
     spec: DatabaseMigrationSpec
     status: DatabaseMigrationStatus
     logger: Logger
+    # The credentials Secret's values as read in this pass (read once per pass: by the scrubber and the phase).
+    _secret_values: dict[str, str] | None = field(default=None, repr=False)
+    _secret_read: bool = field(default=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -65,8 +68,25 @@ async def job(ctx: Context, step: Step, *, read_log: bool = True) -> dict[str, J
 
 
 async def secret_values(ctx: Context) -> dict[str, str] | None:
-    secret = ctx.spec.database.credentials_secret
-    return await kube.read_secret_values(ctx.namespace, secret.name, [secret.username_key, secret.password_key])
+    """The login's values ({key: value} of the two keys), read once per pass; None when the Secret does not exist."""
+    if not ctx._secret_read:
+        secret = ctx.spec.database.credentials_secret
+        ctx._secret_values = await kube.read_secret_values(
+            ctx.namespace, secret.name, [secret.username_key, secret.password_key]
+        )
+        ctx._secret_read = True
+    return ctx._secret_values
+
+
+async def values_to_scrub(ctx: Context) -> list[str]:
+    """Every secret value this run may meet (the login of the credentials Secret and of the checks' Secret), for
+    `errors.remember`: best effort, a Secret that cannot be read has nothing to scrub."""
+    found: list[str] = []
+    try:
+        found += list((await secret_values(ctx) or {}).values())
+    except Exception as error:  # the scrubber must never stop a pass; the phase reports the Secret itself
+        ctx.logger.debug("credentials Secret unreadable for the scrubber: %s", type(error).__name__)
+    return found
 
 
 def login(ctx: Context, values: dict[str, str] | None) -> Credentials | None:

@@ -20,6 +20,7 @@ from ..models import (
     PendingMigration,
     Phase,
     RollbackStatus,
+    Snapshot,
 )
 from ..observations import ConditionChange, DeploymentObservation, Observations
 from ..reasons import Step
@@ -64,6 +65,8 @@ PodBuilder = Callable[[DatabaseMigrationSpec, Run], "PodParts"]
 @dataclass(frozen=True)
 class CreateJob:
     step: Step
+    # Extra environment of the step's container, decided from what was observed (e.g. the schemas to restore).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,15 @@ def clone_names(spec: DatabaseMigrationSpec, uid: str) -> tuple[str, str]:
     short_id = re.sub(r"[^a-z0-9]", "", uid.lower())[:8] or "run"
     base = spec.database.name[: 63 - len("_failed_") - len(short_id)]
     return f"{base}_pre_{short_id}", f"{base}_failed_{short_id}"
+
+
+def restore_scope(spec: DatabaseMigrationSpec, before: Snapshot | None) -> list[str]:
+    """The schemas a run may touch, so the ones its backup holds and a Restore puts back: Flyway's `schemas`, else
+    the role's default schema (where Flyway works without `schemas`). Other schemas (other apps', extensions')
+    are never dumped nor restored."""
+    if spec.migrations.schemas:
+        return list(spec.migrations.schemas)
+    return [before.default_schema if before and before.default_schema else "public"]
 
 
 def maintenance_touched(status: DatabaseMigrationStatus) -> bool:
@@ -373,14 +385,16 @@ def fail(
     return stalled_end(Phase.FAILED, reason, text, extra, [ReleaseLock()])
 
 
-def rollback_job_step(step: Step, what: str, obs: Observations, rollback: RollbackStatus) -> Decision:
+def rollback_job_step(
+    step: Step, what: str, obs: Observations, rollback: RollbackStatus, env: tuple[tuple[str, str], ...] = ()
+) -> Decision:
     """A rollback step run by a Job: create it, wait for it, record whether it put the database back."""
     job = obs.job(step)
     if job.state == "Absent":
         decision = stay(
             Phase.ROLLING_BACK, f"rollback: running {what}", reasons.ROLLING_BACK, log=f"created the {step} Job"
         )
-        decision.actions.append(CreateJob(step))
+        decision.actions.append(CreateJob(step, env))
         return decision
     if job.state == "Running":
         return stay(Phase.ROLLING_BACK, f"rollback: {what} running", reasons.ROLLING_BACK)

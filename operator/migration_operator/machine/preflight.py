@@ -37,6 +37,7 @@ from .core import (
     fail,
     next_phase,
     progress,
+    restore_scope,
     stay,
     timed_out,
     version_key,
@@ -135,10 +136,21 @@ async def observe(ctx: Context) -> dict[str, Any]:
     check = await database.check(ctx.spec, login)
     fields["database"] = check
     if check.reachable:
-        fields["snapshot"] = await database.take_snapshot(ctx.spec, login)
+        fields["snapshot"] = snapshot = await database.take_snapshot(ctx.spec, login)
+        if restores_a_dump(ctx.spec):
+            scope = restore_scope(ctx.spec, snapshot)
+            fields["restore_problems"] = tuple(await database.restore_problems(ctx.spec, login, scope))
         fields["local_migrations"] = await _local_migrations(ctx)
         fields["jobs"] = await context.job(ctx, Step.VALIDATE)
     return fields
+
+
+def restores_a_dump(spec: DatabaseMigrationSpec) -> bool:
+    return (
+        spec.backup.enabled
+        and spec.backup.method == BackupMethod.DUMP
+        and spec.rollback.strategy == RollbackStrategy.RESTORE
+    )
 
 
 def compute_pending(
@@ -173,6 +185,17 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
             reasons.FAILED_MIGRATION_IN_HISTORY,
             f"{spec.migrations.table} has failed migration rows: {rows}. Fix the database and remove "
             "the rows (flyway repair) before migrating",
+        )
+    if obs.restore_problems:
+        shown = "; ".join(obs.restore_problems[:5])
+        more = f" (and {len(obs.restore_problems) - 5} more)" if len(obs.restore_problems) > 5 else ""
+        return fail(
+            spec,
+            status,
+            PHASE,
+            reasons.RESTORE_NOT_POSSIBLE,
+            f"rollback.strategy Restore could not put the database back as this role: {shown}{more}. Give the "
+            "objects to the migration role (or a role it is a member of), or choose another rollback strategy",
         )
     if timed_out(status, obs, spec.timeouts.preflight_seconds):
         return fail(

@@ -290,7 +290,8 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
     # 1. The database, when the migration (may have) changed it: nothing to do when it provably did not.
     if _database_pending(rollback) and obs.snapshot is not None and rollback.database_unchanged is None:
         same = unchanged(status.before, obs.snapshot)
-        rollback = rollback.model_copy(update={"database_unchanged": same})
+        created = sorted(set(obs.snapshot.schemas) - set(status.before.schemas if status.before else []))
+        rollback = rollback.model_copy(update={"database_unchanged": same, "drop_schemas": created})
         text = (
             "rollback: the database equals its state before the run (Flyway rolled the failed migration back): "
             "nothing to restore"
