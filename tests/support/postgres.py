@@ -143,14 +143,14 @@ _SYSTEM_SCHEMAS = "n.nspname !~ '^pg_' and n.nspname <> 'information_schema'"
 
 def fingerprint_full(dbname: str) -> dict[str, Any]:
     """Everything a Restore promises to put back, in EVERY schema (so "the other schemas are untouched" is checked
-    too): schemas with owner, raw ACL and comment; relations with kind, owner, raw ACL and options; columns (type,
-    default, generated expression, identity, column ACL); constraints, indexes, triggers, policies, views' and
-    functions' definitions, types (enum labels in order, domains), sequences (definition, last value, is_called),
-    every table's rows (count and a checksum of the sorted rows, generated columns included), default privileges,
-    extensions, comments on objects and the large objects. Names, never OIDs, so a dropped and recreated object
-    equals the original. Schema ACLs are compared raw; a relation's, function's or type's ACL that is explicitly
-    equal to its owner's default counts as no ACL: pg_dump writes neither, so no restore from a dump can tell them
-    apart (the privileges are the same; only `\\dp` shows the first and not the second)."""
+    too): schemas with owner, ACL and comment; relations with kind, owner, ACL and options; columns (type, default,
+    generated expression, identity, column ACL); constraints, indexes, triggers, policies, views' and functions'
+    definitions, types (enum labels in order, domains), sequences (definition, last value, is_called), every
+    table's rows (count and a checksum of the sorted rows, generated columns included), default privileges,
+    extensions, publications and their tables, comments on objects and the large objects. Names, never OIDs, so a
+    dropped and recreated object equals the original. ACLs are compared as stored, with one exception: a
+    relation's, function's or type's ACL spelled out equal to its owner's default counts as no ACL. pg_dump writes
+    neither, so no restore from a dump can tell them apart (same privileges; only `\\dp` shows the first)."""
     with connect(dbname) as conn:
 
         def rows(query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -228,6 +228,12 @@ def fingerprint_full(dbname: str) -> dict[str, Any]:
             "extensions": rows(
                 """select e.extname, e.extversion, n.nspname, pg_get_userbyid(e.extowner)
                    from pg_extension e join pg_namespace n on n.oid = e.extnamespace order by 1"""
+            ),
+            "publications": rows(
+                """select p.pubname, pg_get_userbyid(p.pubowner), p.puballtables,
+                          (select array_agg(t.schemaname || '.' || t.tablename order by 1)
+                           from pg_publication_tables t where t.pubname = p.pubname)::text
+                   from pg_publication p order by 1"""
             ),
             "large_objects": rows(
                 "select oid::bigint, pg_get_userbyid(lomowner), lomacl::text from pg_largeobject_metadata order by 1"

@@ -471,6 +471,21 @@ FEATURES: dict[str, Feature] = {
                 "reports.accounts_view is owned by" if s == "whole" else "depends on table public.accounts"
             ),
         ),
+        Feature(
+            "publication",
+            setup=lambda r: [
+                ("admin", f"CREATE PUBLICATION mo_cdc FOR TABLE public.accounts; "
+                          f"ALTER PUBLICATION mo_cdc OWNER TO {r.app}")
+            ],
+            outcome=lambda s: "restored" if s == "whole" else "restore_refused",
+            message=lambda s: "public.accounts in publication mo_cdc depends on table public.accounts",
+        ),
+        Feature(
+            "publication_of_another_role",
+            setup=lambda r: [("admin", "CREATE PUBLICATION mo_cdc FOR TABLE public.accounts")],
+            outcome=lambda s: "restore_refused",
+            message=lambda s: "public.accounts in publication mo_cdc depends on table public.accounts",
+        ),
         Feature("extension_schema", setup=_extension_schema_setup, untouched_schemas=("ext",)),
         Feature("extension_in_public", setup=_extension_in_public_setup),
         Feature(
