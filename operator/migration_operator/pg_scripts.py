@@ -21,8 +21,8 @@ ever pasted into a shell. Environment of backup and restore:
                    failed migration created; dropped (CASCADE) in the restore's transaction. The restore never drops
                    a schema it is not told to: one that exists, is in its scope (every schema without DUMP_SCHEMAS)
                    and that the dump does not hold makes it refuse.
-The restore must get the backup's DUMP_SCHEMAS unchanged (the backup reports them in `schemas`): a dump does not
-say how it was scoped.
+The restore must get the backup's DUMP_SCHEMAS, or the `schemas` the backup reported (those of them that existed):
+a dump does not say how it was scoped, and an empty DUMP_SCHEMAS means the whole database.
 The scripts also honour TMPDIR (their scratch directory is `mktemp -d`).
 
 Restore design: in place, in ONE transaction, and only in the schemas the dump holds. Restoring into a new
