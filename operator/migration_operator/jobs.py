@@ -79,7 +79,42 @@ def _secret_env(spec: DatabaseMigrationSpec, user_var: str, password_var: str) -
             "name": password_var,
             "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.password_key}},
         },
+        # the variables whose values `scrubbed` masks in the step's output
+        {"name": SCRUB_VARS, "value": f"{user_var} {password_var}"},
     ]
+
+
+SCRUB_VARS = "DBOPS_SCRUB_VARS"
+# Every step's script runs in a subshell whose output (stdout and stderr, then the termination message) passes
+# through awk, which masks the values of the variables named in $DBOPS_SCRUB_VARS: the pod's log and its status carry
+# no login, whatever the tools print (Flyway's `installedBy`, a psql error, a compensating SQL's `\! printenv`). The
+# pod-side twin of `errors.scrub`; without awk in the image the output passes unchanged.
+_SCRUB_PRELUDE = r"""dbops_scrub='BEGIN { n = split(ENVIRON["DBOPS_SCRUB_VARS"], names, " ")
+  for (i = 1; i <= n; i++) { v = ENVIRON[names[i]]; if (length(v) >= 3) { k++; s[k] = v } }
+  for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++)
+    if (length(s[j]) > length(s[i])) { t = s[i]; s[i] = s[j]; s[j] = t } }
+{ line = $0
+  for (i = 1; i <= k; i++) { out = ""
+    while ((p = index(line, s[i])) > 0) {
+      out = out substr(line, 1, p - 1) "***"; line = substr(line, p + length(s[i])) }
+    line = out line }
+  print line; fflush() }'
+command -v awk >/dev/null 2>&1 || dbops_scrub=''
+dbops_filter() { if [ -n "$dbops_scrub" ]; then awk "$dbops_scrub" "$@"; else cat "$@"; fi; }
+{ (
+"""
+_SCRUB_EPILOGUE = r"""
+) 2>&1; echo $? >/tmp/.dbops-rc; } | dbops_filter
+if [ -n "$dbops_scrub" ] && [ -s /dev/termination-log ]; then
+  dbops_filter /dev/termination-log >/tmp/.dbops-tl 2>/dev/null && cat /tmp/.dbops-tl >/dev/termination-log 2>/dev/null
+fi
+exit "$(cat /tmp/.dbops-rc 2>/dev/null || echo 1)"
+"""
+
+
+def scrubbed(script: str) -> str:
+    """`script` run so that its output never shows the login (see `_SCRUB_PRELUDE`); its exit code is kept."""
+    return _SCRUB_PRELUDE + script.rstrip("\n") + _SCRUB_EPILOGUE
 
 
 def postgres_env(spec: DatabaseMigrationSpec, step: str) -> list[dict[str, Any]]:
@@ -155,14 +190,16 @@ def flyway_pod(spec: DatabaseMigrationSpec, step: Step, deadline_seconds: int) -
         volumes.append({"name": "migrations-src", "configMap": {"name": spec.migrations.config_map.name}})
         mounts.append({"name": "migrations-src", "mountPath": f"{constants.MIGRATIONS_MOUNT}-src", "readOnly": True})
     elif spec.migrations.image:
+        # The path reaches the shell as a variable, quoted: never as script text (a path is not a command).
         init_containers.append(
             _container(
                 spec,
                 "copy-migrations",
                 spec.migrations.image.image,
-                f"cp -R {spec.migrations.image.path.rstrip('/')}/. {constants.MIGRATIONS_MOUNT}/",
-                [],
+                f'cp -R -- "$MIGRATIONS_PATH/." {constants.MIGRATIONS_MOUNT}/',
+                [{"name": "MIGRATIONS_PATH", "value": spec.migrations.image.path.rstrip("/") or "/"}],
                 [{"name": "migrations", "mountPath": constants.MIGRATIONS_MOUNT}, TMP_MOUNT],
+                scrub_output=False,
             )
         )
     return PodParts(
@@ -260,13 +297,15 @@ def _container(
     script: str,
     env: list[dict[str, Any]],
     mounts: list[dict[str, Any]],
+    *,
+    scrub_output: bool = True,
 ) -> dict[str, Any]:
     template = spec.job_template
     container: dict[str, Any] = {
         "name": name,
         "image": image,
         # Explicit command: never depend on an image's entrypoint.
-        "command": ["sh", "-c", script],
+        "command": ["sh", "-c", scrubbed(script) if scrub_output else script],
         "env": env,
         "volumeMounts": mounts,
         "securityContext": container_security_context(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -304,6 +305,77 @@ def parking(api: client.ApiClient, operator: OperatorProcess | None, crd: None) 
             for name in app.created:
                 with contextlib.suppress(ApiException):
                     app.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+# ---------------------------------------------------------------------------------------------- secret scan
+SCAN_MIN_LENGTH = 4
+
+
+def secret_values(app: ParkingApp) -> set[str]:
+    """What must never be seen: the test's login, and every value of every Secret a test put in the namespace."""
+    values = {postgres.APP_ROLE, postgres.APP_PASSWORD}
+    for secret in app.core.list_namespaced_secret(app.namespace).items:
+        if secret.type not in (None, "Opaque"):
+            continue
+        for encoded in (secret.data or {}).values():
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                values.add(base64.b64decode(encoded).decode())
+    return {v for v in values if len(v) >= SCAN_MIN_LENGTH}
+
+
+def _texts_to_scan(app: ParkingApp, operator_log: str) -> Iterator[tuple[str, str]]:
+    """(where, text) of everything a user of the namespace (or of the operator's logs) can read."""
+    for item in app.custom.list_namespaced_custom_object(GROUP, VERSION, app.namespace, PLURAL)["items"]:
+        yield f"DatabaseMigration {item['metadata']['name']} status", json.dumps(item.get("status") or {})
+    for event in app.core.list_namespaced_event(app.namespace).items:
+        yield f"event {event.metadata.name} ({event.reason})", f"{event.reason} {event.message}"
+    for job in app.batch.list_namespaced_job(app.namespace).items:
+        yield f"Job {job.metadata.name}", json.dumps(app.api.sanitize_for_serialization(job))
+    for pod in app.core.list_namespaced_pod(app.namespace).items:
+        statuses = [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+        for container in statuses:
+            terminated = container.state.terminated if container.state else None
+            if terminated is not None and terminated.message:
+                yield f"pod {pod.metadata.name}/{container.name} termination message", terminated.message
+            with contextlib.suppress(ApiException):
+                log = app.core.read_namespaced_pod_log(pod.metadata.name, app.namespace, container=container.name)
+                yield f"pod {pod.metadata.name}/{container.name} log", str(log)
+    if operator_log:
+        yield "operator log", operator_log
+
+
+def secret_hits(app: ParkingApp, operator_log: str = "") -> list[str]:
+    """Where a secret value was seen, with a little context around it (the value itself masked)."""
+    hits = []
+    values = secret_values(app)
+    for where, text in _texts_to_scan(app, operator_log):
+        for value in values:
+            at = text.find(value)
+            if at >= 0:
+                context = text[max(at - 60, 0) : at] + "<SECRET>" + text[at + len(value) : at + len(value) + 60]
+                hits.append(f"{where}: ...{context}...")
+    return hits
+
+
+@pytest.fixture(autouse=True)
+def secret_scan(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test with a parking world: no secret value in the namespace's DatabaseMigration statuses, events,
+    Job specs, pod logs and termination messages, nor in what the operator logged during the test. Any hit fails it."""
+    if "parking" not in request.fixturenames:
+        yield
+        return
+    app: ParkingApp = request.getfixturevalue("parking")  # set up inside this fixture: torn down after the scan
+    process = app.operator
+    offsets = {p: p.stat().st_size for p in process.log_dir.glob("operator-*.log")} if process else {}
+    yield
+    operator_log = ""
+    if process is not None:
+        for path in sorted(process.log_dir.glob("operator-*.log")):
+            with path.open("rb") as log:
+                log.seek(offsets.get(path, 0))
+                operator_log += log.read().decode(errors="replace")
+    hits = secret_hits(app, operator_log)
+    assert not hits, "secret values seen after the test:\n" + "\n".join(hits[:20])
 
 
 def read_sql(variant: str) -> dict[str, str]:

@@ -139,7 +139,10 @@ def test_image_source_copies_migrations_with_an_init_container() -> None:
     spec = parse_spec({**BASE, "migrations": {"image": {"image": "registry/app-migrations:6", "path": "/sql/"}}})
     job_pod = pod(machine.build_job(BODY, spec, "migrate"))
     init = job_pod["initContainers"][0]
-    assert init["image"] == "registry/app-migrations:6" and "cp -R /sql/. /migrations/" in init["command"][2]
+    assert init["image"] == "registry/app-migrations:6"
+    # the path reaches `cp` through the environment, quoted, never as script text (tests/unit/test_security_jobs.py)
+    assert init["command"][2] == 'cp -R -- "$MIGRATIONS_PATH/." /migrations/'
+    assert {"name": "MIGRATIONS_PATH", "value": "/sql"} in init["env"]
     assert not any("configMap" in v for v in job_pod["volumes"])
 
 
