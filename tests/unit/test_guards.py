@@ -277,7 +277,7 @@ def test_preflight_fails_with_the_app_untouched_when_a_restore_could_not_work() 
     )
     assert decision.phase == Phase.FAILED
     assert "public.audit" in decision.message and "not touched" in decision.message
-    stalled = [c for c in decision.conditions if c.type == reasons.STALLED][0]
+    stalled = next(c for c in decision.conditions if c.type == reasons.STALLED)
     assert stalled.reason == reasons.RESTORE_NOT_POSSIBLE
 
 

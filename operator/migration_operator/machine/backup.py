@@ -142,7 +142,7 @@ class DumpBackup:
             backup.pvc = spec.backup.volume.claim_name
         message = (
             f"backup complete: {backup.size_bytes} bytes in {backup.pvc}:{backup.path}, "
-            f"{summary.get('tocEntries', '?')} entries verified with pg_restore --list"
+            f"{summary.get('tocEntries', '?')} entries, read back whole with pg_restore"
         )
         return backup_complete(spec, message, backup)
 
