@@ -220,7 +220,7 @@ def _database_pending(rollback: RollbackStatus) -> bool:
 
 
 def _comparable(before: Snapshot | None) -> bool:
-    return before is not None and before.schema_hash is not None and before.last_installed_rank is not None
+    return before is not None and before.schema_hash is not None
 
 
 def unchanged(before: Snapshot | None, after: Snapshot) -> bool:
