@@ -453,6 +453,9 @@ class Snapshot(ApiModel):
     checksums: dict[str, str] = Field(default_factory=dict)
     last_installed_rank: int | None = None
     taken_at: str | None = None
+    estimated_rows: list[str] = Field(
+        default_factory=list, description="Tables whose `rows` is the planner's estimate (very large tables)."
+    )
     schemas: list[str] = Field(default_factory=list, description="The user schemas the role sees.")
     default_schema: str | None = Field(None, description="current_schema() of the migration role: Flyway's default.")
     schema_hash: str | None = Field(
