@@ -82,7 +82,7 @@ def test_the_credentials_secret_deleted_while_draining_fails_the_phase_and_bring
                  what="the drain waiting on the session", describe=lambda: parking.describe("orphaned"))
         parking.core.delete_namespaced_secret("parking-db-admin", parking.namespace)
         # within seconds the status says what is wrong, long before the drain's 600 s
-        wait_for(lambda: "parking-db-admin" in (parking.status("orphaned").get("message") or ""), timeout=30,
+        wait_for(lambda: "parking-db-admin" in (parking.status("orphaned").get("message") or ""), timeout=10,
                  what="the unreadable Secret in the status", describe=lambda: parking.describe("orphaned"))
         status = parking.wait_done("orphaned", timeout=120)
     assert status["phase"] == "RolledBack", parking.describe("orphaned")
