@@ -56,6 +56,16 @@ GUARDED = frozenset(Phase) - {Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED}
 HOLD_PHASES = (Phase.BACKING_UP, Phase.MIGRATING, Phase.VERIFYING)
 
 
+def give_up(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, phase: Phase, reason: str, why: str
+) -> Decision:
+    """Fail the phase (which rolls back once the app or the database was touched); in RollingBack, give the
+    rollback's database part up instead (then the app part, then the end)."""
+    if phase == Phase.ROLLING_BACK:
+        return abandon(spec, status, why)
+    return fail(spec, status, phase, reason, why)
+
+
 def phase_timeout(spec: DatabaseMigrationSpec, phase: Phase) -> int | None:
     timeouts = spec.timeouts
     return {
@@ -81,9 +91,7 @@ def window(
     if back_by is None or record is None or record.scaled_up_at or obs.now <= back_by:
         return None
     why = f"the app was due back by {record.back_by} (scaled down at {record.scaled_down_at})"
-    if phase == Phase.ROLLING_BACK:
-        return abandon(spec, status, why)
-    return fail(spec, status, phase, reasons.MAINTENANCE_WINDOW_EXCEEDED, why)
+    return give_up(spec, status, phase, reasons.MAINTENANCE_WINDOW_EXCEEDED, why)
 
 
 def deadline(
@@ -101,9 +109,7 @@ def deadline(
     why = f"{phase.value} exceeded its deadline ({limit}s)"
     if obs.last_error is not None:
         why += f"; last error: {first_line(obs.last_error.message)}"
-    if phase == Phase.ROLLING_BACK:
-        return abandon(spec, status, why)
-    return fail(spec, status, phase, reasons.TIMEOUT, why)
+    return give_up(spec, status, phase, reasons.TIMEOUT, why)
 
 
 def error(
@@ -119,9 +125,7 @@ def error(
         why = f"{last.action} failed: {last.message}"
         if last.retryable:
             why += f" (for {int(age)}s, {last.count} attempts)"
-        if phase == Phase.ROLLING_BACK:
-            return abandon(spec, status, why)
-        return fail(spec, status, phase, reasons.ERROR_REASONS.get(last.action, reasons.OPERATION_FAILED), why)
+        return give_up(spec, status, phase, reasons.ERROR_REASONS.get(last.action, reasons.OPERATION_FAILED), why)
     if obs.observed:
         return None  # the phase decides again; the action that failed is retried (the message says so)
     message = f"{phase.value}: {last.action} failed, retrying ({last.count}x): {first_line(last.message)}"
@@ -145,9 +149,7 @@ def stuck_job(
             continue
         where = f" (container {job.waiting_container})" if job.waiting_container else ""
         why = f"the {step} Job's pod cannot start{where}: {job.waiting_reason}: {first_line(job.waiting_message or '')}"
-        if phase == Phase.ROLLING_BACK:
-            return abandon(spec, status, why)
-        return fail(spec, status, phase, reasons.JOB_CANNOT_START, why)
+        return give_up(spec, status, phase, reasons.JOB_CANNOT_START, why)
     return None
 
 
