@@ -5,17 +5,39 @@
    with the cost per 100k rows and the growth ratio (linear is ~1.0 per 10x); tables above
    database.CHECKSUM_ROW_LIMIT get a count only, which the figures show.
 3. operator memory: RSS of `python -m migration_operator` once it is up and idle (needs $KUBECONFIG).
+
+On a cluster ($KUBECONFIG, the local one by default), issue 13's benchmark, for each size of BENCH_ROWS:
+4. downtime: a database seeded with the parking example plus a wide table of N rows (tests/support/bench_seed.py),
+   copied (CREATE DATABASE ... TEMPLATE), migrated (ADD COLUMN + CREATE INDEX on the big table) once by the operator
+   (Dump to a PVC, the parking gateway as the maintenance Deployment) and once by hack/bench-script.sh, the minimal
+   hand-written runbook, on identical copies; the app's downtime (fewer than all replicas available -> all
+   available again, from a watch of the Deployment) and the phases side by side, the ratio operator/script, and
+   where inside the window the operator's time goes. Then the same with backup.method Clone.
+5. backup and restore throughput per method (a run whose verification fails on purpose times the Restore).
+6. reaction latencies p50/p95 over every operator run: created -> first Job; a Job finished -> the next status step.
+7. operator RSS with 100 DatabaseMigrations in 20 namespaces (95 finished, 5 migrating).
+Everything also goes to bench-results/<UTC time>.json (and the operators' logs to bench-results/<UTC time>/).
+
+Knobs: BENCH_ROWS (comma-separated sizes, default 1000000,20000000), BENCH_ROUNDS (operator/script pairs per size,
+default 1; even rounds run the script first), BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two
+rolled-back runs), BENCH_REACTION_RUNS (extra small runs for the latencies, default 5), BENCH_RSS=0,
+BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only).
+The namespaces are bench-run-* and bench-rss-*, each prefix watched by an operator process of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +45,9 @@ from psycopg import sql
 
 from migration_operator import database, machine, observations
 from migration_operator.models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase, parse_spec
-from tests.support import postgres
-from tests.support.operator import free_port
+from tests.support import bench_runs, bench_seed, postgres
+from tests.support.kube import load_config
+from tests.support.operator import OperatorProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +63,7 @@ def spec_for(db: str) -> DatabaseMigrationSpec:
     })
 
 
-def bench_decide() -> None:
+def bench_decide() -> dict[str, Any]:
     spec = spec_for("bench")
     status = DatabaseMigrationStatus.model_validate({
         "phase": Phase.MIGRATING.value, "phaseStartedAt": "2026-01-01T00:00:00Z",
@@ -59,6 +82,7 @@ def bench_decide() -> None:
         samples.append((time.perf_counter() - start) / runs * 1e6)
     print(f"decide() while Migrating:        {statistics.median(samples):8.1f} us/decision "
           f"(median of 5 x {runs}; {1e6 / statistics.median(samples):,.0f} decisions/s)")
+    return {"us_per_decision": statistics.median(samples)}
 
 
 def _make_table(conn: Any, rows: int) -> None:
@@ -69,12 +93,13 @@ def _make_table(conn: Any, rows: int) -> None:
     conn.execute("analyze bench_rows")
 
 
-def bench_snapshot() -> None:
+def bench_snapshot() -> list[dict[str, Any]]:
     credentials = database.Credentials(os.environ.get("MO_E2E_PG_SUPERUSER", "postgres"),
                                        os.environ.get("MO_E2E_PG_PASSWORD", "postgres"))
     sizes = [10_000, 100_000, database.CHECKSUM_ROW_LIMIT, database.CHECKSUM_ROW_LIMIT * 5]
     print(f"snapshot() (count + md5 checksum per table up to {database.CHECKSUM_ROW_LIMIT:,} rows, count above):")
     previous: tuple[int, float] | None = None
+    figures: list[dict[str, Any]] = []
     with postgres.cloned_database("bench") as db:
         spec = spec_for(db)
         for rows in sizes:
@@ -94,15 +119,17 @@ def bench_snapshot() -> None:
             print(f"  {rows:>9,} rows  {best * 1000:8.1f} ms  {per_100k:7.1f} ms/100k rows  "
                   f"checksum={'yes' if checksummed else 'no '}{ratio}")
             previous = (rows, best)
+            figures.append({"rows": rows, "seconds": best, "checksum": checksummed})
         with postgres.connect(db) as conn:
             conn.execute(sql.SQL("drop table bench_rows"))
+    return figures
 
 
-def bench_operator_memory() -> None:
+def bench_operator_memory() -> float | None:
     kubeconfig = os.environ.get("KUBECONFIG")
     if not kubeconfig or not Path(kubeconfig).exists():
         print("operator memory:                 skipped (no KUBECONFIG)")
-        return
+        return None
     health = free_port()
     env = os.environ | {"METRICS_PORT": str(free_port()), "METRICS_HOST": "127.0.0.1"}
     process = subprocess.Popen(
@@ -120,16 +147,406 @@ def bench_operator_memory() -> None:
         rss_kib = next(int(line.split()[1]) for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
                        if line.startswith("VmRSS:"))
         print(f"operator memory (idle, started): {rss_kib / 1024:8.1f} MiB RSS")
+        return rss_kib / 1024
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
+# ================================================================================ issue 13: downtime and friends
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value.replace("_", "")) if value else default
+
+
+def _sizes() -> list[int]:
+    text = os.environ.get("BENCH_ROWS", "").strip() or "1000000,20000000"
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def _s(seconds: float | None, width: int = 8) -> str:
+    return f"{'-':>{width}}" if seconds is None else f"{seconds:>{width - 2}.1f} s"
+
+
+def _ratio(a: float | None, b: float | None, width: int = 7) -> str:
+    return f"{'-':>{width}}" if a is None or not b else f"{a / b:>{width}.2f}"
+
+
+def _mb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (q in 0..1)."""
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    low = math.floor(k)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def other_sessions() -> list[str]:
+    """What else runs on this machine that loads it: other operators (their namespace pattern) and pytest suites."""
+    found: set[str] = set()
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "migration_operator" in args and "--namespace" in args:
+            pattern = args[args.index("--namespace") + 1]
+            if not pattern.startswith(("bench-run", "bench-rss", "bench-nothing")):
+                found.add(f"operator watching {pattern}")
+        elif any(a.endswith("pytest") for a in args[:3]) or (len(args) > 2 and args[1:3] == ["-m", "pytest"]):
+            found.add("pytest " + " ".join(a for a in args[3:] if a.startswith("tests/"))[:60])
+    return sorted(found)
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "subject": git("log", "-1", "--format=%s"),
+            "operator_changes": git("status", "--porcelain", "--", "operator").splitlines()}
+
+
+def _run_name(tag: str) -> str:
+    return f"bench-{tag}-{uuid.uuid4().hex[:5]}"
+
+
+def _say(run: dict[str, Any], took: float) -> None:
+    extra = f", rolled back in {run['rollback_to_restored']:.1f} s" if run.get("rollback_to_restored") else ""
+    state = run.get("phase") or ("finished" if run.get("ended") else "did not finish")
+    print(f"   {run['label']:<28} {state:<11} downtime {_s(run.get('downtime')).strip():>8}{extra}  "
+          f"(run took {took:.0f} s)", flush=True)
+    if not run.get("ended"):
+        print("     " + (run.get("message") or run.get("output_tail") or "")[-1500:].replace("\n", "\n     "))
+
+
+def one_copy(seed: bench_seed.Seed, tag: str, strategy: str = "wal_log") -> tuple[str, float]:
+    name = f"{bench_seed.COPY_PREFIX}{seed.rows}_{tag}_{uuid.uuid4().hex[:6]}"
+    return name, bench_seed.copy(seed, name, strategy)
+
+
+def operator_case(api: Any, seed: bench_seed.Seed, tag: str, label: str, timeout: float,
+                  copies: dict[str, list[float]], strategy: str = "wal_log", **spec: Any) -> dict[str, Any]:
+    name, seconds = one_copy(seed, tag, strategy)
+    copies.setdefault(strategy, []).append(seconds)
+    try:
+        with bench_runs.place(api, name) as here:
+            started = time.monotonic()
+            run = bench_runs.run_operator(here, _run_name(tag), here.spec(name, **spec), label, timeout)
+            figures = bench_runs.operator_figures(run)
+            if figures.get("phase") == "Succeeded":
+                figures["flyway_sql"] = bench_runs.flyway_sql_seconds(name)
+            _say(figures, time.monotonic() - started)
+            return figures
+    finally:
+        bench_seed.drop_copies(name)
+
+
+def script_case(api: Any, seed: bench_seed.Seed, label: str, timeout: float, copies: dict[str, list[float]],
+                workdir: Path) -> dict[str, Any]:
+    name, seconds = one_copy(seed, "script")
+    copies.setdefault("wal_log", []).append(seconds)
+    try:
+        with bench_runs.place(api, name) as here:
+            started = time.monotonic()
+            run = bench_runs.run_script(here, name, bench_runs.make_workdir(workdir), label, timeout)
+            figures = bench_runs.script_figures(run)
+            figures["flyway_sql"] = bench_runs.flyway_sql_seconds(name)
+            _say(figures, time.monotonic() - started)
+            return figures
+    finally:
+        bench_seed.drop_copies(name)
+
+
+def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
+    rounds = _env_int("BENCH_ROUNDS", 1)
+    timeout = 600 + rows * 100e-6  # 20M rows: ~40 min, a bound, not an expectation
+    print(f"\n-- {rows:,} rows", flush=True)
+    seed = bench_seed.ensure_seed(rows)
+    how = f"seeded in {seed.seconds:.1f} s" if seed.seconds is not None else (
+        f"seed reused (seeded in {seed.seeded_seconds:.1f} s)")
+    table_rows = bench_seed.rows_of(seed.name)
+    print(f"   {seed.name}: {bench_seed.BIG_TABLE} {_mb(seed.table_bytes)}, database {_mb(seed.database_bytes)}, "
+          f"{sum(table_rows.values()):,} rows in {len(table_rows)} tables; {how}", flush=True)
+    copies: dict[str, list[float]] = {}
+    result: dict[str, Any] = {"rows": rows, "seed": vars(seed), "table_rows": table_rows, "rounds": []}
+    for index in range(rounds):
+        script_first = index % 2 == 1
+        pair: dict[str, Any] = {"script_first": script_first}
+        order = ["script", "operator"] if script_first else ["operator", "script"]
+        for who in order:
+            if who == "operator":
+                pair["operator"] = operator_case(api, seed, "dump", f"operator (Dump), round {index + 1}",
+                                                 timeout, copies)
+            else:
+                pair["script"] = script_case(api, seed, f"script, round {index + 1}", timeout, copies, workdir)
+        result["rounds"].append(pair)
+    if os.environ.get("BENCH_CLONE", "1") != "0":
+        result["clone"] = operator_case(api, seed, "clone", "operator (Clone)", timeout, copies,
+                                        strategy="file_copy", method="Clone")
+    if os.environ.get("BENCH_RESTORE", "1") != "0":
+        result["restore_dump"] = operator_case(api, seed, "rdump", "operator (Dump), check fails", timeout,
+                                               copies, failing_check=True)
+        result["restore_clone"] = operator_case(api, seed, "rclone", "operator (Clone), check fails", timeout,
+                                                copies, method="Clone", failing_check=True)
+    result["copies"] = copies
+    print_size(result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- printing
+TABLE_ROWS = ("preflight", "drain", "backup", "migrate", "verify", "scale-up")
+
+
+def print_size(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    columns: list[tuple[str, dict[str, Any] | None]] = []
+    for index, pair in enumerate(result["rounds"]):
+        suffix = f" r{index + 1}" if len(result["rounds"]) > 1 else ""
+        columns += [(f"operator{suffix}", pair.get("operator")), (f"script{suffix}", pair.get("script")),
+                    ("ratio", None)]
+    if result.get("clone"):
+        columns.append(("op. Clone", result["clone"]))
+    width = 11
+    print(f"\n   {rows:,} rows: the app's downtime and the phases (seconds; operator = backup.method Dump)")
+    print("   " + f"{'':<22}" + "".join(f"{title:>{width}}" for title, _ in columns))
+
+    def cell(run: dict[str, Any] | None, key: str) -> float | None:
+        if run is None:
+            return None
+        return run.get("downtime") if key == "downtime" else run["durations"].get(key)
+
+    for key in (*TABLE_ROWS, "downtime"):
+        label = {"preflight": "preflight (app up)", "downtime": "DOWNTIME"}.get(key, key)
+        cells = []
+        for index, (title, run) in enumerate(columns):
+            if title == "ratio":
+                cells.append(_ratio(cell(columns[index - 2][1], key), cell(columns[index - 1][1], key), width))
+            else:
+                cells.append(_s(cell(run, key), width))
+        print("   " + f"{label:<22}" + "".join(cells))
+    first = result["rounds"][0]
+    op, sc = first.get("operator") or {}, first.get("script") or {}
+    sql_times = [f"{who} {run['flyway_sql']:.2f} s" for who, run in (("operator", op), ("script", sc))
+                 if run.get("flyway_sql") is not None]
+    print(f"   the migration's own SQL time (flyway_schema_history.execution_time): {', '.join(sql_times) or '-'}")
+    for run in (op, sc):
+        if run.get("timeline"):
+            print(f"\n   inside the window, {run['label']} (s from the window's opening):")
+            previous = None
+            for at, text in run["timeline"]:
+                delta = f"(+{at - previous:5.2f})" if previous is not None else " " * 8
+                print(f"     {at:7.2f} {delta}  {text}")
+                previous = at
+    print_throughput(result)
+
+
+def print_throughput(result: dict[str, Any]) -> None:
+    rows = sum(result["table_rows"].values())
+    size = result["seed"]["database_bytes"]
+    op = result["rounds"][0].get("operator") or {}
+    sc = result["rounds"][0].get("script") or {}
+    lines: list[tuple[str, float | None, str]] = []
+    backup_job = (op.get("jobs") or {}).get("backup") or {}
+    lines.append(("Dump backup, operator Job", backup_job.get("seconds"),
+                  f"dump {_mb(op.get('backup_bytes'))}; pod start + pg_dump -Fc + pg_restore --list + full read-back"))
+    lines.append(("Dump backup, script", (sc.get("durations") or {}).get("backup"),
+                  f"dump {_mb(sc.get('dump_bytes'))}; pg_dump -Fc + pg_restore --list on the host"))
+    restore = result.get("restore_dump") or {}
+    restore_job = (restore.get("jobs") or {}).get("restore") or {}
+    lines.append(("Dump restore, operator Job", restore_job.get("seconds"),
+                  "pod start + in-place replay in one transaction (pg_restore | psql); RollingBack -> restored "
+                  f"{_s(restore.get('rollback_to_restored')).strip()}"))
+    clone = result.get("clone") or {}
+    lines.append(("Clone backup, operator", (clone.get("durations") or {}).get("backup"),
+                  "BackingUp phase: CREATE DATABASE ... TEMPLATE (server default strategy, WAL_LOG)"))
+    rclone = result.get("restore_clone") or {}
+    lines.append(("Clone restore, operator", rclone.get("rollback_to_restored"),
+                  "RollingBack -> restored: the clone renamed into place"))
+    print(f"\n   backup and restore ({rows:,} rows, database {_mb(size)}; MB/s of the database's size):")
+    for label, seconds, note in lines:
+        speed = (f"{size / 1e6 / seconds:8.1f} MB/s {rows / seconds:>10,.0f} rows/s" if seconds else
+                 f"{'-':>13} {'-':>17}")
+        print(f"     {label:<27} {_s(seconds)} {speed}   {note}")
+    for strategy, seconds in sorted(result["copies"].items()):
+        if seconds:
+            median = statistics.median(seconds)
+            print(f"     CREATE DATABASE TEMPLATE, STRATEGY {strategy.upper():<9} median {median:.2f} s"
+                  f" over {len(seconds)} cop{'y' if len(seconds) == 1 else 'ies'} "
+                  f"({size / 1e6 / statistics.median(seconds):,.0f} MB/s)")
+    for key, title in (("restore_dump", "Dump"), ("restore_clone", "Clone")):
+        run = result.get(key)
+        if run:
+            print(f"     a run rolled back after its migration ({title}): {run.get('phase')}, downtime "
+                  f"{_s(run.get('downtime')).strip()}")
+
+
+def all_operator_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    for size in results.get("sizes", []):
+        for pair in size["rounds"]:
+            if pair.get("operator"):
+                runs.append(pair["operator"])
+        runs += [size[key] for key in ("clone", "restore_dump", "restore_clone") if size.get(key)]
+    runs += results.get("reaction_runs", [])
+    return runs
+
+
+def latencies(results: dict[str, Any]) -> dict[str, Any]:
+    runs = all_operator_runs(results)
+    created = [r["created_to_first_job"] for r in runs if r.get("created_to_first_job") is not None]
+    by_step: dict[str, list[float]] = {}
+    for run in runs:
+        for step, job in (run.get("jobs") or {}).items():
+            if job.get("reaction") is not None:
+                by_step.setdefault(step, []).append(job["reaction"])
+    every = [v for values in by_step.values() for v in values]
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        if not values:
+            return {"n": 0}
+        return {"n": len(values), "p50": percentile(values, 0.5), "p95": percentile(values, 0.95),
+                "max": max(values), "samples": values}
+
+    return {"created_to_first_job": summary(created), "job_to_next_step": summary(every),
+            "by_step": {step: summary(values) for step, values in sorted(by_step.items())}}
+
+
+def print_latencies(figures: dict[str, Any], runs: int) -> None:
+    def line(label: str, s: dict[str, Any]) -> str:
+        if not s.get("n"):
+            return f"   {label:<44} no sample"
+        return (f"   {label:<44} p50 {s['p50'] * 1000:6.0f} ms   p95 {s['p95'] * 1000:6.0f} ms   "
+                f"max {s['max'] * 1000:6.0f} ms   (n={s['n']})")
+
+    print(f"\noperator reaction latencies over {runs} runs (seen by watches; goals: <= 200 ms and <= 500 ms p50):")
+    print(line("DatabaseMigration created -> first Job", figures["created_to_first_job"]))
+    print(line("a Job finished -> the run's next status step", figures["job_to_next_step"]))
+    for step, s in figures["by_step"].items():
+        print(line(f"  after the {step} Job", s))
+
+
+def reaction_runs(api: Any) -> list[dict[str, Any]]:
+    count = _env_int("BENCH_REACTION_RUNS", 5)
+    if count <= 0:
+        return []
+    print(f"\n-- {count} small runs for the reaction latencies (parking example V5 -> V6, Dump, no maintenance)")
+    good = {p.name: p.read_text() for p in sorted((bench_runs.MIGRATIONS.parent / "migrations-next" / "good")
+                                                     .glob("V*.sql"))}
+    runs = []
+    with bench_runs.place(api, None, gateway=False, pvc=True, migrations=bench_runs.migration_files(good)) as here:
+        for index in range(count):
+            with postgres.cloned_database("bench") as db:
+                started = time.monotonic()
+                run = bench_runs.run_operator(here, f"react-{index}", here.spec(db, maintenance=False),
+                                              f"small run {index + 1}", 300)
+                figures = bench_runs.operator_figures(run)
+                _say(figures, time.monotonic() - started)
+                runs.append(figures)
+    return runs
+
+
+def bench_rss(api: Any, log_dir: Path) -> dict[str, Any] | None:
+    if os.environ.get("BENCH_RSS", "1") == "0":
+        return None
+    print("\n-- operator memory with 100 DatabaseMigrations in 20 namespaces (its own operator, bench-rss-*)",
+          flush=True)
+    process = OperatorProcess(f"{bench_runs.RSS_PREFIX}-*", log_dir / "rss-operator")
+    process.start()
+    try:
+        assert process.process is not None
+        time.sleep(2)
+        figures = bench_runs.rss_population(api, process.process.pid)
+    finally:
+        process.stop()
+    state = "" if figures["reached"] else " (not all reached their phase in time)"
+    print(f"   operator RSS: idle {figures['idle_kib'] / 1024:.1f} MiB; with {figures['migrations']} "
+          f"DatabaseMigrations in {figures['namespaces']} namespaces ({figures['finished']} finished, "
+          f"{figures['running']} migrating): {figures['max_kib'] / 1024:.1f} MiB max, "
+          f"{figures['last_kib'] / 1024:.1f} MiB last (10 samples over 5 s){state}; goal <= 120 MiB")
+    return figures
+
+
+def bench_cluster(results: dict[str, Any]) -> None:
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if os.environ.get("BENCH_CLUSTER") == "0" or not kubeconfig or not Path(kubeconfig).exists():
+        print("\n(downtime, throughput, latencies, RSS with 100 runs: skipped, no KUBECONFIG or BENCH_CLUSTER=0)")
+        return
+    stamp = results["stamp"]
+    out = REPO / "bench-results" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    api = load_config()
+    bench_runs.ensure_crd(api)
+    print("\n== downtime: the operator vs the minimal script (hack/bench-script.sh), the same migration on identical "
+          "copies")
+    print(f"   migration: {bench_seed.MIGRATION_SQL.strip().replace(chr(10), ' ')}")
+    print(f"   app: the parking gateway, {bench_runs.REPLICAS} replicas; downtime = fewer than all available -> "
+          "all available again (watch of the Deployment)")
+    others = other_sessions()
+    results["others_at_start"] = others
+    print(f"   also running on this machine: {', '.join(others) if others else 'nothing else'}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    operator = OperatorProcess(f"{bench_runs.RUN_PREFIX}-*", out / "operator")
+    operator.start()
+    timings: dict[str, float] = {}
+    try:
+        for rows in _sizes():
+            started = time.monotonic()
+            results["sizes"].append(size_suite(api, rows, out))
+            timings[f"{rows} rows"] = time.monotonic() - started
+        started = time.monotonic()
+        results["reaction_runs"] = reaction_runs(api)
+        timings["reaction runs"] = time.monotonic() - started
+        assert operator.process is not None
+        results["operator_rss_after_runs_mib"] = bench_runs.rss_kib(operator.process.pid) / 1024
+    finally:
+        operator.stop()
+    results["latencies"] = latencies(results)
+    print_latencies(results["latencies"], len(all_operator_runs(results)))
+    print(f"   (the benchmark's operator, after all its runs: {results['operator_rss_after_runs_mib']:.1f} MiB RSS)")
+    started = time.monotonic()
+    results["rss"] = bench_rss(api, out)
+    timings["rss"] = time.monotonic() - started
+    results["others_at_end"] = other_sessions()
+    results["timings"] = timings
+    print("\n   benchmark parts took: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    if results["others_at_start"] or results["others_at_end"]:
+        print("   (other sessions' tests shared the 2 cores during this run: "
+              f"{', '.join(sorted(set(results['others_at_start']) | set(results['others_at_end'])))})")
+    if os.environ.get("BENCH_DROP_SEEDS") == "1":
+        bench_seed.drop_seeds()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def main() -> int:
+    started = time.monotonic()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    results: dict[str, Any] = {"stamp": stamp, "git": git_state(), "sizes": [], "cpus": os.cpu_count(),
+                               "env": {k: v for k, v in os.environ.items() if k.startswith("BENCH_")}}
     print("== migration-operator benchmarks")
-    bench_decide()
-    bench_snapshot()
-    bench_operator_memory()
+    results["decide"] = bench_decide()
+    results["snapshot"] = bench_snapshot()
+    results["operator_idle_rss_mib"] = bench_operator_memory()
+    bench_cluster(results)
+    results["seconds"] = time.monotonic() - started
+    path = REPO / "bench-results" / f"{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(results), indent=1, default=str))
+    print(f"\nresults: {path.relative_to(REPO)} (the whole benchmark took {results['seconds']:.0f} s)")
     return 0
 
 
