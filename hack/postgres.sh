@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private PostgreSQL cluster for the local stack (Debian's server binaries, no Docker).
 #
-#   hack/postgres.sh start     initdb on first use, start, wait for pg_isready (idempotent)
+#   hack/postgres.sh start     initdb on first use, TLS (ensure_tls), start, wait for pg_isready (idempotent)
 #   hack/postgres.sh stop      fast shutdown
 #   hack/postgres.sh status    exit 0 when it accepts connections, 3 when not
 #   hack/postgres.sh seed      role parking_admin + databases parking_db and parking_template, both
@@ -9,7 +9,7 @@
 #   hack/postgres.sh reset     drop parking_db and parking_template, then seed
 #   hack/postgres.sh psql ...  psql as the superuser over TCP (extra args are passed on)
 #
-# Layout ($MO_CACHE from hack/versions.sh):  $MO_CACHE/cluster/postgres/$PG_MAJOR/{data,postgres.log}
+# Layout ($MO_CACHE from hack/versions.sh):  $MO_CACHE/cluster/postgres/$PG_MAJOR/{data,postgres.log,tls/ca.crt}
 # Listens on 127.0.0.1:$PGPORT only (default 15432); the unix socket lives inside the data dir.
 # Auth: scram-sha-256 for TCP, trust on the socket (reachable only by the postgres OS user and root,
 # as the data dir is 0700). Superuser postgres / postgres. Durability is traded for speed (fsync=off):
@@ -39,6 +39,7 @@ MIGRATIONS_DIR="$ROOT_DIR/examples/parking/migrations"
 PG_BASE="$MO_CACHE/cluster/postgres/$PG_MAJOR"
 PGDATA_DIR="$PG_BASE/data"
 PG_LOG="$PG_BASE/postgres.log"
+PG_TLS_DIR="$PG_BASE/tls"
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 
@@ -127,12 +128,43 @@ host    all       all   127.0.0.1/32   scram-sha-256
 EOF
 }
 
+# TLS, as a production database has it: a CA of our own ($PG_TLS_DIR/ca.crt, what a DatabaseMigration's caSecret
+# holds for sslMode verify-full) and a server certificate for 127.0.0.1 and localhost signed by it. The operator's
+# default sslMode is `require`; pg_hba stays `host` (TLS or not) so plain clients keep working. Idempotent: adds the
+# settings to an existing cluster and reloads it (ssl is a reloadable setting).
+ensure_tls() {
+  local tls="$PG_TLS_DIR"
+  if [[ ! -s "$tls/server.crt" || ! -s "$tls/ca.crt" ]]; then
+    log "creating a CA and a server certificate in $tls"
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=migration-operator local CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.crt" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$tls/server.key" -out "$tls/server.csr" \
+      >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 3650 \
+      -extfile "$tls/server.ext" -out "$tls/server.crt" >/dev/null 2>&1
+    chmod 0644 "$tls/ca.crt" "$tls/server.crt"
+    chmod 0600 "$tls/ca.key" "$tls/server.key"
+    if [[ $EUID -eq 0 ]]; then chown postgres:postgres "$tls/server.key" "$tls/server.crt"; fi
+  fi
+  if ! as_pg grep -q '^ssl = on' "$PGDATA_DIR/postgresql.conf"; then
+    as_pg tee -a "$PGDATA_DIR/postgresql.conf" >/dev/null <<EOF
+ssl = on
+ssl_cert_file = '$tls/server.crt'
+ssl_key_file = '$tls/server.key'
+EOF
+    if is_running; then as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" reload >/dev/null; log "TLS enabled (reloaded)"; fi
+  fi
+}
+
 cmd_start() {
   ensure_server_installed
   if [[ ! -f "$PGDATA_DIR/PG_VERSION" ]]; then
     init_cluster
   fi
   grant_traverse
+  ensure_tls
   if is_running; then
     if is_ready; then return 0; fi
   else

@@ -132,7 +132,7 @@ kubectl -n databases port-forward svc/postgres "$pg_local_port:5432" >/dev/null 
 port_forward=$!
 for _ in $(seq 30); do (exec 3<>"/dev/tcp/127.0.0.1/$pg_local_port") 2>/dev/null && break; sleep 1; done
 
-MO_E2E_OPERATOR=external \
+MO_E2E_OPERATOR=external MO_E2E_DB_SSLMODE=disable \
 MO_E2E_PG_HOST=127.0.0.1 MO_E2E_PG_PORT="$pg_local_port" \
 MO_E2E_DB_HOST=postgres.databases.svc.cluster.local MO_E2E_DB_PORT=5432 \
   make test-e2e

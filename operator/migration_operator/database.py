@@ -11,9 +11,14 @@ and a `lock_timeout` keeps them from queueing behind a transaction that holds th
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -43,9 +48,23 @@ SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 class Credentials:
     username: str
     password: str
+    # PEM of the CA that signs the server's certificate (database.caSecret), for sslmode verify-ca/verify-full.
+    ca_certificate: str | None = None
 
-    def __repr__(self) -> str:  # never print a password, even in a traceback
-        return f"Credentials(username={self.username!r}, password=***)"
+    def __repr__(self) -> str:  # never print a login, even in a traceback
+        return "Credentials(username=***, password=***)"
+
+
+def ca_file(pem: str) -> str:
+    """A file holding `pem` (libpq reads the CA from a file): named by its content's hash, written once."""
+    directory = Path(tempfile.gettempdir()) / "dbops-ca"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    path = directory / (hashlib.sha256(pem.encode()).hexdigest()[:32] + ".crt")
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(pem)
+        partial.replace(path)
+    return str(path)
 
 
 def conninfo(
@@ -64,17 +83,22 @@ def conninfo(
         options += f" -c lock_timeout={int(lock_timeout_ms)}"
     if read_only:
         options += " -c default_transaction_read_only=on"
-    return {
+    params: dict[str, Any] = {
         "host": spec.database.host,
         "port": spec.database.port,
         "dbname": dbname or spec.database.name,
         "user": credentials.username,
         "password": credentials.password,
-        "sslmode": str(spec.database.ssl_mode),
+        "sslmode": spec.database.effective_ssl_mode,
         "application_name": constants.APPLICATION_NAME,
         "connect_timeout": CONNECT_TIMEOUT,
         "options": options,
     }
+    if spec.database.require_auth_setting:
+        params["require_auth"] = spec.database.require_auth_setting
+    if credentials.ca_certificate:
+        params["sslrootcert"] = ca_file(credentials.ca_certificate)
+    return params
 
 
 async def connect(
@@ -101,9 +125,20 @@ async def connect(
 
 
 def classify_connection_error(error: Exception) -> tuple[str, str]:
-    """(reason, message) for a failed connection; the message never contains the password."""
+    """(reason, message) for a failed connection; the message is scrubbed (errors.scrub) before it reaches status."""
     state = getattr(error, "sqlstate", None)
     text = " ".join(str(error).split())
+    if "authentication method requirement" in text:
+        return reasons.AUTHENTICATION_REFUSED, (
+            f"cannot log in: {text}. The server did not offer the authentication database.requireAuth accepts: the "
+            "password was not sent. Use SCRAM on the server (password_encryption = scram-sha-256), or set "
+            "database.requireAuth (any: no requirement)"
+        )
+    if "SSL" in text and ("does not support SSL" in text or "certificate" in text or "SSL error" in text):
+        return reasons.TLS_FAILED, (
+            f"cannot connect over TLS: {text}. Check database.sslMode and database.caSecret (sslMode disable, "
+            "allow or prefer only for a database that cannot do TLS)"
+        )
     if state in ("28P01", "28000") or "password authentication failed" in text or "no password supplied" in text:
         return reasons.BAD_CREDENTIALS, f"cannot log in: {text}"
     if state == "3D000" or re.search(r'database ".*" does not exist', text):
@@ -373,8 +408,45 @@ async def blocked_locks(spec: DatabaseMigrationSpec, credentials: Credentials) -
         ]
 
 
-async def verify(spec: DatabaseMigrationSpec, credentials: Credentials, last_rank: int | None) -> Verification:
-    """Facts after the migration: snapshot, failed rows, this run's history rows, the user's checks."""
+async def run_check(conn: psycopg.AsyncConnection[dict[str, Any]], sql_text: str, timeout_seconds: int) -> bool | str:
+    """One user check, read-only for real: a transaction that is READ ONLY from its first statement and always rolled
+    back, its own statement and lock timeouts, and the check sent with the extended protocol (`binary=True`: psycopg
+    sends a parameterless query with the simple protocol otherwise), which runs exactly one statement, so
+    `select true; commit; begin read write; delete ...` is refused by the server instead of committing the delete.
+    True when it returned one row of one column that is true; False when false; else the error text (scrubbed at the
+    status write, like every text)."""
+    timeout = str(int(timeout_seconds) * 1000)
+    try:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute("set transaction read only")
+            await conn.execute(
+                "select set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                [timeout, timeout],
+            )
+            cursor = conn.cursor(binary=True)
+            await cursor.execute(sql_text)
+            columns = len(cursor.description or [])
+            rows = await cursor.fetchmany(2)
+    except psycopg.Error as error:
+        state = f" (SQLSTATE {error.sqlstate})" if error.sqlstate else ""
+        primary = error.diag.message_primary or " ".join(str(error).split())
+        return f"{primary}{state}"[:500]
+    if columns != 1 or len(rows) != 1:
+        return f"must return one row of one boolean column (returned {len(rows)}+ row(s) of {columns} column(s))"
+    value = next(iter(rows[0].values()))
+    if not isinstance(value, bool):
+        return f"must return a boolean (returned a {type(value).__name__})"
+    return value
+
+
+async def verify(
+    spec: DatabaseMigrationSpec,
+    credentials: Credentials,
+    last_rank: int | None,
+    check_credentials: Credentials | None = None,
+) -> Verification:
+    """Facts after the migration: snapshot, failed rows, this run's history rows, the user's checks (`run_check`; as
+    the role of `verify.credentialsSecret` when given, in a session of their own)."""
     try:
         async with await connect(spec, credentials) as conn:
             after = await snapshot(conn, spec)
@@ -382,15 +454,15 @@ async def verify(spec: DatabaseMigrationSpec, credentials: Credentials, last_ran
             failed = tuple(row for _, row in rows if not row.success)
             applied = tuple(row for rank, row in rows if last_rank is None or rank > last_rank)
             results: dict[str, bool | str] = {}
-            for user_check in spec.verify.checks:
-                try:
-                    async with conn.transaction():
-                        cursor = await conn.execute(user_check.sql)
-                        row = await cursor.fetchone()
-                        value = next(iter(row.values())) if row else None
-                        results[user_check.name] = value is True
-                except psycopg.Error as error:
-                    results[user_check.name] = " ".join(str(error).split())[:500]
+            if spec.verify.checks:
+                async with contextlib.AsyncExitStack() as stack:
+                    checks_conn = conn
+                    if check_credentials is not None:
+                        checks_conn = await stack.enter_async_context(await connect(spec, check_credentials))
+                    for user_check in spec.verify.checks:
+                        results[user_check.name] = await run_check(
+                            checks_conn, user_check.sql, spec.verify.check_timeout_seconds
+                        )
     except psycopg.Error as error:
         return Verification(snapshot=Snapshot(), error=" ".join(str(error).split()))
     return Verification(snapshot=after, failed_rows=failed, applied=applied, check_results=results)

@@ -48,7 +48,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r'\b(for user|role|user) "[^"\n]*"', re.IGNORECASE), rf'\1 "{MASK}"'),
     # CREATE/ALTER ROLE ... PASSWORD '...' (a failed statement quoted back), also E'...' and $$...$$
     (
-        re.compile(r"\b(PASSWORD)(\s+)(E?'(?:[^']|'')*'|\$(\w*)\$.*?\$\4\$)", re.IGNORECASE | re.DOTALL),
+        re.compile(r"\b(PASSWORD)(\s+)([eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|\$(\w*)\$.*?\$\4\$)", re.DOTALL | re.I),
         rf"\1\2'{MASK}'",
     ),
     # password=..., PGPASSWORD=..., "password": "..." (conninfo strings, environment dumps, JSON)

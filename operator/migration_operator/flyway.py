@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -46,12 +47,17 @@ SKIP_CALLBACKS = "-skipDefaultCallbacks=true"
 SECTION = re.compile(r"^==> (?P<name>[\w.-]+) <==$", re.MULTILINE)
 
 
-def jdbc_url(spec: DatabaseMigrationSpec, step: str) -> str:
+def jdbc_url(spec: DatabaseMigrationSpec, step: str, ca_file: str | None = None) -> str:
+    """The JDBC URL of the database, every part escaped: the host is a validated DNS name or IP address (IPv6 in
+    brackets), the database name and every parameter are percent-encoded (the driver decodes them), so no value can
+    add a parameter, a path or another host: Flyway and libpq always aim at the same database."""
     database = spec.database
-    return (
-        f"jdbc:postgresql://{database.host}:{database.port}/{database.name}"
-        f"?sslmode={database.ssl_mode}&ApplicationName={constants.APPLICATION_NAME}-{step}"
-    )
+    host = f"[{database.host}]" if ":" in database.host else database.host
+    params = {"sslmode": database.effective_ssl_mode, "ApplicationName": f"{constants.APPLICATION_NAME}-{step}"}
+    if ca_file:
+        params["sslrootcert"] = ca_file
+    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+    return f"jdbc:postgresql://{host}:{int(database.port)}/{urllib.parse.quote(database.name, safe='')}?{query}"
 
 
 def command_line(
@@ -103,6 +109,10 @@ emit() {
     if [ -s "/tmp/$name.json" ]; then cat "/tmp/$name.json"; else tail -c 1500 "/tmp/$name.err"; fi
     printf '\n'
   done >/tmp/message
+  # scrubbed before it is cut to the termination message's 4 KiB (jobs.scrubbed defines dbops_filter)
+  if command -v dbops_filter >/dev/null 2>&1 && dbops_filter /tmp/message >/tmp/message.scrubbed; then
+    mv /tmp/message.scrubbed /tmp/message
+  fi
   cat /tmp/message
   head -c 4096 /tmp/message >/dev/termination-log
 }

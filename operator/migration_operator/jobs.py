@@ -96,16 +96,20 @@ _SCRUB_PRELUDE = r"""dbops_scrub='BEGIN { n = split(ENVIRON["DBOPS_SCRUB_VARS"],
 { line = $0
   for (i = 1; i <= k; i++) { out = ""
     while ((p = index(line, s[i])) > 0) {
-      out = out substr(line, 1, p - 1) "***"; line = substr(line, p + length(s[i])) }
+      hit = 1; out = out substr(line, 1, p - 1) "***"; line = substr(line, p + length(s[i])) }
     line = out line }
-  print line; fflush() }'
+  if (mode != "detect") { print line; fflush() } }
+END { if (mode == "detect") exit hit ? 0 : 1 }'
 command -v awk >/dev/null 2>&1 || dbops_scrub=''
 dbops_filter() { if [ -n "$dbops_scrub" ]; then awk "$dbops_scrub" "$@"; else cat "$@"; fi; }
 { (
 """
+# The termination message is rewritten only when it holds a value: a step that writes its own scrubbed message (the
+# Flyway Jobs: `flyway.SCRIPT_PRELUDE`) keeps its 4096 bytes.
 _SCRUB_EPILOGUE = r"""
 ) 2>&1; echo $? >/tmp/.dbops-rc; } | dbops_filter
-if [ -n "$dbops_scrub" ] && [ -s /dev/termination-log ]; then
+if [ -n "$dbops_scrub" ] && [ -s /dev/termination-log ] \
+   && awk -v mode=detect "$dbops_scrub" /dev/termination-log 2>/dev/null; then
   dbops_filter /dev/termination-log >/tmp/.dbops-tl 2>/dev/null && cat /tmp/.dbops-tl >/dev/termination-log 2>/dev/null
 fi
 exit "$(cat /tmp/.dbops-rc 2>/dev/null || echo 1)"
@@ -124,16 +128,32 @@ def postgres_env(spec: DatabaseMigrationSpec, step: str) -> list[dict[str, Any]]
         {"name": "PGPORT", "value": str(database.port)},
         {"name": "PGDATABASE", "value": database.name},
         *_secret_env(spec, "PGUSER", "PGPASSWORD"),
-        {"name": "PGSSLMODE", "value": str(database.ssl_mode)},
+        {"name": "PGSSLMODE", "value": database.effective_ssl_mode},
+        *([{"name": "PGSSLROOTCERT", "value": CA_FILE}] if database.ca_secret else []),
+        # libpq >= 16 (postgres:16 and later); older client tools ignore it (the operator connected first with it)
+        *([{"name": "PGREQUIREAUTH", "value": database.require_auth_setting}] if database.require_auth_setting else []),
         {"name": "PGAPPNAME", "value": f"{constants.APPLICATION_NAME}-{step}"},
         {"name": "PGCONNECT_TIMEOUT", "value": "15"},
         {"name": "HOME", "value": "/tmp"},
     ]
 
 
+CA_MOUNT = "/etc/dbops/ca"
+CA_FILE = f"{CA_MOUNT}/ca.crt"
+
+
+def ca_volume(spec: DatabaseMigrationSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) of database.caSecret's certificate at CA_FILE, or nothing without a caSecret."""
+    ca = spec.database.ca_secret
+    if ca is None:
+        return [], []
+    volume = {"name": "db-ca", "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]}}
+    return [volume], [{"name": "db-ca", "mountPath": CA_MOUNT, "readOnly": True}]
+
+
 def flyway_env(spec: DatabaseMigrationSpec, step: str) -> list[dict[str, Any]]:
     return [
-        {"name": "FLYWAY_URL", "value": flyway.jdbc_url(spec, step)},
+        {"name": "FLYWAY_URL", "value": flyway.jdbc_url(spec, step, CA_FILE if spec.database.ca_secret else None)},
         *_secret_env(spec, "FLYWAY_USER", "FLYWAY_PASSWORD"),
         {"name": "HOME", "value": "/tmp"},
         {"name": "JAVA_TOOL_OPTIONS", "value": "-Djava.io.tmpdir=/tmp -XX:-UsePerfData"},
@@ -202,13 +222,14 @@ def flyway_pod(spec: DatabaseMigrationSpec, step: Step, deadline_seconds: int) -
                 scrub_output=False,
             )
         )
+    ca_volumes, ca_mounts = ca_volume(spec)
     return PodParts(
         image=spec.job_template.flyway_image,
         script=flyway.job_script(spec, step),
         env=flyway_env(spec, step),
         deadline_seconds=deadline_seconds,
-        volumes=volumes,
-        mounts=mounts,
+        volumes=[*volumes, *ca_volumes],
+        mounts=[*mounts, *ca_mounts],
         init_containers=init_containers,
     )
 
@@ -224,13 +245,14 @@ def postgres_pod(
     mounts: list[dict[str, Any]] | None = None,
 ) -> PodParts:
     """A step run by the PostgreSQL client tools (`sh -c script`, libpq env)."""
+    ca_volumes, ca_mounts = ca_volume(spec)
     return PodParts(
         image=spec.job_template.postgres_image,
         script=script,
         env=[*postgres_env(spec, step), *(env or [])],
         deadline_seconds=deadline_seconds,
-        volumes=volumes or [],
-        mounts=mounts or [],
+        volumes=[*(volumes or []), *ca_volumes],
+        mounts=[*(mounts or []), *ca_mounts],
     )
 
 

@@ -9,10 +9,11 @@ CEL rules (`x-kubernetes-validations`) live next to the fields they guard, in `j
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from . import constants
@@ -44,9 +45,64 @@ class ApiModel(BaseModel):
 
 
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+# A Kubernetes object name (RFC 1123 subdomain: Secrets, ConfigMaps, Deployments, PVCs, ServiceAccounts).
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ObjectName = Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN)]
+# A key of a Secret or ConfigMap.
+DataKey = Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=r"^[-._a-zA-Z0-9]+$")]
+# A PostgreSQL identifier (database, schema, table): at most 63 bytes (NAMEDATALEN - 1: PostgreSQL would silently cut
+# a longer one, and a different object would be meant), no NUL or other control character.
+PG_NAME_BYTES = 63
+NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+
+
+def _pg_name_bytes(value: str) -> str:
+    if len(value.encode()) > PG_NAME_BYTES:
+        raise ValueError(f"a PostgreSQL name is at most {PG_NAME_BYTES} bytes (UTF-8)")
+    return value
+
+
+PgName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=PG_NAME_BYTES,
+        pattern=NO_CONTROL,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(f"size(bytes(self)) <= {PG_NAME_BYTES}", f"at most {PG_NAME_BYTES} bytes (UTF-8)")
+            ]
+        },
+    ),
+    AfterValidator(_pg_name_bytes),
+]
+# A database host: an RFC 1123 DNS name (a trailing dot allowed) or an IP address; never a list, a URL, a port or a
+# query string (libpq takes "a,b" as two hosts; the JDBC URL is built from it). IPv6 is checked loosely by the
+# pattern and exactly by `_host` (the operator refuses what the API server let through: InvalidSpec).
+HOST_PATTERN = (
+    r"^(([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*\.?"
+    r"|[0-9a-fA-F]{0,4}:[0-9a-fA-F:.]*)$"
+)
+
+
+def _host(value: str) -> str:
+    if ":" in value:
+        ipaddress.IPv6Address(value)  # ValueError: not an IPv6 address
+    return value
+
+
+Host = Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=HOST_PATTERN), AfterValidator(_host)]
+# Container images: a reference, nothing a shell or a YAML reader could take for something else.
+Image = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$")]
 
 
 # ---------------------------------------------------------------------------------------------------- spec
+_AUTH_METHOD = "(password|md5|gss|sspi|scram-sha-256|none)"
+REQUIRE_AUTH_PATTERN = rf"^(any|{_AUTH_METHOD}(,{_AUTH_METHOD})*|!{_AUTH_METHOD}(,!{_AUTH_METHOD})*)$"
+REQUIRE_AUTH_ANY = "any"
+DEFAULT_REQUIRE_AUTH = "scram-sha-256"
+
+
 class SslMode(StrEnum):
     DISABLE = "disable"
     ALLOW = "allow"
@@ -58,41 +114,99 @@ class SslMode(StrEnum):
 
 class CredentialsSecret(ApiModel):
     """A Secret in the migration's namespace holding the database login. Never copied anywhere: Jobs get
-    it through secretKeyRef, the operator reads it only to connect."""
+    it through secretKeyRef, the operator reads it only to connect. Usable only when the Secret opts in: label
+    dbops.io/credentials=true, or annotation dbops.io/allowed-migrations (names or globs of the DatabaseMigrations it
+    serves); annotation dbops.io/allowed-hosts narrows the database hosts it may be sent to."""
 
-    name: Name = Field(description="Name of the Secret.")
-    username_key: Name = Field("username", description="Key of the user name in the Secret.")
-    password_key: Name = Field("password", description="Key of the password in the Secret.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("self.usernameKey != self.passwordKey", "usernameKey and passwordKey must be different keys"),
+            ]
+        }
+    )
+
+    name: ObjectName = Field(description="Name of the Secret.")
+    username_key: DataKey = Field("username", description="Key of the user name in the Secret.")
+    password_key: DataKey = Field("password", description="Key of the password in the Secret.")
+
+
+class CaSecret(ApiModel):
+    """A Secret (or its key) holding the PEM certificate(s) of the CA that signed the server's certificate."""
+
+    name: ObjectName = Field(description="Name of the Secret.")
+    key: DataKey = Field("ca.crt", description="Key of the PEM CA certificate in the Secret.")
 
 
 class DatabaseSpec(ApiModel):
     """The PostgreSQL database to migrate."""
 
-    host: Name = Field(description="Host name or IP address of the PostgreSQL server.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.caSecret) || !has(self.sslMode) || self.sslMode in ['verify-ca', 'verify-full']",
+                    "database.caSecret is for sslMode verify-ca or verify-full (the default with a caSecret)",
+                ),
+            ]
+        }
+    )
+
+    host: Host = Field(description="DNS name or IP address of the PostgreSQL server (no port, list or URL).")
     port: int = Field(5432, ge=1, le=65535, description="TCP port of the PostgreSQL server.")
-    name: Annotated[str, Field(min_length=1, max_length=63)] = Field(description="Database name.")
+    name: PgName = Field(description="Database name.")
     credentials_secret: CredentialsSecret = Field(
         description="Secret with the login of a role that owns the schema (it runs the migrations)."
     )
-    ssl_mode: SslMode = Field(SslMode.PREFER, description="libpq sslmode for every connection.")
-    maintenance_database: Annotated[str, Field(min_length=1, max_length=63)] = Field(
+    ssl_mode: SslMode | None = Field(
+        None,
+        description="libpq sslmode for every connection (the operator's and its Jobs'). Default: verify-full when "
+        "caSecret is set, else require. disable, allow and prefer send the login over an unencrypted connection "
+        "to whatever answers at host: only for a database that cannot do TLS, on a network you trust.",
+    )
+    ca_secret: CaSecret | None = Field(
+        None, description="CA certificate to verify the server with (sslMode verify-full by default then)."
+    )
+    require_auth: Annotated[str, Field(max_length=128, pattern=REQUIRE_AUTH_PATTERN)] = Field(
+        DEFAULT_REQUIRE_AUTH,
+        description="libpq require_auth: the authentication methods the client accepts, so a server (or whatever "
+        "answers at host) that asks for the password in cleartext or md5 gets nothing. Default scram-sha-256; a "
+        "comma-separated list of password, md5, gss, sspi, scram-sha-256, none (or all negated with !); any: no "
+        "requirement (the opt-out, for servers without SCRAM). Enforced by the operator's own connections (it "
+        "connects first, in preflight) and by the Jobs' libpq from version 16 (PGREQUIREAUTH); Flyway's JDBC driver "
+        "has no such setting.",
+    )
+    maintenance_database: PgName = Field(
         "postgres",
         description="Database the operator connects to for CREATE/ALTER DATABASE "
         "(backup.method Clone and its rollback).",
     )
 
+    @property
+    def effective_ssl_mode(self) -> str:
+        """sslMode as given, else verify-full with a CA, else require."""
+        if self.ssl_mode:
+            return str(self.ssl_mode)
+        return str(SslMode.VERIFY_FULL if self.ca_secret else SslMode.REQUIRE)
+
+    @property
+    def require_auth_setting(self) -> str | None:
+        """The libpq require_auth value, None for `any` (no requirement)."""
+        return None if self.require_auth == REQUIRE_AUTH_ANY else self.require_auth
+
 
 class ConfigMapSource(ApiModel):
-    name: Name = Field(description="ConfigMap whose keys are Flyway migration files (V1__init.sql ...).")
+    name: ObjectName = Field(description="ConfigMap whose keys are Flyway migration files (V1__init.sql ...).")
 
 
 class ImageSource(ApiModel):
-    image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+    image: Image = Field(
         description="Image that contains the migration files. The Flyway Job copies them from `path` with "
         "an init container running this image (it needs `cp` and `sh`)."
     )
-    path: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^/")] = Field(
-        "/flyway/sql", description="Absolute directory of the migration files inside the image."
+    path: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^/[^\x00-\x1f\x7f]*$")] = Field(
+        "/flyway/sql",
+        description="Absolute directory of the migration files inside the image (given to `cp` as one argument).",
     )
 
 
@@ -115,10 +229,8 @@ class MigrationsSpec(ApiModel):
     target_version: Annotated[str, Field(max_length=64, pattern=r"^(latest|[0-9]+([._][0-9]+)*)$")] | None = (
         Field(None, description='Flyway target version (e.g. "6" or "2.1"); default: the latest.')
     )
-    table: Annotated[str, Field(min_length=1, max_length=63)] = Field(
-        "flyway_schema_history", description="Flyway schema history table."
-    )
-    schemas: list[Annotated[str, Field(min_length=1, max_length=63)]] = Field(
+    table: PgName = Field("flyway_schema_history", description="Flyway schema history table.")
+    schemas: list[PgName] = Field(
         default_factory=list,
         max_length=32,
         description="Schemas Flyway manages (default: the role's default schema, usually public).",
@@ -136,7 +248,7 @@ class BackupTiming(StrEnum):
 
 
 class VolumeSource(ApiModel):
-    claim_name: Name = Field(description="PersistentVolumeClaim the dump is written to and restored from.")
+    claim_name: ObjectName = Field(description="PersistentVolumeClaim the dump is written to and restored from.")
 
 
 class BackupSpec(ApiModel):
@@ -177,7 +289,7 @@ class BackupSpec(ApiModel):
 
 
 class DeploymentRef(ApiModel):
-    name: Name = Field(description="Deployment in the migration's namespace.")
+    name: ObjectName = Field(description="Deployment in the migration's namespace.")
 
 
 class AppSessionFilter(ApiModel):
@@ -203,7 +315,9 @@ class MaintenanceSpec(ApiModel):
 class VerifyCheck(ApiModel):
     name: Annotated[str, Field(min_length=1, max_length=63)] = Field(description="Name shown in status.")
     sql: Annotated[str, Field(min_length=1, max_length=65536)] = Field(
-        description="A read-only query returning one boolean; the check passes when it is true."
+        description="One read-only query (one statement: sent with the extended protocol) returning one row of one "
+        "boolean; the check passes when it is true. It runs in a READ ONLY transaction that is always rolled back, "
+        "with verify.checkTimeoutSeconds as its statement timeout."
     )
 
 
@@ -224,6 +338,14 @@ class VerifySpec(ApiModel):
         False,
         description="Accept fewer foreign keys or indexes than before (the migration drops them on purpose).",
     )
+    check_timeout_seconds: int = Field(
+        30, ge=1, le=3600, description="Statement and lock timeout of each check (its own, inside its transaction)."
+    )
+    credentials_secret: CredentialsSecret | None = Field(
+        None,
+        description="Optional login for the checks (a read-only role is best): they run in a session of their own as "
+        "that role. Default: the migration role. The Secret needs the same opt-in as database.credentialsSecret.",
+    )
 
 
 class RollbackStrategy(StrEnum):
@@ -234,8 +356,8 @@ class RollbackStrategy(StrEnum):
 
 
 class ConfigMapKeyRef(ApiModel):
-    name: Name
-    key: Name
+    name: ObjectName
+    key: DataKey
 
 
 class CompensateSpec(ApiModel):
@@ -341,21 +463,23 @@ class ResourceRequirements(ApiModel):
 
 
 class LocalObjectReference(ApiModel):
-    name: Name
+    name: ObjectName
 
 
 class JobTemplateSpec(ApiModel):
     """Control over the pods the operator spawns (pg_dump, Flyway, psql)."""
 
-    postgres_image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+    postgres_image: Image = Field(
         constants.DEFAULT_POSTGRES_IMAGE, description="Image with pg_dump, pg_restore and psql."
     )
-    flyway_image: Annotated[str, Field(min_length=1, max_length=512)] = Field(
-        constants.DEFAULT_FLYWAY_IMAGE, description="Image with the `flyway` command."
-    )
+    flyway_image: Image = Field(constants.DEFAULT_FLYWAY_IMAGE, description="Image with the `flyway` command.")
     image_pull_policy: str | None = Field(None, pattern=r"^(Always|IfNotPresent|Never)$")
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
-    service_account_name: Name | None = None
+    service_account_name: ObjectName | None = Field(
+        None,
+        description="ServiceAccount of the pods (their token is never mounted). The operator may restrict the "
+        "choice (its allowed ServiceAccounts).",
+    )
     node_selector: dict[str, Short] = Field(default_factory=dict, max_length=64)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     resources: ResourceRequirements = Field(

@@ -57,7 +57,7 @@ def test_target_and_jdbc_url() -> None:
     assert "-target=6" not in flyway.command_line(SPEC, "repair")
     url = flyway.jdbc_url(SPEC, "migrate")
     assert url == (
-        "jdbc:postgresql://db.example:5432/parking_db?sslmode=prefer&ApplicationName=migration-operator-migrate"
+        "jdbc:postgresql://db.example:5432/parking_db?sslmode=require&ApplicationName=migration-operator-migrate"
     )
 
 

@@ -115,7 +115,6 @@ def spec_with(host: str, port: int = 5432, name: str = "parking_db") -> Database
         "db.shop.svc.cluster.local.",
         "DB.Shop.SVC.Cluster.Local",
         "DB",
-        " db.shop.svc ",
     ],
 )
 def test_every_spelling_of_a_service_is_one_database(host: str) -> None:

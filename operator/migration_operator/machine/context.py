@@ -78,27 +78,61 @@ async def secret_values(ctx: Context) -> dict[str, str] | None:
     return ctx._secret_values
 
 
+async def check_secret_values(ctx: Context) -> dict[str, str] | None:
+    """The values of `verify.credentialsSecret` (None: not set, or the Secret does not exist)."""
+    ref = ctx.spec.verify.credentials_secret
+    if ref is None:
+        return None
+    return await kube.read_secret_values(ctx.namespace, ref.name, [ref.username_key, ref.password_key])
+
+
+async def check_credentials(ctx: Context) -> Credentials | None:
+    """The checks' own login (`verify.credentialsSecret`), None when the checks use the migration role's; a retry
+    later when that Secret cannot be read."""
+    ref = ctx.spec.verify.credentials_secret
+    if ref is None:
+        return None
+    values = await check_secret_values(ctx) or {}
+    if ref.username_key not in values or ref.password_key not in values:
+        raise kopf.TemporaryError(f"checks credentials Secret {ref.name} unreadable", delay=CREDENTIALS_RETRY)
+    return Credentials(values[ref.username_key], values[ref.password_key], await ca_certificate(ctx))
+
+
 async def values_to_scrub(ctx: Context) -> list[str]:
     """Every secret value this run may meet (the login of the credentials Secret and of the checks' Secret), for
     `errors.remember`: best effort, a Secret that cannot be read has nothing to scrub."""
     found: list[str] = []
-    try:
-        found += list((await secret_values(ctx) or {}).values())
-    except Exception as error:  # the scrubber must never stop a pass; the phase reports the Secret itself
-        ctx.logger.debug("credentials Secret unreadable for the scrubber: %s", type(error).__name__)
+    for read in (secret_values, check_secret_values):
+        try:
+            found += list((await read(ctx) or {}).values())
+        except Exception as error:  # the scrubber must never stop a pass; the phase reports the Secret itself
+            ctx.logger.debug("a Secret unreadable for the scrubber: %s", type(error).__name__)
     return found
 
 
-def login(ctx: Context, values: dict[str, str] | None) -> Credentials | None:
+def login(ctx: Context, values: dict[str, str] | None, ca_certificate: str | None = None) -> Credentials | None:
     secret = ctx.spec.database.credentials_secret
     if not values or secret.username_key not in values or secret.password_key not in values:
         return None
-    return Credentials(values[secret.username_key], values[secret.password_key])
+    return Credentials(values[secret.username_key], values[secret.password_key], ca_certificate)
+
+
+async def ca_certificate(ctx: Context) -> str | None:
+    """The PEM of database.caSecret (None: no caSecret, or the Secret or its key is missing)."""
+    ca = ctx.spec.database.ca_secret
+    if ca is None:
+        return None
+    values = await kube.read_secret_values(ctx.namespace, ca.name, [ca.key])
+    return (values or {}).get(ca.key) or None
 
 
 async def credentials(ctx: Context) -> Credentials:
-    """The login, or a retry later when the Secret cannot be read."""
-    found = login(ctx, await secret_values(ctx))
+    """The login (with the CA to verify the server by, when there is one), or a retry later when a Secret cannot be
+    read."""
+    ca = await ca_certificate(ctx)
+    if ctx.spec.database.ca_secret is not None and ca is None:
+        raise kopf.TemporaryError(f"CA Secret {ctx.spec.database.ca_secret.name} unreadable", delay=CREDENTIALS_RETRY)
+    found = login(ctx, await secret_values(ctx), ca)
     if found is None:
         raise kopf.TemporaryError(
             f"credentials Secret {ctx.spec.database.credentials_secret.name} unreadable", delay=CREDENTIALS_RETRY

@@ -130,7 +130,7 @@ async def observe(ctx: Context) -> dict[str, Any]:
     values = await context.secret_values(ctx)  # read once: the Secret is one of the things preflight looks for
     missing = await _missing(ctx, values)
     fields: dict[str, Any] = {"missing": tuple(missing)}
-    login = context.login(ctx, values)
+    login = context.login(ctx, values, await context.ca_certificate(ctx))
     if missing or login is None:
         return fields
     check = await database.check(ctx.spec, login)
