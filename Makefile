@@ -89,8 +89,13 @@ demo: cluster ## end to end on the local cluster: install the chart, deploy the 
 	@bash hack/demo.sh
 
 .PHONY: bench
-bench: venv ## benchmarks: snapshot/verify cost per table and row, phase-machine throughput, memory
+bench: venv ## benchmarks: downtime vs a hand-written script at 1M and 20M rows (BENCH_ROWS), throughput, latencies, memory
 	@$(PY) -m tests.bench
+
+.PHONY: bench-quick
+bench-quick: venv ## the same benchmark scaled down (200k rows, 2 small runs, no 100-run RSS): a few minutes
+	@BENCH_ROWS=$${BENCH_ROWS:-200000} BENCH_REACTION_RUNS=$${BENCH_REACTION_RUNS:-2} BENCH_RSS=$${BENCH_RSS:-0} \
+		$(PY) -m tests.bench
 
 .PHONY: clean
 clean: ## remove build leftovers of this checkout (not the cache)

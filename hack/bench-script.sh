@@ -15,6 +15,7 @@
 #   NAMESPACE, DEPLOYMENT        the app (required)
 #   SELECTOR                     label selector of its pods (default: app=$DEPLOYMENT)
 #   PGHOST PGPORT PGDATABASE PGUSER PGPASSWORD   libpq's: the database, as the migration role (never in argv)
+#   PGSSLMODE                    libpq's, also given to Flyway's JDBC URL (default: prefer)
 #   MIGRATIONS_DIR               the Flyway SQL files (required)
 #   DUMP_FILE                    where pg_dump writes (default: ./$PGDATABASE-<epoch>.dump)
 #   KUBECTL, FLYWAY              the binaries (default: kubectl and flyway on PATH)
@@ -27,13 +28,14 @@ set -euo pipefail
 : "${NAMESPACE:?}" "${DEPLOYMENT:?}" "${MIGRATIONS_DIR:?}" "${PGHOST:?}" "${PGDATABASE:?}" "${PGUSER:?}"
 : "${PGPASSWORD:?}"
 PGPORT=${PGPORT:-5432}
+PGSSLMODE=${PGSSLMODE:-prefer}
 SELECTOR=${SELECTOR:-app=$DEPLOYMENT}
 DUMP_FILE=${DUMP_FILE:-./$PGDATABASE-$(date +%s).dump}
 KUBECTL=${KUBECTL:-kubectl}
 FLYWAY=${FLYWAY:-flyway}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300s}
 READY_TIMEOUT=${READY_TIMEOUT:-600s}
-export PGHOST PGPORT PGDATABASE PGUSER PGPASSWORD
+export PGHOST PGPORT PGDATABASE PGUSER PGPASSWORD PGSSLMODE
 
 mark() { printf 'bench-step %s %s %s\n' "$1" "$2" "$(date +%s.%N)"; }
 k() { "$KUBECTL" -n "$NAMESPACE" "$@"; }
@@ -54,7 +56,7 @@ mark backup end
 
 mark migrate start
 # The login reaches Flyway through its environment, never its command line.
-FLYWAY_URL="jdbc:postgresql://$PGHOST:$PGPORT/$PGDATABASE" FLYWAY_USER="$PGUSER" FLYWAY_PASSWORD="$PGPASSWORD" \
+FLYWAY_URL="jdbc:postgresql://$PGHOST:$PGPORT/$PGDATABASE?sslmode=$PGSSLMODE" FLYWAY_USER="$PGUSER" FLYWAY_PASSWORD="$PGPASSWORD" \
   "$FLYWAY" \
   -baselineOnMigrate=false -validateOnMigrate=true -outOfOrder=false -cleanDisabled=true \
   -ignoreMigrationPatterns= \

@@ -40,6 +40,8 @@ SCRIPT = REPO / "hack" / "bench-script.sh"
 REPLICAS = 3
 # The phases whose time is the app's downtime, in the order the default spec runs them.
 WINDOW_PHASES = ("EnteringMaintenance", "BackingUp", "Migrating", "Verifying", "ExitingMaintenance")
+# The same TLS choice for the operator's runs (spec.database.sslMode) and the script's (PGSSLMODE, Flyway's URL).
+SSL_MODE = os.environ.get("BENCH_SSLMODE", "prefer")
 PHASE_LABELS = {"Preflight": "preflight", "EnteringMaintenance": "drain", "BackingUp": "backup",
                 "Migrating": "migrate", "Verifying": "verify", "ExitingMaintenance": "scale-up",
                 "RollingBack": "rollback"}
@@ -98,7 +100,7 @@ class Place:
             backup["volume"] = {"claimName": "db-backups"}
         spec: dict[str, Any] = {
             "database": {"host": endpoint.host, "port": endpoint.port, "name": database,
-                         "credentialsSecret": {"name": "parking-db-admin"}},
+                         "credentialsSecret": {"name": "parking-db-admin"}, "sslMode": SSL_MODE},
             "migrations": {"configMap": {"name": "bench-migrations"}},
             "backup": backup,
             "verify": {"requiredTables": ["clients", "parking_spots", "tickets"]},
@@ -255,7 +257,7 @@ def run_script(here: Place, database: str, workdir: Path, label: str, timeout: f
     env = os.environ | {
         "NAMESPACE": here.namespace, "DEPLOYMENT": "api-gateway", "SELECTOR": "app=api-gateway",
         "PGHOST": endpoint.host, "PGPORT": str(endpoint.port), "PGDATABASE": database,
-        "PGUSER": postgres.APP_ROLE, "PGPASSWORD": postgres.APP_PASSWORD,
+        "PGUSER": postgres.APP_ROLE, "PGPASSWORD": postgres.APP_PASSWORD, "PGSSLMODE": SSL_MODE,
         "MIGRATIONS_DIR": str(migrations), "DUMP_FILE": str(dump), "KUBECTL": kubectl, "FLYWAY": flyway,
     }
     with record(here.api, here.namespace) as rec:
@@ -351,7 +353,24 @@ def operator_figures(run: Run) -> dict[str, Any]:
     if "RollingBack" in entered and restored:
         figures["rollback_to_restored"] = restored - entered["RollingBack"]
     figures["timeline"] = operator_timeline(run, entered, down, jobs)
+    figures["durations_from_status_log"] = status_log_durations(status)
     return figures
+
+
+def status_log_durations(status: dict[str, Any]) -> dict[str, float]:
+    """The phase durations as status.log tells them (its times have a one-second resolution: a cross-check of the
+    watch's figures, not a replacement)."""
+    from datetime import datetime
+
+    firsts: list[tuple[str, float]] = []
+    for entry in status.get("log") or []:
+        when = datetime.fromisoformat(str(entry.get("time", "")).replace("Z", "+00:00")).timestamp()
+        if not firsts or firsts[-1][0] != entry.get("phase"):
+            firsts.append((str(entry.get("phase")), when))
+    durations: dict[str, float] = {}
+    for (phase, at), (_, following) in itertools.pairwise(firsts):
+        durations[PHASE_LABELS.get(phase, phase)] = durations.get(PHASE_LABELS.get(phase, phase), 0.0) + following - at
+    return durations
 
 
 def operator_timeline(run: Run, entered: dict[str, float], down: tuple[float, float] | None,
