@@ -223,7 +223,7 @@ def _say(run: dict[str, Any], took: float) -> None:
     state = run.get("phase") or ("finished" if run.get("ended") else "did not finish")
     print(f"   {run['label']:<28} {state:<11} downtime {_s(run.get('downtime')).strip():>8}{extra}  "
           f"(run took {took:.0f} s)", flush=True)
-    if not run.get("ended"):
+    if not run.get("ended") or run.get("phase") == "Failed":
         print("     " + (run.get("message") or run.get("output_tail") or "")[-1500:].replace("\n", "\n     "))
 
 

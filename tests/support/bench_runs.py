@@ -73,8 +73,13 @@ def ensure_crd(api: client.ApiClient) -> None:
     wait_for(established, timeout=60, what=f"CRD {name} Established")
 
 
+# Consent labels (migration_operator/policy.py): a Secret may serve as credentials, a Deployment may be scaled to 0.
+CREDENTIALS_OPT_IN = {"dbops.io/credentials": "true"}
+MAINTENANCE_OPT_IN = {"dbops.io/maintenance": "allowed"}
+
+
 def _secret(name: str, data: dict[str, str]) -> client.V1Secret:
-    return client.V1Secret(metadata=client.V1ObjectMeta(name=name),
+    return client.V1Secret(metadata=client.V1ObjectMeta(name=name, labels=dict(CREDENTIALS_OPT_IN)),
                            data={k: base64.b64encode(v.encode()).decode() for k, v in data.items()})
 
 
@@ -150,7 +155,9 @@ def gateway_deployment(database: str, replicas: int) -> dict[str, Any]:
     """The e2e suite's gateway Deployment, unchanged (readiness probe every 2 s on the database's schema)."""
     from tests.e2e.conftest import gateway_deployment as e2e_gateway
 
-    return e2e_gateway(database, replicas)
+    deployment = e2e_gateway(database, replicas)
+    deployment["metadata"].setdefault("labels", {}).update(MAINTENANCE_OPT_IN)
+    return deployment
 
 
 def wait_available(api: client.ApiClient, namespace: str, replicas: int = REPLICAS, timeout: float = 180) -> None:
