@@ -108,12 +108,31 @@ async def patch_migration_status(namespace: str, name: str, body: dict[str, Any]
     return result
 
 
-async def read_secret_values(namespace: str, name: str, keys: list[str]) -> dict[str, str] | None:
+@dataclass(frozen=True)
+class SecretRead:
+    """What the operator takes from a Secret: its labels and annotations (the opt-in, `policy.py`) and the values of
+    the keys it asked for."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    values: dict[str, str]
+
+
+async def read_secret(namespace: str, name: str, keys: list[str]) -> SecretRead | None:
     secret = await get_or_none(load().core.read_namespaced_secret, name, namespace)
     if secret is None:
         return None
     data = secret.data or {}
-    return {key: base64.b64decode(data[key]).decode() for key in keys if key in data}
+    return SecretRead(
+        labels=dict(secret.metadata.labels or {}),
+        annotations=dict(secret.metadata.annotations or {}),
+        values={key: base64.b64decode(data[key]).decode(errors="replace") for key in keys if key in data},
+    )
+
+
+async def read_secret_values(namespace: str, name: str, keys: list[str]) -> dict[str, str] | None:
+    found = await read_secret(namespace, name, keys)
+    return None if found is None else found.values
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ CEL rules (`x-kubernetes-validations`) live next to the fields they guard, in `j
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -360,6 +361,43 @@ class ConfigMapKeyRef(ApiModel):
     key: DataKey
 
 
+# psql meta-commands (`\! printenv PGPASSWORD`, `\copy ... to program`, `\o |cmd`): a backslash followed by a letter,
+# `!` or `?`, anywhere (psql reads them in the middle of a line too). The compensate Job runs psql; a second line of
+# defence in front of it, at admission (CEL) and in preflight for a ConfigMap's SQL (`psql_meta_command`).
+PSQL_META_COMMAND = r"\\[a-zA-Z!?]"
+
+
+def psql_meta_command(sql: str) -> str | None:
+    """The first psql meta-command in `sql` (None: plain SQL)."""
+    found = re.search(PSQL_META_COMMAND, sql)
+    return found.group(0) if found else None
+
+
+def _plain_sql(value: str) -> str:
+    if psql_meta_command(value):
+        raise ValueError("psql meta-commands (a backslash followed by a letter, ! or ?) are not allowed")
+    return value
+
+
+CompensateSql = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=SQL_MAX,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!self.matches('" + PSQL_META_COMMAND.replace("\\", "\\\\") + "')",
+                    "rollback.compensate.sql must be plain SQL: psql meta-commands (a backslash followed by a letter, "
+                    "! or ?) are refused",
+                )
+            ]
+        },
+    ),
+    AfterValidator(_plain_sql),
+]
+
+
 class CompensateSpec(ApiModel):
     """SQL that undoes the migration, run in one transaction (psql --single-transaction)."""
 
@@ -374,8 +412,14 @@ class CompensateSpec(ApiModel):
         }
     )
 
-    sql: Annotated[str, Field(min_length=1, max_length=SQL_MAX)] | None = None
-    config_map_key_ref: ConfigMapKeyRef | None = None
+    sql: CompensateSql | None = Field(
+        None,
+        description="The compensating SQL (plain SQL: a psql meta-command, a backslash followed by a letter, ! or ?, "
+        "is refused; it could run a shell in the Job, next to the password).",
+    )
+    config_map_key_ref: ConfigMapKeyRef | None = Field(
+        None, description="The compensating SQL from a ConfigMap key (checked for meta-commands in preflight)."
+    )
 
 
 class RollbackFailurePolicy(StrEnum):

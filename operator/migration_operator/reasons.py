@@ -118,6 +118,7 @@ HOST_NOT_ALLOWED: Final = "HostNotAllowed"
 CA_SECRET_NOT_FOUND: Final = "CaSecretNotFound"
 AUTHENTICATION_REFUSED: Final = "AuthenticationRefused"
 TLS_FAILED: Final = "TLSFailed"
+COMPENSATE_NOT_PLAIN_SQL: Final = "CompensateNotPlainSql"
 INVALID_SPEC: Final = "InvalidSpec"
 TIMEOUT: Final = "Timeout"
 

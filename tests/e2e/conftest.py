@@ -228,9 +228,14 @@ class ParkingApp:
             self.namespace, field_selector=f"involvedObject.name={name}").items)
 
 
-def _secret(name: str, data: dict[str, str]) -> client.V1Secret:
+# The consent of a Secret to serve as DatabaseMigration credentials, and of a Deployment to be scaled to 0 (policy.py).
+CREDENTIALS_OPT_IN = {"dbops.io/credentials": "true"}
+MAINTENANCE_OPT_IN = {"dbops.io/maintenance": "allowed"}
+
+
+def _secret(name: str, data: dict[str, str], labels: dict[str, str] | None = None) -> client.V1Secret:
     return client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name),
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
         data={k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     )
 
@@ -249,7 +254,7 @@ def gateway_deployment(database: str, replicas: int) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "api-gateway", "labels": {"app": "api-gateway"}},
+        "metadata": {"name": "api-gateway", "labels": {"app": "api-gateway", **MAINTENANCE_OPT_IN}},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": "api-gateway"}},
@@ -290,7 +295,7 @@ def parking(api: client.ApiClient, operator: OperatorProcess | None, crd: None) 
         app = ParkingApp(api=api, namespace=namespace, database=database, operator=operator)
         core = client.CoreV1Api(api)
         login = {"username": postgres.APP_ROLE, "password": postgres.APP_PASSWORD}
-        core.create_namespaced_secret(namespace, _secret("parking-db-admin", login))
+        core.create_namespaced_secret(namespace, _secret("parking-db-admin", login, CREDENTIALS_OPT_IN))
         core.create_namespaced_secret(namespace, _secret("parking-db-app", login))
         core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
             metadata=client.V1ObjectMeta(name="db-backups"),

@@ -33,7 +33,7 @@ def _assert_failed_without_touching_the_app(parking: ParkingApp, name: str, reas
 def test_wrong_password_fails_preflight(parking: ParkingApp) -> None:
     parking.set_migrations("good")
     parking.core.create_namespaced_secret(parking.namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="wrong-login"),
+        metadata=client.V1ObjectMeta(name="wrong-login", labels={"dbops.io/credentials": "true"}),
         data={"username": base64.b64encode(b"parking_admin").decode(),
               "password": base64.b64encode(b"not-the-password").decode()}))
     spec = parking.spec()

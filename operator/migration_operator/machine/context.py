@@ -28,8 +28,8 @@ class Context:
     spec: DatabaseMigrationSpec
     status: DatabaseMigrationStatus
     logger: Logger
-    # The credentials Secret's values as read in this pass (read once per pass: by the scrubber and the phase).
-    _secret_values: dict[str, str] | None = field(default=None, repr=False)
+    # The credentials Secret as read in this pass (read once per pass: by the scrubber and the phase).
+    _secret: kube.SecretRead | None = field(default=None, repr=False)
     _secret_read: bool = field(default=False, repr=False)
 
     @property
@@ -67,23 +67,33 @@ async def job(ctx: Context, step: Step, *, read_log: bool = True) -> dict[str, J
     return {step: await jobs.observe(ctx.namespace, jobs.job_name(ctx.name, step), read_log=read_log)}
 
 
-async def secret_values(ctx: Context) -> dict[str, str] | None:
-    """The login's values ({key: value} of the two keys), read once per pass; None when the Secret does not exist."""
+async def credentials_secret(ctx: Context) -> kube.SecretRead | None:
+    """database.credentialsSecret (its opt-in and the login's two values), read once per pass; None when it does not
+    exist."""
     if not ctx._secret_read:
         secret = ctx.spec.database.credentials_secret
-        ctx._secret_values = await kube.read_secret_values(
-            ctx.namespace, secret.name, [secret.username_key, secret.password_key]
-        )
+        ctx._secret = await kube.read_secret(ctx.namespace, secret.name, [secret.username_key, secret.password_key])
         ctx._secret_read = True
-    return ctx._secret_values
+    return ctx._secret
 
 
-async def check_secret_values(ctx: Context) -> dict[str, str] | None:
-    """The values of `verify.credentialsSecret` (None: not set, or the Secret does not exist)."""
+async def secret_values(ctx: Context) -> dict[str, str] | None:
+    """The login's values ({key: value} of the two keys); None when the Secret does not exist."""
+    found = await credentials_secret(ctx)
+    return None if found is None else found.values
+
+
+async def check_secret(ctx: Context) -> kube.SecretRead | None:
+    """verify.credentialsSecret (None: not set, or the Secret does not exist)."""
     ref = ctx.spec.verify.credentials_secret
     if ref is None:
         return None
-    return await kube.read_secret_values(ctx.namespace, ref.name, [ref.username_key, ref.password_key])
+    return await kube.read_secret(ctx.namespace, ref.name, [ref.username_key, ref.password_key])
+
+
+async def check_secret_values(ctx: Context) -> dict[str, str] | None:
+    found = await check_secret(ctx)
+    return None if found is None else found.values
 
 
 async def check_credentials(ctx: Context) -> Credentials | None:

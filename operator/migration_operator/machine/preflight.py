@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import database, flyway, jobs, kube, reasons
+from .. import database, flyway, jobs, kube, policy, reasons
 from ..models import (
     BackupMethod,
+    CredentialsSecret,
     DatabaseMigrationSpec,
     DatabaseMigrationStatus,
     PendingMigration,
     Phase,
     RollbackStrategy,
+    psql_meta_command,
 )
 from ..observations import ConditionChange, Observations
 from ..reasons import Step
@@ -50,21 +52,50 @@ def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
     return jobs.flyway_pod(spec, Step.VALIDATE, spec.timeouts.preflight_seconds)
 
 
-async def _missing(ctx: Context, values: dict[str, str] | None) -> list[tuple[str, str]]:
-    """What preflight cannot find: (reason, message) each."""
-    clients = kube.load()
-    spec, namespace = ctx.spec, ctx.namespace
-    missing: list[tuple[str, str]] = []
-    secret = spec.database.credentials_secret
-    if values is None:
-        missing.append((reasons.CREDENTIALS_SECRET_NOT_FOUND, f"Secret {secret.name} not found in {namespace}"))
-    elif secret.username_key not in values or secret.password_key not in values:
-        missing.append(
+def _login_problems(
+    ctx: Context, field: str, ref: CredentialsSecret, secret: kube.SecretRead | None
+) -> list[tuple[str, str]]:
+    """A login Secret that is missing, lacks a key, or has not opted in to serve this run (policy.py)."""
+    if secret is None:
+        return [(reasons.CREDENTIALS_SECRET_NOT_FOUND, f"Secret {ref.name} ({field}) not found in {ctx.namespace}")]
+    refusal = policy.secret_problem(
+        field, ref.name, secret.labels, secret.annotations, ctx.name, ctx.spec.database.host, ctx.namespace
+    )
+    if refusal is not None:
+        return [refusal]
+    if ref.username_key not in secret.values or ref.password_key not in secret.values:
+        return [
             (
                 reasons.CREDENTIALS_SECRET_NOT_FOUND,
-                f"Secret {secret.name} lacks key {secret.username_key} or {secret.password_key}",
+                f"Secret {ref.name} ({field}) lacks key {ref.username_key} or {ref.password_key}",
             )
+        ]
+    return []
+
+
+async def _missing(ctx: Context) -> list[tuple[str, str]]:
+    """What preflight cannot find or may not use: (reason, message) each. Nothing here sends a credential anywhere."""
+    clients = kube.load()
+    spec, namespace = ctx.spec, ctx.namespace
+    missing = policy.operator_problems(spec, policy.OperatorPolicy.from_environment(), namespace)
+    field = "spec.database.credentialsSecret"
+    missing += _login_problems(ctx, field, spec.database.credentials_secret, await context.credentials_secret(ctx))
+    if spec.verify.credentials_secret is not None:
+        field = "spec.verify.credentialsSecret"
+        missing += _login_problems(ctx, field, spec.verify.credentials_secret, await context.check_secret(ctx))
+    if spec.database.ca_secret is not None and await context.ca_certificate(ctx) is None:
+        ca = spec.database.ca_secret
+        missing.append(
+            (reasons.CA_SECRET_NOT_FOUND, f"Secret {ca.name} with key {ca.key} (database.caSecret) not found")
         )
+    if spec.maintenance:
+        app = spec.maintenance.deployment.name
+        deployment = await kube.get_or_none(clients.apps.read_namespaced_deployment, app, namespace)
+        if deployment is None:
+            missing.append((reasons.DEPLOYMENT_NOT_FOUND, f"Deployment {app} (spec.maintenance) not found"))
+        else:
+            refusal = policy.deployment_problem(app, deployment.metadata.labels)
+            missing += [refusal] if refusal else []
     # (reader, kind, name, reason, the field naming it) for each object the run needs, when it needs it
     needed: list[tuple[Any, str, str, str, str]] = []
     if spec.migrations.config_map:
@@ -75,16 +106,6 @@ async def _missing(ctx: Context, values: dict[str, str] | None) -> list[tuple[st
                 spec.migrations.config_map.name,
                 reasons.MIGRATIONS_CONFIGMAP_NOT_FOUND,
                 "spec.migrations.configMap",
-            )
-        )
-    if spec.maintenance:
-        needed.append(
-            (
-                clients.apps.read_namespaced_deployment,
-                "Deployment",
-                spec.maintenance.deployment.name,
-                reasons.DEPLOYMENT_NOT_FOUND,
-                "spec.maintenance",
             )
         )
     if spec.backup.enabled and spec.backup.method == BackupMethod.DUMP and spec.backup.volume:
@@ -111,6 +132,14 @@ async def _missing(ctx: Context, values: dict[str, str] | None) -> list[tuple[st
                     f"ConfigMap {ref.name} with key {ref.key} (rollback.compensate) not found",
                 )
             )
+        elif meta := psql_meta_command(config_map.data[ref.key]):
+            missing.append(
+                (
+                    reasons.COMPENSATE_NOT_PLAIN_SQL,
+                    f"ConfigMap {ref.name} key {ref.key} (rollback.compensate) holds a psql meta-command ({meta}): "
+                    "the compensating SQL must be plain SQL",
+                )
+            )
     return missing
 
 
@@ -127,11 +156,12 @@ async def _local_migrations(ctx: Context) -> tuple[PendingMigration, ...] | None
 
 
 async def observe(ctx: Context) -> dict[str, Any]:
-    values = await context.secret_values(ctx)  # read once: the Secret is one of the things preflight looks for
-    missing = await _missing(ctx, values)
+    missing = await _missing(ctx)
     fields: dict[str, Any] = {"missing": tuple(missing)}
-    login = context.login(ctx, values, await context.ca_certificate(ctx))
-    if missing or login is None:
+    if missing:
+        return fields  # no credential leaves the operator for a run that may not use it
+    login = context.login(ctx, await context.secret_values(ctx), await context.ca_certificate(ctx))
+    if login is None:
         return fields
     check = await database.check(ctx.spec, login)
     fields["database"] = check
