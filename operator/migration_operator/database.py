@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from . import constants, pg_scripts, reasons
+from . import constants, digests, pg_scripts, reasons
 from .models import AppliedMigration, DatabaseMigrationSpec, Snapshot
 from .observations import CloneObservation, DatabaseCheck, Session, Verification
 
@@ -286,8 +286,12 @@ async def schema_hash(conn: psycopg.AsyncConnection[dict[str, Any]]) -> str:
     return str((await cursor.fetchone() or {"hash": ""})["hash"])
 
 
-async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec) -> Snapshot:
-    """The runbook's "document current state": version, tables, FKs, indexes, rows (and content checksums)."""
+async def snapshot(
+    conn: psycopg.AsyncConnection[dict[str, Any]], spec: DatabaseMigrationSpec, run: str = ""
+) -> Snapshot:
+    """The runbook's "document current state": version, tables, FKs, indexes, rows (and content checksums). The
+    checksums and the catalog hash are keyed with the run's key (`digests.keyed`, `run` = the run's uid): status may
+    show them, and only the operator can compare them."""
     cursor = await conn.execute(
         "select schemaname, tablename from pg_tables where schemaname <> all(%s) "
         "and schemaname not like 'pg\\_temp%%' order by 1, 2",
@@ -330,7 +334,7 @@ async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: Database
                     "select coalesce(md5(string_agg(t::text, E'\\n' order by t::text)), md5('')) as sum from {} t"
                 ).format(identifier)
             )
-            checksums[key] = str((await cursor.fetchone() or {"sum": ""})["sum"])
+            checksums[key] = digests.keyed(run, str((await cursor.fetchone() or {"sum": ""})["sum"]))
     version = None
     last_rank = None
     for rank, row in await history(conn, spec):
@@ -347,16 +351,17 @@ async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]], spec: Database
         checksums=checksums,
         last_installed_rank=last_rank,
         taken_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        schema_hash=await schema_hash(conn),
+        schema_hash=digests.keyed(run, await schema_hash(conn)),
         estimated_rows=estimated,
         schemas=await user_schemas(conn),
         default_schema=await default_schema(conn),
     )
 
 
-async def take_snapshot(spec: DatabaseMigrationSpec, credentials: Credentials) -> Snapshot:
+async def take_snapshot(spec: DatabaseMigrationSpec, credentials: Credentials, run: str = "") -> Snapshot:
+    """`snapshot` in a session of its own; a run passes its uid (`run`), so its snapshots compare with each other."""
     async with await connect(spec, credentials) as conn:
-        return await snapshot(conn, spec)
+        return await snapshot(conn, spec, run)
 
 
 def _is_app_session(row: dict[str, Any], spec: DatabaseMigrationSpec) -> bool:
@@ -444,12 +449,13 @@ async def verify(
     credentials: Credentials,
     last_rank: int | None,
     check_credentials: Credentials | None = None,
+    run: str = "",
 ) -> Verification:
     """Facts after the migration: snapshot, failed rows, this run's history rows, the user's checks (`run_check`; as
     the role of `verify.credentialsSecret` when given, in a session of their own)."""
     try:
         async with await connect(spec, credentials) as conn:
-            after = await snapshot(conn, spec)
+            after = await snapshot(conn, spec, run)
             rows = await history(conn, spec)
             failed = tuple(row for _, row in rows if not row.success)
             applied = tuple(row for rank, row in rows if last_rank is None or rank > last_rank)

@@ -618,7 +618,11 @@ class Snapshot(ApiModel):
     indexes: int = 0
     rows: dict[str, int] = Field(default_factory=dict)
     table_names: list[str] = Field(default_factory=list)
-    checksums: dict[str, str] = Field(default_factory=dict)
+    checksums: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per table (up to 200,000 rows): an HMAC-SHA256 of its rows under the run's key, never a plain "
+        "hash of the contents; comparable only by the operator, within the run.",
+    )
     last_installed_rank: int | None = None
     taken_at: str | None = None
     estimated_rows: list[str] = Field(
@@ -628,8 +632,9 @@ class Snapshot(ApiModel):
     default_schema: str | None = Field(None, description="current_schema() of the migration role: Flyway's default.")
     schema_hash: str | None = Field(
         None,
-        description="md5 over the catalog of the user schemas: schemas, relations, columns, constraints, indexes, "
-        "functions, enums, sequences and their last values, owners, ACLs, default privileges, extensions.",
+        description="md5 over the catalog of the user schemas (schemas, relations, columns, constraints, indexes, "
+        "functions, enums, sequences and their last values, owners, ACLs, default privileges, extensions), keyed like "
+        "the checksums (HMAC-SHA256 under the run's key).",
     )
 
 

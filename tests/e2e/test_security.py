@@ -154,3 +154,17 @@ def test_the_issues_jdbc_url_injection_is_refused_at_admission(parking: ParkingA
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DatabaseMigration", "metadata": {"name": "two-targets"},
             "spec": spec})
     assert refused.value.status == 422 and "spec.database.host" in str(refused.value.body)
+
+
+def test_status_shows_keyed_checksums_never_a_plain_hash_of_the_rows(parking: ParkingApp) -> None:
+    parking.set_migrations("good")
+    parking.create_migration("checksums", parking.spec(dryRun=True))
+    before = parking.wait_done("checksums")["before"]
+    with postgres.connect(parking.database) as conn:
+        plain = conn.execute(
+            "select coalesce(md5(string_agg(t::text, E'\\n' order by t::text)), md5('')) from public.clients t"
+        ).fetchone()
+    assert plain is not None
+    assert before["checksums"]["public.clients"].startswith("hmac-sha256:")
+    assert plain[0] not in str(before)
+    assert before["schemaHash"].startswith("hmac-sha256:")

@@ -24,6 +24,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def namespace_key(process: OperatorProcess) -> str:
+    """A per-session key part: the operator watches `<prefix>-*`."""
+    return process.namespace_pattern.rstrip("-*")
+
+
 class OperatorProcess:
     def __init__(self, namespace_pattern: str, log_dir: Path) -> None:
         self.namespace_pattern = namespace_pattern
@@ -46,6 +51,8 @@ class OperatorProcess:
             "METRICS_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
             "LOG_FORMAT": "json",
+            # the operator's checksum key (digests.py), the same across the restarts a test makes
+            "DBOPS_CHECKSUM_KEY": os.environ.get("DBOPS_CHECKSUM_KEY", "e2e-checksum-key-" + namespace_key(self)),
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(

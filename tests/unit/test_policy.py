@@ -99,3 +99,22 @@ def test_image_names_as_the_runtime_resolves_them() -> None:
     assert policy.image_names("flyway/flyway:12") == {"flyway/flyway:12", "docker.io/flyway/flyway:12"}
     assert policy.image_names("ghcr.io/dbops/x:1") == {"ghcr.io/dbops/x:1"}
     assert policy.image_names("localhost/x:1") == {"localhost/x:1"}
+
+
+# ------------------------------------------------------------------------------------------ keyed checksums
+def test_status_checksums_are_keyed_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """status.before/after published md5 checksums of whole small tables to anyone who may `get dbmig`: now an HMAC
+    under a per-run key derived from the operator's key, comparable only by the operator."""
+    from migration_operator import digests
+
+    digests.operator_key.cache_clear()
+    monkeypatch.setenv(digests.ENV_KEY, "operator-key-1")
+    md5 = "5d41402abc4b2a76b9719d911017c592"  # md5("hello"): what a dictionary attack would look up
+    first = digests.keyed("uid-1", md5)
+    assert first.startswith(digests.PREFIX) and md5 not in first
+    assert digests.keyed("uid-1", md5) == first  # comparable within the run (and across restarts)
+    assert digests.keyed("uid-2", md5) != first  # not across runs
+    digests.operator_key.cache_clear()
+    monkeypatch.setenv(digests.ENV_KEY, "operator-key-2")
+    assert digests.keyed("uid-1", md5) != first  # nor without the operator's key
+    digests.operator_key.cache_clear()

@@ -46,7 +46,7 @@ async def observe(ctx: Context) -> dict[str, Any]:
     if state == "Absent" and not database_changed(ctx.status):
         # not when a deleted Job is re-created: its Flyway may still hold or wait for locks, and count(*) would
         # queue behind them
-        fields["snapshot"] = await database.take_snapshot(ctx.spec, login)
+        fields["snapshot"] = await database.take_snapshot(ctx.spec, login, ctx.uid)
     elif state == "Running":
         try:
             fields["blocked_locks"] = tuple(await database.blocked_locks(ctx.spec, login))

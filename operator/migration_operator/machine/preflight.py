@@ -166,7 +166,7 @@ async def observe(ctx: Context) -> dict[str, Any]:
     check = await database.check(ctx.spec, login)
     fields["database"] = check
     if check.reachable:
-        fields["snapshot"] = snapshot = await database.take_snapshot(ctx.spec, login)
+        fields["snapshot"] = snapshot = await database.take_snapshot(ctx.spec, login, ctx.uid)
         if restores_a_dump(ctx.spec):
             scope = restore_scope(ctx.spec, snapshot)
             fields["restore_problems"] = tuple(await database.restore_problems(ctx.spec, login, scope))

@@ -252,7 +252,7 @@ async def observe(ctx: Context) -> dict[str, Any]:
     if _database_pending(rollback):
         if rollback.database_unchanged is None and _comparable(ctx.status.before):
             # did the failed migration change anything at all? (Flyway rolls a failed transactional one back)
-            fields["snapshot"] = await database.take_snapshot(ctx.spec, await context.credentials(ctx))
+            fields["snapshot"] = await database.take_snapshot(ctx.spec, await context.credentials(ctx), ctx.uid)
         fields.update(await ROLLBACK_STRATEGIES[strategy_of(ctx.spec, ctx.status)].observe(ctx))
     fields["jobs"] = {**seen, **fields.get("jobs", {})}
     return fields

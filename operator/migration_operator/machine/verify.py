@@ -35,7 +35,7 @@ PHASE = Phase.VERIFYING
 async def observe(ctx: Context) -> dict[str, Any]:
     last_rank = ctx.status.before.last_installed_rank if ctx.status.before else None
     login, checks_login = await context.credentials(ctx), await context.check_credentials(ctx)
-    return {"verification": await database.verify(ctx.spec, login, last_rank, checks_login)}
+    return {"verification": await database.verify(ctx.spec, login, last_rank, checks_login, ctx.uid)}
 
 
 def table_present(required: str, names: list[str]) -> bool:
