@@ -35,6 +35,22 @@ if grep -q -- '--all-namespaces' "$tmp/scoped.yaml"; then echo "scoped chart wat
 grep -A1 'resources: \["pods/log"\]' "$tmp/all.yaml" | grep -q 'verbs: \["get"\]'
 [[ $(grep -c 'resources: \["pods/log"\]' "$tmp/scoped.yaml") == 2 ]]
 grep -q 'kind: ServiceMonitor' "$tmp/monitor.yaml"
+# the admission policies: on by default where the API server has them (1.30+), off when disabled or older
+[[ $(grep -c '^kind: ValidatingAdmissionPolicy$' "$tmp/all.yaml") == 2 ]]
+[[ $(grep -c '^kind: ValidatingAdmissionPolicyBinding$' "$tmp/all.yaml") == 2 ]]
+if "$helm" template migration-operator "$chart" --kube-version 1.29.0 | grep -q ValidatingAdmissionPolicy \
+  || "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set admissionPolicy.enabled=false \
+    | grep -q ValidatingAdmissionPolicy; then
+  echo "admission policies rendered where they should not be" >&2; exit 1
+fi
+# the allow-lists reach the operator (env) and the Job admission policy (RE2 patterns)
+"$helm" template migration-operator "$chart" --kube-version "$kube_version" \
+  --set 'policy.allowedImages={docker.io/library/postgres:*,registry.example.com/m/*}' > "$tmp/policy.yaml"
+grep -q 'value: "docker.io/library/postgres:\*,registry.example.com/m/\*"' "$tmp/policy.yaml"
+grep -qF "r'^registry\\\\.example\\\\.com/m/.*\$'" "$tmp/policy.yaml"
+if "$helm" template migration-operator "$chart" --set "policy.allowedImages={it's}" >/dev/null 2>&1; then
+  echo "a pattern with a quote should be refused" >&2; exit 1
+fi
 if "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set replicaCount=2 >/dev/null 2>&1; then
   echo "replicaCount=2 should be refused" >&2; exit 1
 fi

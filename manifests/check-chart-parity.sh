@@ -23,6 +23,9 @@ def objects(path):
     for doc in yaml.safe_load_all(open(path)):
         if not doc or doc["kind"] in ("Namespace", "CustomResourceDefinition"):
             continue
+        # the chart generates the checksum key (random, kept across upgrades); kustomize users create it themselves
+        if doc["kind"] == "Secret" and doc["metadata"]["name"].endswith("-checksum-key"):
+            continue
         for meta in (doc["metadata"], doc.get("spec", {}).get("template", {}).get("metadata", {})):
             meta.pop("labels", None)
             meta.pop("annotations", None)

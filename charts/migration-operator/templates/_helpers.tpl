@@ -53,6 +53,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{- define "migration-operator.checksumKeySecret" -}}
+{{- default (printf "%s-checksum-key" (include "migration-operator.fullname" .)) .Values.checksumKey.existingSecret }}
+{{- end }}
+
+{{/*
+A list of globs as RE2 regular expressions in a CEL list literal (raw strings), for the admission policy.
+*/}}
+{{- define "migration-operator.celPatterns" -}}
+{{- $patterns := list }}
+{{- range . }}
+{{- if or (contains "'" .) (contains "\\" .) }}{{ fail (printf "policy patterns may not contain ' or \\: %s" .) }}{{ end }}
+{{- $patterns = append $patterns (printf "r'^%s$'" (regexQuoteMeta . | replace "\\*" ".*" | replace "\\?" ".")) }}
+{{- end }}
+{{- printf "[%s]" (join ", " $patterns) }}
+{{- end }}
+
 {{- define "migration-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
@@ -64,60 +80,57 @@ as the DatabaseMigrations, and without this the operator could no longer remove 
 namespace Terminating for ever.
 */}}
 {{- define "migration-operator.ownRules" -}}
-# Its own resource: kopf patches metadata (finalizer, progress annotations) and the status.
+# Its own resource: read and watched by kopf, which patches metadata (finalizer, progress annotations).
 - apiGroups: ["dbops.io"]
   resources: ["databasemigrations"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
+# Phase, conditions, snapshots.
 - apiGroups: ["dbops.io"]
   resources: ["databasemigrations/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Jobs are owned by their DatabaseMigration with blockOwnerDeletion; clusters with the
-# OwnerReferencesPermissionEnforcement admission plugin require this to set it.
+# OwnerReferencesPermissionEnforcement admission plugin require this to set it (no call of the operator's).
 - apiGroups: ["dbops.io"]
   resources: ["databasemigrations/finalizers"]
   verbs: ["update"]
 {{- end }}
 
 {{/*
-What the operator does inside a namespace it watches, and nothing more. Used by the ClusterRole (all
+What the operator does inside a namespace it watches, and nothing more: every verb is one the operator calls
+(tests/unit/test_rbac_verbs.py fails when the code and these rules differ). Used by the ClusterRole (all
 namespaces) or by one Role per watched namespace.
 */}}
 {{- define "migration-operator.namespacedRules" -}}
-# Backup, migrate, verify and restore Jobs.
+# Backup, migrate, verify and restore Jobs: created, found by name and by label, watched, stopped.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# The Jobs' pods: termination messages and logs carry Flyway's output into the status.
+# The Jobs' pods (why one cannot start; which ended) and the app's (the drain).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
+# A Job's output (Flyway's JSON, the backup's summary) is read from its pod's log.
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
-# The maintenance window: scale the app down and back to its original replicas.
+# The maintenance window: the app read, watched and scaled (a patch of spec.replicas and dbops.io/ annotations).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "patch"]
-- apiGroups: ["apps"]
-  resources: ["deployments/scale"]
-  verbs: ["get", "patch", "update"]
-# Migrations ConfigMap, database credentials, backup volume.
+# Migrations and compensate ConfigMaps, the credentials and CA Secrets, the backup volume: read by name.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch"]
-# An event at every phase change.
+  verbs: ["get"]
+# An event at every phase change (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/*
@@ -128,19 +141,19 @@ see each other.
 {{- define "migration-operator.lockRules" -}}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "create", "update", "delete"]
 {{- end }}
 
 {{/*
-What kopf itself reads cluster-wide, whatever it watches. No kopf.dev peering resources: the operator runs
-standalone (one replica, no peering).
+What kopf itself reads cluster-wide, whatever it watches, and the namespace check of a run being deleted. No kopf.dev
+peering resources: the operator runs standalone (one replica, no peering).
 */}}
 {{- define "migration-operator.clusterRules" -}}
-# kopf discovers the resources it serves and checks the CRD is established.
+# kopf follows the CustomResourceDefinitions (is ours established, did it change).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
-# kopf resolves the watched namespaces.
+  verbs: ["list", "watch"]
+# kopf resolves the watched namespaces (globs); the operator asks whether a run's namespace is being deleted.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
