@@ -134,7 +134,7 @@ def classify_connection_error(error: Exception) -> tuple[str, str]:
             "password was not sent. Use SCRAM on the server (password_encryption = scram-sha-256), or set "
             "database.requireAuth (any: no requirement)"
         )
-    if "SSL" in text and ("does not support SSL" in text or "certificate" in text or "SSL error" in text):
+    if "ssl" in text.lower() or "certificate" in text:
         return reasons.TLS_FAILED, (
             f"cannot connect over TLS: {text}. Check database.sslMode and database.caSecret (sslMode disable, "
             "allow or prefer only for a database that cannot do TLS)"
