@@ -102,25 +102,11 @@ def conninfo(
 
 
 async def connect(
-    spec: DatabaseMigrationSpec,
-    credentials: Credentials,
-    *,
-    dbname: str | None = None,
-    read_only: bool = True,
-    statement_timeout_ms: int | None = None,
-    lock_timeout_ms: int | None = None,
+    spec: DatabaseMigrationSpec, credentials: Credentials, **session: Any
 ) -> psycopg.AsyncConnection[dict[str, Any]]:
+    """An autocommit connection with dict rows; `session`: conninfo's keyword options (dbname, read_only, ...)."""
     return await psycopg.AsyncConnection.connect(
-        **conninfo(
-            spec,
-            credentials,
-            dbname=dbname,
-            read_only=read_only,
-            statement_timeout_ms=statement_timeout_ms,
-            lock_timeout_ms=lock_timeout_ms,
-        ),
-        autocommit=True,
-        row_factory=dict_row,
+        **conninfo(spec, credentials, **session), autocommit=True, row_factory=dict_row
     )
 
 

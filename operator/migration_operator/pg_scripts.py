@@ -58,15 +58,20 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-# ---------------------------------------------------------------------------------------------------------------
-# backup
-
-BACKUP_SCRIPT = r"""set -u
+# Both scripts: strict variables, no globbing, where the volume, the dump and the termination message are.
+_PRELUDE = r"""set -u
 set -f
 D="${BACKUP_DIR:-/backup}"
 TL="${TERMINATION_LOG:-/dev/termination-log}"
 F="$D/${BACKUP_FILE:-}"
-W=$(mktemp -d) || { printf 'verified=false\nerror=cannot create a scratch directory\n'; exit 1; }
+"""
+
+# ---------------------------------------------------------------------------------------------------------------
+# backup
+
+BACKUP_SCRIPT = (
+    _PRELUDE
+    + r"""W=$(mktemp -d) || { printf 'verified=false\nerror=cannot create a scratch directory\n'; exit 1; }
 trap 'rm -rf "$W"' EXIT
 : >"$W/err"
 fail() {
@@ -124,6 +129,7 @@ free=$(free_kib)
 } >"$W/message"
 cat "$W/message"; head -c 4096 "$W/message" >"$TL"
 """
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # SQL shared by the preflight query and the restore script
@@ -569,12 +575,8 @@ END $mo$;
 )
 
 RESTORE_SCRIPT = (
-    r"""set -u
-set -f
-D="${BACKUP_DIR:-/backup}"
-TL="${TERMINATION_LOG:-/dev/termination-log}"
-F="$D/${BACKUP_FILE:-}"
-W=$(mktemp -d) || { echo 'restore failed: cannot create a scratch directory'; exit 1; }
+    _PRELUDE
+    + r"""W=$(mktemp -d) || { echo 'restore failed: cannot create a scratch directory'; exit 1; }
 trap 'rm -rf "$W"' EXIT
 : >"$W/err"
 fail() {
