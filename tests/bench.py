@@ -19,9 +19,11 @@ On a cluster ($KUBECONFIG, the local one by default), issue 13's benchmark, for 
 Everything also goes to bench-results/<UTC time>.json (and the operators' logs to bench-results/<UTC time>/).
 
 Knobs: BENCH_ROWS (comma-separated sizes, default 1000000,20000000), BENCH_ROUNDS (operator/script pairs per size,
-default 1; even rounds run the script first), BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two
-rolled-back runs), BENCH_REACTION_RUNS (extra small runs for the latencies, default 5), BENCH_RSS=0,
+default 2; even rounds run the script first, so neither always runs on the machine the other just loaded),
+BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs), BENCH_REACTION_RUNS (extra small
+runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides' sslmode, default prefer),
 BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only).
+Each timed run starts after the previous run's namespace is gone, a CHECKPOINT and a sync.
 The namespaces are bench-run-* and bench-rss-*, each prefix watched by an operator process of its own.
 """
 
@@ -218,11 +220,18 @@ def _run_name(tag: str) -> str:
     return f"bench-{tag}-{uuid.uuid4().hex[:5]}"
 
 
+def _conditions() -> dict[str, Any]:
+    """What else loaded the machine as a run started (it shares 2 cores with other sessions' suites)."""
+    return {"loadavg": os.getloadavg()[0], "others": other_sessions()}
+
+
 def _say(run: dict[str, Any], took: float) -> None:
     extra = f", rolled back in {run['rollback_to_restored']:.1f} s" if run.get("rollback_to_restored") else ""
     state = run.get("phase") or ("finished" if run.get("ended") else "did not finish")
-    print(f"   {run['label']:<28} {state:<11} downtime {_s(run.get('downtime')).strip():>8}{extra}  "
-          f"(run took {took:.0f} s)", flush=True)
+    conditions = run.get("conditions") or {}
+    others = "; also running: " + ", ".join(conditions["others"]) if conditions.get("others") else ""
+    print(f"   {run['label']:<30} {state:<11} downtime {_s(run.get('downtime')).strip():>8}{extra}  "
+          f"(run took {took:.0f} s; load {conditions.get('loadavg', 0):.1f}{others})", flush=True)
     if not run.get("ended") or run.get("phase") == "Failed":
         print("     " + (run.get("message") or run.get("output_tail") or "")[-1500:].replace("\n", "\n     "))
 
@@ -237,10 +246,13 @@ def operator_case(api: Any, seed: bench_seed.Seed, tag: str, label: str, timeout
     name, seconds = one_copy(seed, tag, strategy)
     copies.setdefault(strategy, []).append(seconds)
     try:
-        with bench_runs.place(api, name) as here:
+        with bench_runs.place(api, name, wait_gone=True) as here:
+            settled = bench_runs.settle()
+            conditions = _conditions()
             started = time.monotonic()
             run = bench_runs.run_operator(here, _run_name(tag), here.spec(name, **spec), label, timeout)
             figures = bench_runs.operator_figures(run)
+            figures["conditions"], figures["settle_seconds"] = conditions, settled
             if figures.get("phase") == "Succeeded":
                 figures["flyway_sql"] = bench_runs.flyway_sql_seconds(name)
             _say(figures, time.monotonic() - started)
@@ -254,10 +266,13 @@ def script_case(api: Any, seed: bench_seed.Seed, label: str, timeout: float, cop
     name, seconds = one_copy(seed, "script")
     copies.setdefault("wal_log", []).append(seconds)
     try:
-        with bench_runs.place(api, name) as here:
+        with bench_runs.place(api, name, wait_gone=True) as here:
+            settled = bench_runs.settle()
+            conditions = _conditions()
             started = time.monotonic()
             run = bench_runs.run_script(here, name, bench_runs.make_workdir(workdir), label, timeout)
             figures = bench_runs.script_figures(run)
+            figures["conditions"], figures["settle_seconds"] = conditions, settled
             figures["flyway_sql"] = bench_runs.flyway_sql_seconds(name)
             _say(figures, time.monotonic() - started)
             return figures
@@ -266,7 +281,7 @@ def script_case(api: Any, seed: bench_seed.Seed, label: str, timeout: float, cop
 
 
 def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
-    rounds = _env_int("BENCH_ROUNDS", 1)
+    rounds = _env_int("BENCH_ROUNDS", 2)
     timeout = 600 + rows * 100e-6  # 20M rows: ~40 min, a bound, not an expectation
     print(f"\n-- {rows:,} rows", flush=True)
     seed = bench_seed.ensure_seed(rows)
@@ -314,7 +329,7 @@ def print_size(result: dict[str, Any]) -> None:
                     ("ratio", None)]
     if result.get("clone"):
         columns.append(("op. Clone", result["clone"]))
-    width = 11
+    width = 12
     print(f"\n   {rows:,} rows: the app's downtime and the phases (seconds; operator = backup.method Dump)")
     print("   " + f"{'':<22}" + "".join(f"{title:>{width}}" for title, _ in columns))
 
@@ -332,11 +347,16 @@ def print_size(result: dict[str, Any]) -> None:
             else:
                 cells.append(_s(cell(run, key), width))
         print("   " + f"{label:<22}" + "".join(cells))
+    ratios = [pair["operator"]["downtime"] / pair["script"]["downtime"] for pair in result["rounds"]
+              if (pair.get("operator") or {}).get("downtime") and (pair.get("script") or {}).get("downtime")]
+    if ratios:
+        print(f"   downtime ratio operator/script: {', '.join(f'{r:.2f}' for r in ratios)}"
+              + (f" (mean {statistics.mean(ratios):.2f})" if len(ratios) > 1 else "") + "; goal <= 1.05")
+    sql_times = [f"{title} {run['flyway_sql']:.2f} s" for title, run in columns
+                 if run is not None and run.get("flyway_sql") is not None]
+    print(f"   the migration's own SQL time (flyway_schema_history.execution_time): {'; '.join(sql_times) or '-'}")
     first = result["rounds"][0]
     op, sc = first.get("operator") or {}, first.get("script") or {}
-    sql_times = [f"{who} {run['flyway_sql']:.2f} s" for who, run in (("operator", op), ("script", sc))
-                 if run.get("flyway_sql") is not None]
-    print(f"   the migration's own SQL time (flyway_schema_history.execution_time): {', '.join(sql_times) or '-'}")
     for run in (op, sc):
         if run.get("timeline"):
             print(f"\n   inside the window, {run['label']} (s from the window's opening):")
@@ -369,10 +389,11 @@ def print_throughput(result: dict[str, Any]) -> None:
                   "BackingUp phase: CREATE DATABASE ... TEMPLATE (server default strategy, WAL_LOG)"))
     rclone = result.get("restore_clone") or {}
     lines.append(("Clone restore, operator", rclone.get("rollback_to_restored"),
-                  "RollingBack -> restored: the clone renamed into place"))
+                  "RollingBack -> restored: two renames, whatever the size (no throughput)"))
     print(f"\n   backup and restore ({rows:,} rows, database {_mb(size)}; MB/s of the database's size):")
     for label, seconds, note in lines:
-        speed = (f"{size / 1e6 / seconds:8.1f} MB/s {rows / seconds:>10,.0f} rows/s" if seconds else
+        speed = (f"{size / 1e6 / seconds:8.1f} MB/s {rows / seconds:>10,.0f} rows/s"
+                 if seconds and not label.startswith("Clone restore") else
                  f"{'-':>13} {'-':>17}")
         print(f"     {label:<27} {_s(seconds)} {speed}   {note}")
     for strategy, seconds in sorted(result["copies"].items()):

@@ -174,9 +174,11 @@ def wait_available(api: client.ApiClient, namespace: str, replicas: int = REPLIC
 
 @contextlib.contextmanager
 def place(api: client.ApiClient, database: str | None, *, prefix: str = RUN_PREFIX, gateway: bool = True,
-          migrations: dict[str, str] | None = None, secret: bool = True, pvc: bool | None = None) -> Iterator[Place]:
+          migrations: dict[str, str] | None = None, secret: bool = True, pvc: bool | None = None,
+          wait_gone: bool = False) -> Iterator[Place]:
     """A fresh namespace (PodSecurity `restricted`, like the e2e suite's) set up for runs; on the way out its
-    DatabaseMigrations are deleted (the operator must still run) and the namespace with them."""
+    DatabaseMigrations are deleted (the operator must still run) and the namespace with them (`wait_gone`: until it
+    is gone, so its teardown - pods stopping, the backup volume wiped - does not overlap the next run)."""
     with temporary_namespace(api, prefix) as namespace:
         core = client.CoreV1Api(api)
         login = {"username": postgres.APP_ROLE, "password": postgres.APP_PASSWORD}
@@ -199,6 +201,28 @@ def place(api: client.ApiClient, database: str | None, *, prefix: str = RUN_PREF
             yield here
         finally:
             here.delete_migrations()
+    if wait_gone and os.environ.get("MO_KEEP_NAMESPACES") != "1":
+        core = client.CoreV1Api(api)
+
+        def gone() -> bool:
+            try:
+                core.read_namespace(namespace)
+            except ApiException as error:
+                return error.status == 404
+            return False
+
+        with contextlib.suppress(AssertionError):
+            wait_for(gone, timeout=120, interval=0.5, what=f"namespace {namespace} deleted")
+
+
+def settle() -> float:
+    """Before a timed run: PostgreSQL's dirty buffers written (CHECKPOINT) and the kernel's dirty pages flushed
+    (sync), so the run does not pay for the copy or the teardown that came before it. Returns the seconds it took."""
+    started = time.monotonic()
+    with postgres.connect() as conn:
+        conn.execute("checkpoint")
+    os.sync()
+    return time.monotonic() - started
 
 
 # --------------------------------------------------------------------------------------------------- the runs
