@@ -21,8 +21,10 @@ Everything also goes to bench-results/<UTC time>.json (and the operators' logs t
 Knobs: BENCH_ROWS (comma-separated sizes, default 1000000,20000000), BENCH_ROUNDS (operator/script pairs per size,
 default 2; even rounds run the script first, so neither always runs on the machine the other just loaded),
 BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs), BENCH_REACTION_RUNS (extra small
-runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides' sslmode, default prefer),
-BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only).
+runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides' sslmode, default require),
+BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only),
+BENCH_OPERATOR_REV=<commit> (benchmark the operator of that commit, exported with `git archive` and put first on
+PYTHONPATH, instead of the checkout's working tree; the benchmark's own code stays the checkout's).
 Each timed run starts after the previous run's namespace is gone, a CHECKPOINT and a sync.
 The namespaces are bench-run-* and bench-rss-*, each prefix watched by an operator process of its own.
 """
@@ -553,12 +555,52 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def pin_operator() -> None:
+    """BENCH_OPERATOR_REV: run the whole benchmark again with that commit's operator package first on PYTHONPATH
+    (ahead of the editable install of the working tree), in this process and in every operator it starts."""
+    rev = os.environ.get("BENCH_OPERATOR_REV")
+    if not rev or os.environ.get("BENCH_OPERATOR_SRC"):
+        return
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    source = REPO / "bench-results" / f"operator-{sha[:12]}"
+    if not (source / "operator" / "migration_operator").is_dir():
+        source.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "operator"], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    path = str(source / "operator")
+    env = os.environ | {"BENCH_OPERATOR_SRC": sha,
+                        "PYTHONPATH": os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH")) if p)}
+    os.execve(sys.executable, [sys.executable, "-m", "tests.bench"], env)
+
+
+def operator_source() -> dict[str, Any]:
+    import migration_operator
+
+    where = str(Path(migration_operator.__file__).resolve().parent)
+    pinned = os.environ.get("BENCH_OPERATOR_SRC")
+    if pinned:
+        return {"commit": pinned, "path": where}
+    return {"working_tree": where, "uncommitted_changes": git_state()["operator_changes"]}
+
+
 def main() -> int:
+    pin_operator()
+    # the operator's checksum key (digests.py): one for the benchmark, so no process warns about a key of its own
+    os.environ.setdefault("DBOPS_CHECKSUM_KEY", "bench-checksum-key")
     started = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    results: dict[str, Any] = {"stamp": stamp, "git": git_state(), "sizes": [], "cpus": os.cpu_count(),
+    source = operator_source()
+    results: dict[str, Any] = {"stamp": stamp, "git": git_state(), "operator_source": source, "sizes": [],
+                               "cpus": os.cpu_count(),
                                "env": {k: v for k, v in os.environ.items() if k.startswith("BENCH_")}}
     print("== migration-operator benchmarks")
+    if "commit" in source:
+        print(f"   operator under test: commit {source['commit'][:12]} (BENCH_OPERATOR_REV), from {source['path']}")
+    else:
+        changed = len(source["uncommitted_changes"])
+        print(f"   operator under test: the working tree at {results['git']['commit'][:12]}"
+              + (f" with {changed} uncommitted file(s) under operator/" if changed else ""))
     results["decide"] = bench_decide()
     results["snapshot"] = bench_snapshot()
     results["operator_idle_rss_mib"] = bench_operator_memory()

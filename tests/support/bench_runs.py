@@ -41,7 +41,7 @@ REPLICAS = 3
 # The phases whose time is the app's downtime, in the order the default spec runs them.
 WINDOW_PHASES = ("EnteringMaintenance", "BackingUp", "Migrating", "Verifying", "ExitingMaintenance")
 # The same TLS choice for the operator's runs (spec.database.sslMode) and the script's (PGSSLMODE, Flyway's URL).
-SSL_MODE = os.environ.get("BENCH_SSLMODE", "prefer")
+SSL_MODE = os.environ.get("BENCH_SSLMODE", "require")
 PHASE_LABELS = {"Preflight": "preflight", "EnteringMaintenance": "drain", "BackingUp": "backup",
                 "Migrating": "migrate", "Verifying": "verify", "ExitingMaintenance": "scale-up",
                 "RollingBack": "rollback"}
