@@ -381,6 +381,8 @@ def print_throughput(result: dict[str, Any]) -> None:
                   f"dump {_mb(op.get('backup_bytes'))}; pod start + pg_dump -Fc + pg_restore --list + full read-back"))
     lines.append(("Dump backup, script", (sc.get("durations") or {}).get("backup"),
                   f"dump {_mb(sc.get('dump_bytes'))}; pg_dump -Fc + pg_restore --list on the host"))
+    lines.append(("  read-back of that dump", sc.get("read_back_seconds"),
+                  "pg_restore --file=/dev/null, after the run: the verification the operator's Job adds"))
     restore = result.get("restore_dump") or {}
     restore_job = (restore.get("jobs") or {}).get("restore") or {}
     lines.append(("Dump restore, operator Job", restore_job.get("seconds"),
