@@ -368,12 +368,18 @@ def secret_hits(app: ParkingApp, operator_log: str = "") -> list[str]:
 
 @pytest.fixture(autouse=True)
 def secret_scan(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After every test with a parking world: no secret value in the namespace's DatabaseMigration statuses, events,
-    Job specs, pod logs and termination messages, nor in what the operator logged during the test. Any hit fails it."""
-    if "parking" not in request.fixturenames:
+    """After every test with a namespace of its own (the parking world, or a bare `namespace`): no secret value in the
+    namespace's DatabaseMigration statuses, events, Job specs, pod logs and termination messages, nor in what the
+    operator logged during the test. Any hit fails it. The namespace is set up inside this fixture, so it is torn
+    down after the scan."""
+    if "parking" in request.fixturenames:
+        app: ParkingApp = request.getfixturevalue("parking")
+    elif "namespace" in request.fixturenames and isinstance(namespace := request.getfixturevalue("namespace"), str):
+        operator = request.getfixturevalue("operator") if "operator" in request.fixturenames else None
+        app = ParkingApp(api=request.getfixturevalue("api"), namespace=namespace, database="", operator=operator)
+    else:
         yield
         return
-    app: ParkingApp = request.getfixturevalue("parking")  # set up inside this fixture: torn down after the scan
     process = app.operator
     offsets = {p: p.stat().st_size for p in process.log_dir.glob("operator-*.log")} if process else {}
     yield

@@ -41,9 +41,10 @@ def _failed_in_preflight(parking: ParkingApp, name: str, reason: str) -> dict[st
 
 
 def _everything_users_see(parking: ParkingApp, name: str) -> str:
+    """The run's status, its events, the operator's log (the spec is the tenant's own text, not looked at)."""
     events = " ".join(f"{e.reason} {e.message}" for e in parking.events(name))
     log = parking.operator.log_path.read_text(errors="replace") if parking.operator else ""
-    return str(parking.get(name)) + events + log
+    return str(parking.status(name)) + events + log
 
 
 def test_a_token_secret_that_did_not_opt_in_is_never_used_nor_printed(parking: ParkingApp) -> None:
@@ -168,3 +169,36 @@ def test_status_shows_keyed_checksums_never_a_plain_hash_of_the_rows(parking: Pa
     assert before["checksums"]["public.clients"].startswith("hmac-sha256:")
     assert plain[0] not in str(before)
     assert before["schemaHash"].startswith("hmac-sha256:")
+
+
+def test_a_failed_statement_with_a_password_never_reaches_status(parking: ParkingApp) -> None:
+    """psql quotes the failed statement back (LINE 1: ...): a compensating `ALTER ROLE ... PASSWORD '...'` that fails
+    put the password into the rollback's error, the conditions and an event. (Flyway 12 does not quote statements.)"""
+    parking.set_migrations("good", "fail-in-tx")
+    password = "S3cret-In-A-Failed-Statement"
+    undo = f"ALTER ROLE reporting PASSWORD '{password}' VALID BOGUS;"
+    parking.create_migration("role-password", parking.spec(
+        rollback={"strategy": "Compensate", "compensate": {"sql": undo}, "onFailure": "BringAppBack"}))
+    status = parking.wait_done("role-password")
+    assert status["phase"] == "Failed", parking.describe("role-password")
+    rolled_back = parking.condition("role-password", "RolledBack")
+    assert rolled_back and "syntax error" in rolled_back["message"], rolled_back
+    assert password not in _everything_users_see(parking, "role-password")
+    parking.wait_gateway_available(3)
+
+
+def test_a_check_that_casts_row_data_never_shows_the_row(parking: ParkingApp) -> None:
+    """A check's error quotes the value it could not cast: a secret column would reach status."""
+    parking.set_migrations("good")
+    with postgres.connect(parking.database) as conn:
+        conn.execute("create table api_tokens (id int primary key, token text)")
+        conn.execute("insert into api_tokens values (1, 'tok_live_RowDataSecret42')")
+        conn.execute("alter table api_tokens owner to parking_admin")
+    check = {"name": "token-is-a-number", "sql": "select token::int = 1 from api_tokens where id = 1"}
+    parking.create_migration("row-data", parking.spec(verify={"checks": [check]}, rollback={"strategy": "Repair"}))
+    status = parking.wait_done("row-data")
+    assert status["phase"] == "RolledBack", parking.describe("row-data")
+    verified = parking.condition("row-data", "Verified")
+    assert verified and "invalid input syntax" in verified["message"], verified
+    assert "tok_live_RowDataSecret42" not in _everything_users_see(parking, "row-data")
+    parking.wait_gateway_available(3)
