@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 
 from tests.db.conftest import Database, shape_database
-from tests.e2e.conftest import GROUP, PLURAL, PREFIX, VERSION, ParkingApp
+from tests.e2e.conftest import CREDENTIALS_OPT_IN, DB_SSL_MODE, GROUP, PLURAL, PREFIX, VERSION, ParkingApp
 from tests.support import postgres
 from tests.support.kube import temporary_namespace
 from tests.support.shapes import FEATURES, Shape
@@ -48,7 +48,7 @@ def world(api: client.ApiClient, operator: Any, crd: None, request: pytest.Fixtu
         app = ParkingApp(api=api, namespace=namespace, database=db.name, operator=operator)
         login = {"username": db.roles.app, "password": db.roles.password}
         app.core.create_namespaced_secret(namespace, client.V1Secret(
-            metadata=client.V1ObjectMeta(name="app-db-admin"),
+            metadata=client.V1ObjectMeta(name="app-db-admin", labels=CREDENTIALS_OPT_IN),
             data={k: base64.b64encode(v.encode()).decode() for k, v in login.items()},
         ))
         app.core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
@@ -105,7 +105,7 @@ def _spec(world: World, shape: Shape) -> dict[str, Any]:
         migrations["schemas"] = shape.app_schemas()
     return {
         "database": {"host": endpoint.host, "port": endpoint.port, "name": world.db.name,
-                     "credentialsSecret": {"name": "app-db-admin"}},
+                     "credentialsSecret": {"name": "app-db-admin"}, "sslMode": DB_SSL_MODE},
         "migrations": migrations,
         "backup": {"method": "Dump", "volume": {"claimName": "db-backups"}},
         "rollback": {"strategy": "Restore"},
