@@ -344,9 +344,11 @@ async def snapshot(
     )
 
 
-async def take_snapshot(spec: DatabaseMigrationSpec, credentials: Credentials, run: str = "") -> Snapshot:
+async def take_snapshot(
+    spec: DatabaseMigrationSpec, credentials: Credentials, run: str = "", lock_timeout_ms: int | None = None
+) -> Snapshot:
     """`snapshot` in a session of its own; a run passes its uid (`run`), so its snapshots compare with each other."""
-    async with await connect(spec, credentials) as conn:
+    async with await connect(spec, credentials, lock_timeout_ms=lock_timeout_ms) as conn:
         return await snapshot(conn, spec, run)
 
 

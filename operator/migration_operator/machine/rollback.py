@@ -60,6 +60,7 @@ from .core import (
 from .maintenance import observe_deployment
 
 PHASE = Phase.ROLLING_BACK
+SNAPSHOT_LOCK_TIMEOUT_MS = 5_000
 
 
 class RollbackPlan(Protocol):
@@ -249,10 +250,15 @@ async def observe(ctx: Context) -> dict[str, Any]:
     for step in ctx.status.jobs:
         seen.update(await context.job(ctx, Step(step), read_log=False))
     rollback = ctx.status.rollback or RollbackStatus()
+    stopped = rollback.sessions_ended and not still_running(Observations(jobs=seen), rollback)
     if _database_pending(rollback):
-        if rollback.database_unchanged is None and _comparable(ctx.status.before):
+        if stopped and rollback.database_unchanged is None and _comparable(ctx.status.before):
             # did the failed migration change anything at all? (Flyway rolls a failed transactional one back)
-            fields["snapshot"] = await database.take_snapshot(ctx.spec, await context.credentials(ctx), ctx.uid)
+            # Only once the run's earlier steps are stopped: a migrate session still holding its locks would make
+            # the snapshot's count(*) wait (and its lock_timeout make this pass retry).
+            fields["snapshot"] = await database.take_snapshot(
+                ctx.spec, await context.credentials(ctx), ctx.uid, lock_timeout_ms=SNAPSHOT_LOCK_TIMEOUT_MS
+            )
         fields.update(await ROLLBACK_STRATEGIES[strategy_of(ctx.spec, ctx.status)].observe(ctx))
     fields["jobs"] = {**seen, **fields.get("jobs", {})}
     return fields
