@@ -706,17 +706,24 @@ cat "$W/message"; head -c 4096 "$W/message" >"$TL"
 )
 
 COMPENSATE_SCRIPT = r"""set -u
-if [ -n "${COMPENSATE_FILE:-}" ]; then cp "$COMPENSATE_FILE" /tmp/compensate.sql; \
-else printf '%s\n' "$COMPENSATE_SQL" >/tmp/compensate.sql; fi
-psql --no-psqlrc --set=ON_ERROR_STOP=1 --single-transaction --file=/tmp/compensate.sql >/tmp/out 2>/tmp/err
+TL="${TERMINATION_LOG:-/dev/termination-log}"
+T="${TMPDIR:-/tmp}"
+if [ -n "${COMPENSATE_FILE:-}" ]; then SQL=$(cat "$COMPENSATE_FILE") || exit 1; else SQL="${COMPENSATE_SQL:-}"; fi
+# psql --command sends SQL to the server as it is: no meta-command (\! \o \set ...) is ever run, except a string
+# that is one meta-command as a whole, which is refused here.
+if [ "$(printf '%s' "$SQL" | tr -d ' \t\r\n' | head -c 1)" = '\' ]; then
+  printf 'compensating SQL refused: it starts with a psql meta-command\n' >"$T/message"
+  cat "$T/message"; head -c 4096 "$T/message" >"$TL"; exit 1
+fi
+psql --no-psqlrc --set=ON_ERROR_STOP=1 --single-transaction --command="$SQL" >"$T/out" 2>"$T/err"
 rc=$?
 if [ "$rc" -ne 0 ]; then
   { printf 'compensating SQL failed (psql exit %s), rolled back: ' "$rc"
-    tail -c 3000 /tmp/err; } >/tmp/message
+    tail -c 3000 "$T/err"; } >"$T/message"
 else
-  printf 'compensated=true\n' >/tmp/message
+  printf 'compensated=true\n' >"$T/message"
 fi
-cat /tmp/message; head -c 4096 /tmp/message >/dev/termination-log
+cat "$T/message"; head -c 4096 "$T/message" >"$TL"
 exit $rc
 """
 
