@@ -469,10 +469,12 @@ def reaction_runs(api: Any) -> list[dict[str, Any]]:
     with bench_runs.place(api, None, gateway=False, pvc=True, migrations=bench_runs.migration_files(good)) as here:
         for index in range(count):
             with postgres.cloned_database("bench") as db:
+                conditions = _conditions()
                 started = time.monotonic()
                 run = bench_runs.run_operator(here, f"react-{index}", here.spec(db, maintenance=False),
                                               f"small run {index + 1}", 300)
                 figures = bench_runs.operator_figures(run)
+                figures["conditions"] = conditions
                 _say(figures, time.monotonic() - started)
                 runs.append(figures)
     return runs
@@ -542,9 +544,13 @@ def bench_cluster(results: dict[str, Any]) -> None:
     results["others_at_end"] = other_sessions()
     results["timings"] = timings
     print("\n   benchmark parts took: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    if results["others_at_start"] or results["others_at_end"]:
-        print("   (other sessions' tests shared the 2 cores during this run: "
-              f"{', '.join(sorted(set(results['others_at_start']) | set(results['others_at_end'])))})")
+    others = set(results["others_at_start"]) | set(results["others_at_end"])
+    for run in all_operator_runs(results) + [pair["script"] for size in results["sizes"] for pair in size["rounds"]
+                                             if pair.get("script")]:
+        others |= set((run.get("conditions") or {}).get("others") or [])
+    if others:
+        print(f"   (other sessions' tests shared the {os.cpu_count()} cores during this run: "
+              f"{', '.join(sorted(others))}; each run's line above says what ran as it started)")
     if os.environ.get("BENCH_DROP_SEEDS") == "1":
         bench_seed.drop_seeds()
 
