@@ -23,6 +23,7 @@ default 2; even rounds run the script first, so neither always runs on the machi
 BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs), BENCH_REACTION_RUNS (extra small
 runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides' sslmode, default require),
 BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only),
+BENCH_WAIT_QUIET=<seconds> (before each timed run, wait up to that long for other sessions' tests to end),
 BENCH_OPERATOR_REV=<commit> (benchmark the operator of that commit, exported with `git archive` and put first on
 PYTHONPATH, instead of the checkout's working tree; the benchmark's own code stays the checkout's).
 Each timed run starts after the previous run's namespace is gone, a CHECKPOINT and a sync.
@@ -222,6 +223,23 @@ def _run_name(tag: str) -> str:
     return f"bench-{tag}-{uuid.uuid4().hex[:5]}"
 
 
+def wait_quiet() -> float:
+    """BENCH_WAIT_QUIET=<seconds>: before a timed run, wait (at most that long) until no other session's tests or
+    operators run on the machine. Returns the seconds waited."""
+    limit = _env_int("BENCH_WAIT_QUIET", 0)
+    started = time.monotonic()
+    announced = False
+    while limit > 0 and time.monotonic() - started < limit:
+        others = other_sessions()
+        if not others:
+            break
+        if not announced:
+            print(f"   (waiting up to {limit} s for: {', '.join(others)})", flush=True)
+            announced = True
+        time.sleep(5)
+    return time.monotonic() - started
+
+
 def _conditions() -> dict[str, Any]:
     """What else loaded the machine as a run started (it shares 2 cores with other sessions' suites)."""
     return {"loadavg": os.getloadavg()[0], "others": other_sessions()}
@@ -249,8 +267,9 @@ def operator_case(api: Any, seed: bench_seed.Seed, tag: str, label: str, timeout
     copies.setdefault(strategy, []).append(seconds)
     try:
         with bench_runs.place(api, name, wait_gone=True) as here:
+            waited = wait_quiet()
             settled = bench_runs.settle()
-            conditions = _conditions()
+            conditions = _conditions() | {"waited_for_quiet": waited}
             started = time.monotonic()
             run = bench_runs.run_operator(here, _run_name(tag), here.spec(name, **spec), label, timeout)
             figures = bench_runs.operator_figures(run)
@@ -269,8 +288,9 @@ def script_case(api: Any, seed: bench_seed.Seed, label: str, timeout: float, cop
     copies.setdefault("wal_log", []).append(seconds)
     try:
         with bench_runs.place(api, name, wait_gone=True) as here:
+            waited = wait_quiet()
             settled = bench_runs.settle()
-            conditions = _conditions()
+            conditions = _conditions() | {"waited_for_quiet": waited}
             started = time.monotonic()
             run = bench_runs.run_script(here, name, bench_runs.make_workdir(workdir), label, timeout)
             figures = bench_runs.script_figures(run)
