@@ -433,6 +433,12 @@ def print_throughput(result: dict[str, Any]) -> None:
                   f"{_s(run.get('downtime')).strip()}")
 
 
+def size_runs(size: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run of one size, the script's included."""
+    runs = [pair[who] for pair in size["rounds"] for who in ("operator", "script") if pair.get(who)]
+    return runs + [size[key] for key in ("clone", "restore_dump", "restore_clone") if size.get(key)]
+
+
 def all_operator_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for size in results.get("sizes", []):
@@ -548,6 +554,10 @@ def bench_cluster(results: dict[str, Any]) -> None:
             started = time.monotonic()
             results["sizes"].append(size_suite(api, rows, out))
             timings[f"{rows} rows"] = time.monotonic() - started
+            waited = sum((run.get("conditions") or {}).get("waited_for_quiet", 0)
+                         for run in size_runs(results["sizes"][-1]))
+            if waited >= 1:
+                timings[f"{rows} rows: waiting for quiet"] = waited
         started = time.monotonic()
         results["reaction_runs"] = reaction_runs(api)
         timings["reaction runs"] = time.monotonic() - started
@@ -564,13 +574,12 @@ def bench_cluster(results: dict[str, Any]) -> None:
     results["others_at_end"] = other_sessions()
     results["timings"] = timings
     print("\n   benchmark parts took: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    others = set(results["others_at_start"]) | set(results["others_at_end"])
-    for run in all_operator_runs(results) + [pair["script"] for size in results["sizes"] for pair in size["rounds"]
-                                             if pair.get("script")]:
-        others |= set((run.get("conditions") or {}).get("others") or [])
-    if others:
+    shared = set(results["others_at_start"]) | set(results["others_at_end"])
+    for run in [r for size in results["sizes"] for r in size_runs(size)] + results.get("reaction_runs", []):
+        shared |= set((run.get("conditions") or {}).get("others") or [])
+    if shared:
         print(f"   (other sessions' tests shared the {os.cpu_count()} cores during this run: "
-              f"{', '.join(sorted(others))}; each run's line above says what ran as it started)")
+              f"{', '.join(sorted(shared))}; each run's line above says what ran as it started)")
     if os.environ.get("BENCH_DROP_SEEDS") == "1":
         bench_seed.drop_seeds()
 

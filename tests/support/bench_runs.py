@@ -208,7 +208,7 @@ def place(api: client.ApiClient, database: str | None, *, prefix: str = RUN_PREF
             try:
                 core.read_namespace(namespace)
             except ApiException as error:
-                return error.status == 404
+                return bool(error.status == 404)
             return False
 
         with contextlib.suppress(AssertionError):
@@ -344,9 +344,21 @@ def job_figures(run: Run) -> dict[str, dict[str, Any]]:
         created = rec.job_created(job)
         finished = rec.job_finished(job)
         step_event = rec.next_status_step(run.name, finished[0]) if finished else None
+        pod = rec.job_pod(job)
         figures[event.step or job] = {
             "job": job,
             "created": created,
+            "pod_created": pod["created"],
+            "pod_running": pod["running"],
+            "pod_done": pod["done"],
+            # Job created -> its pod created (Job controller), -> Running (scheduler, node agent), -> done (the
+            # step's own work), -> the Job's status says so (Job controller)
+            "split": {
+                "job->pod": _span(created, pod["created"]),
+                "pod start": _span(pod["created"], pod["running"]),
+                "pod run": _span(pod["running"], pod["done"]),
+                "pod->job done": _span(pod["done"], finished[0] if finished else None),
+            },
             "finished": finished[0] if finished else None,
             "state": finished[1] if finished else "Running",
             "seconds": _span(created, finished[0] if finished else None),
@@ -423,6 +435,9 @@ def operator_timeline(run: Run, entered: dict[str, float], down: tuple[float, fl
     points.append((rec.pods_gone(down[0]), "last app pod gone"))
     for step, job in jobs.items():
         points.append((job["created"], f"{step} Job created"))
+        points.append((job["pod_created"], f"{step} pod created"))
+        points.append((job["pod_running"], f"{step} pod Running"))
+        points.append((job["pod_done"], f"{step} pod {job['state']}"))
         points.append((job["finished"], f"{step} Job {job['state'].lower()} (Job {_fmt(job['seconds'])})"))
     back = entered.get("ExitingMaintenance") or entered.get("RollingBack")
     if back:

@@ -46,6 +46,15 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class JobPodEvent:
+    at: float
+    kind: str
+    name: str
+    job: str | None
+    phase: str | None  # Pending | Running | Succeeded | Failed
+
+
+@dataclass(frozen=True)
 class MigrationEvent:
     at: float
     name: str
@@ -61,6 +70,7 @@ class Recording:
     deployment: list[DeploymentState] = field(default_factory=list)
     pods: list[PodEvent] = field(default_factory=list)
     jobs: list[JobEvent] = field(default_factory=list)
+    job_pods: list[JobPodEvent] = field(default_factory=list)
     migrations: list[MigrationEvent] = field(default_factory=list)
 
     # ---- the app -----------------------------------------------------------------------------------------
@@ -111,6 +121,17 @@ class Recording:
 
     def first_job(self, migration: str, after: float = 0.0) -> JobEvent | None:
         return next((e for e in self.jobs if e.migration == migration and e.at >= after), None)
+
+    def job_pod(self, job: str) -> dict[str, float | None]:
+        """When the Job's (first) pod was created, first seen Running, first seen Succeeded or Failed."""
+        events = [e for e in self.job_pods if e.job == job]
+        first = events[0].name if events else None
+        mine = [e for e in events if e.name == first]
+        return {
+            "created": mine[0].at if mine else None,
+            "running": next((e.at for e in mine if e.phase in ("Running", "Succeeded", "Failed")), None),
+            "done": next((e.at for e in mine if e.phase in ("Succeeded", "Failed")), None),
+        }
 
     def job_names(self, migration: str) -> list[str]:
         names: list[str] = []
@@ -222,6 +243,11 @@ def record(api: client.ApiClient, namespace: str, deployment: str | None = "api-
         rec.jobs.append(JobEvent(at, kind, job.metadata.name, labels.get("dbops.io/step"),
                                  labels.get("dbops.io/migration"), _job_state(job)))
 
+    def on_job_pod(kind: str, pod: Any, at: float) -> None:
+        labels = pod.metadata.labels or {}
+        rec.job_pods.append(JobPodEvent(at, kind, pod.metadata.name, labels.get("job-name"),
+                                        pod.status.phase if pod.status else None))
+
     def on_migration(kind: str, obj: Any, at: float) -> None:
         status = dict(obj.get("status") or {})
         rec.migrations.append(MigrationEvent(at, obj["metadata"]["name"], status.get("phase"),
@@ -229,6 +255,8 @@ def record(api: client.ApiClient, namespace: str, deployment: str | None = "api-
 
     watchers = [
         _Watcher(batch.list_namespaced_job, namespace, on_job, stop,
+                 label_selector="app.kubernetes.io/managed-by=migration-operator"),
+        _Watcher(core.list_namespaced_pod, namespace, on_job_pod, stop,
                  label_selector="app.kubernetes.io/managed-by=migration-operator"),
         _Watcher(lambda ns, **kw: custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, **kw),
                  namespace, on_migration, stop),
