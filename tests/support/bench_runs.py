@@ -363,6 +363,9 @@ def job_figures(run: Run) -> dict[str, dict[str, Any]]:
             "state": finished[1] if finished else "Running",
             "seconds": _span(created, finished[0] if finished else None),
             "reaction": _span(finished[0], step_event.at) if finished and step_event else None,
+            # the same, from the pod's end: what the app's window sees (the Job controller reports a finished pod
+            # in batches, up to a second later)
+            "reaction_from_pod": _span(pod["done"], step_event.at) if step_event else None,
             "reaction_to": step_event.phase if step_event else None,
         }
     return figures
