@@ -139,19 +139,10 @@ async def execute(ctx: Context, decision: Decision, now: str) -> tuple[dict[str,
         try:
             await _act(ctx, action, created)
         except Exception as failure:  # every error reaches the status; CancelledError (shutdown) is not an Exception
-            error = errors.describe(failure, _action_name(action), now, ctx.status.last_error, await _secrets(ctx))
+            error = errors.describe(failure, _action_name(action), now, ctx.status.last_error)
             ctx.logger.warning("%s failed: %s", error.action, error.message)
             return created, error
     return created, None
-
-
-async def _secrets(ctx: Context) -> list[str]:
-    """The login's values, to scrub them from error texts (best effort: the Secret may be what is missing)."""
-    try:
-        values = await context.secret_values(ctx)
-    except Exception:
-        return []
-    return list((values or {}).values())
 
 
 async def observe(ctx: Context, now: str) -> Observations:
@@ -159,7 +150,7 @@ async def observe(ctx: Context, now: str) -> Observations:
     try:
         return await machine.observe(ctx, generation=ctx.generation, last_error=ctx.status.last_error)
     except Exception as failure:  # every error reaches the status; CancelledError (shutdown) is not an Exception
-        error = errors.describe(failure, reasons.ACTION_OBSERVE, now, ctx.status.last_error, await _secrets(ctx))
+        error = errors.describe(failure, reasons.ACTION_OBSERVE, now, ctx.status.last_error)
         ctx.logger.warning("observing %s failed: %s", ctx.phase.value, error.message)
         return Observations(generation=ctx.generation, last_error=error, observed=False)
 

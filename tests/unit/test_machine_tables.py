@@ -78,5 +78,5 @@ def test_timestamps_are_set_once_by_the_machine() -> None:
 
 
 def test_a_status_patch_writes_only_what_was_set_and_clears_with_none() -> None:
-    patch = core.status_patch(message="m", last_error=None)
+    patch = core.Decision(phase=Phase.PENDING, message="").record(message="m", last_error=None).status
     assert status_patch_document(patch) == {"message": "m", "lastError": None}

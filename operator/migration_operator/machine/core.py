@@ -123,14 +123,6 @@ Action = (
 )
 
 
-def status_patch(**fields: Any) -> DatabaseMigrationStatus:
-    """A typed status patch: only the fields given are written (`model_fields_set`), each as a whole value."""
-    patch = DatabaseMigrationStatus()
-    for key, value in fields.items():
-        setattr(patch, key, value)
-    return patch
-
-
 @dataclass
 class Decision:
     phase: Phase
