@@ -24,7 +24,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.support import postgres
-from tests.support.kube import load_config, temporary_namespace
+from tests.support.kube import load_config, temporary_namespace, wait_crd_established
 from tests.support.operator import REPO, OperatorProcess
 from tests.support.wait import WaitAborted, wait_for
 
@@ -64,11 +64,7 @@ def crd(api: client.ApiClient) -> None:
             raise
         ext.create_custom_resource_definition(body)
 
-    def established() -> bool:
-        status = ext.read_custom_resource_definition(name).status
-        return any(c.type == "Established" and c.status == "True" for c in (status.conditions or []))
-
-    wait_for(established, timeout=60, what=f"CRD {name} Established")
+    wait_crd_established(api, name)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.support import bench_seed, postgres
 from tests.support.bench_watch import GROUP, PLURAL, VERSION, Recording, record
-from tests.support.kube import kubectl_binary, temporary_namespace
+from tests.support.kube import kubectl_binary, temporary_namespace, wait_crd_established
 from tests.support.operator import REPO
 from tests.support.wait import wait_for
 
@@ -66,11 +66,7 @@ def ensure_crd(api: client.ApiClient) -> None:
             raise
         ext.create_custom_resource_definition(body)
 
-    def established() -> bool:
-        status = ext.read_custom_resource_definition(name).status
-        return any(c.type == "Established" and c.status == "True" for c in (status.conditions or []))
-
-    wait_for(established, timeout=60, what=f"CRD {name} Established")
+    wait_crd_established(api, name)
 
 
 # Consent labels (migration_operator/policy.py): a Secret may serve as credentials, a Deployment may be scaled to 0.

@@ -84,3 +84,14 @@ def kubectl_binary() -> str:
     except (OSError, subprocess.CalledProcessError):
         pass
     return shutil.which("kubectl") or "kubectl"
+
+
+def wait_crd_established(api: client.ApiClient, name: str, timeout: float = 60) -> None:
+    ext = client.ApiextensionsV1Api(api)
+
+    def established() -> bool:
+        status = ext.read_custom_resource_definition(name).status
+        return any(c.type == "Established" and c.status == "True" for c in (status.conditions or []))
+
+    wait_for(established, timeout=timeout, what=f"CRD {name} Established")
+

@@ -331,3 +331,30 @@ def extension_oids(dbname: str) -> list[tuple[Any, ...]]:
                    order by 1, 3, 4"""
             ).fetchall()
         ]
+
+
+def reachable() -> bool:
+    """Whether the tests' PostgreSQL answers (unit tests that need it skip otherwise)."""
+    try:
+        with connect(connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@contextmanager
+def app_owned_database(prefix: str) -> Iterator[str]:
+    """An empty database owned by the migration role; it and any database named after it (its clones) are dropped
+    afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with connect() as conn:
+        conn.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(APP_ROLE)))
+    try:
+        yield name
+    finally:
+        with connect() as conn:
+            rows = conn.execute("select datname from pg_database where datname like %s", (f"{name}%",)).fetchall()
+            for (db,) in rows:
+                terminate_sessions(conn, db)
+                conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(db)))
+

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql
 
@@ -20,35 +19,18 @@ from migration_operator import database
 from migration_operator.models import DatabaseMigrationSpec, parse_spec
 from tests.support import postgres
 
-
-def _reachable() -> bool:
-    try:
-        with postgres.connect(connect_timeout=3):
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _reachable(), reason="needs the local PostgreSQL (make cluster)")
+pytestmark = pytest.mark.skipif(not postgres.reachable(), reason="needs the local PostgreSQL (make cluster)")
 LOGIN = database.Credentials(postgres.APP_ROLE, postgres.APP_PASSWORD)
 
 
 @pytest.fixture
 def checked() -> Iterator[str]:
     """A database owned by the migration role with one table of two rows."""
-    name = f"checks_{uuid.uuid4().hex[:10]}"
-    with postgres.connect() as conn:
-        owner = sql.Identifier(postgres.APP_ROLE)
-        conn.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), owner))
-    with postgres.connect(name, user=postgres.APP_ROLE, password=postgres.APP_PASSWORD) as conn:
-        conn.execute("create table tickets (id int primary key, token text)")
-        conn.execute("insert into tickets values (1, 'tok_row_secret_1'), (2, 'tok_row_secret_2')")
-    try:
+    with postgres.app_owned_database("checks") as name:
+        with postgres.connect(name, user=postgres.APP_ROLE, password=postgres.APP_PASSWORD) as conn:
+            conn.execute("create table tickets (id int primary key, token text)")
+            conn.execute("insert into tickets values (1, 'tok_row_secret_1'), (2, 'tok_row_secret_2')")
         yield name
-    finally:
-        with postgres.connect() as conn:
-            postgres.terminate_sessions(conn, name)
-            conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
 
 
 def spec_for(db: str, checks: list[dict[str, str]], **verify: Any) -> DatabaseMigrationSpec:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,16 +18,7 @@ from migration_operator import database
 from migration_operator.models import DatabaseMigrationSpec, parse_spec
 from tests.support import postgres
 
-
-def _reachable() -> bool:
-    try:
-        with postgres.connect(connect_timeout=3):
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _reachable(), reason="needs the local PostgreSQL (make cluster)")
+pytestmark = pytest.mark.skipif(not postgres.reachable(), reason="needs the local PostgreSQL (make cluster)")
 
 LOGIN = database.Credentials(postgres.APP_ROLE, postgres.APP_PASSWORD)
 
@@ -36,18 +26,8 @@ LOGIN = database.Credentials(postgres.APP_ROLE, postgres.APP_PASSWORD)
 @pytest.fixture
 def scratch() -> Iterator[str]:
     """An empty database owned by the migration role; it and its clones are dropped afterwards."""
-    name = f"dbsql_{uuid.uuid4().hex[:10]}"
-    with postgres.connect() as conn:
-        owner = sql.Identifier(postgres.APP_ROLE)
-        conn.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), owner))
-    try:
+    with postgres.app_owned_database("dbsql") as name:
         yield name
-    finally:
-        with postgres.connect() as conn:
-            rows = conn.execute("select datname from pg_database where datname like %s", (f"{name}%",)).fetchall()
-            for (db,) in rows:
-                postgres.terminate_sessions(conn, db)
-                conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(db)))
 
 
 def spec_for(db: str, **migrations: Any) -> DatabaseMigrationSpec:
