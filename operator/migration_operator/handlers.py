@@ -2,9 +2,11 @@
 
 - One daemon per DatabaseMigration runs `reconcile.reconcile_once` until the run is terminal. Between passes
   it waits on a per-object trigger with the pass's requeue delay as a fallback timeout.
-- Watches on our Jobs (label app.kubernetes.io/managed-by=migration-operator), on Deployments used for
-  maintenance and on the DatabaseMigrations themselves (the approval annotation) fire that trigger, so the
-  run moves as soon as something changes instead of on a timer.
+- Watches on our Jobs (label app.kubernetes.io/managed-by=migration-operator), on their pods (a pod that ended:
+  the Job's status says so only up to a second later), on Deployments used for maintenance and on the
+  DatabaseMigrations themselves (the approval annotation) fire that trigger, so the run moves as soon as something
+  changes instead of on a timer. The Jobs and pods are selected by the API server (`settings.watching.label_selectors`):
+  the operator never receives the other pods and Jobs of the watched namespaces.
 - Settings in one startup handler: kopf's own progress and diff-base storage under the `dbops.io` prefix in
   annotations (status stays ours alone, and nothing kopf-specific needs to be declared in the CRD schema);
   finalizer `dbops.io/finalizer` (the delete handler must scale the app back if a run is deleted in flight).
@@ -26,7 +28,7 @@ import kopf
 from kopf._cogs.clients import errors as kopf_errors
 from kopf._core.reactor import queueing as kopf_queueing
 
-from . import constants, kube, metrics, reconcile
+from . import constants, jobs, kube, metrics, reconcile
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 # The wake-up of each run's daemon: process wiring between kopf's watch handlers and the daemons, not run state
@@ -85,6 +87,18 @@ def poke(namespace: str | None, name: str | None) -> None:
         _triggers[(namespace, name)].set()
 
 
+def poke_labelled(namespace: str | None, label: str | None) -> None:
+    """Wake the run whose pods carry `dbops.io/migration: <label>` (the name, shortened to a label value)."""
+    for key, trigger in list(_triggers.items()):
+        if key[0] == namespace and jobs.label_value(key[1]) == label:
+            trigger.set()
+
+
+OUR_JOBS = f"{constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE}"
+OUR_PODS = f"{OUR_JOBS},{constants.MIGRATION_LABEL}"
+ENDED_POD_PHASES = frozenset({"Succeeded", "Failed"})
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.STORAGE_PREFIX)
@@ -97,6 +111,9 @@ async def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -
     settings.watching.client_timeout = 300
     settings.networking.request_timeout = 60
     settings.batching.error_delays = ERROR_BACKOFF
+    # Server-side selection: the handlers below want only our Jobs and their pods, not every pod of the namespaces.
+    settings.watching.label_selectors["batch", "v1", "jobs"] = OUR_JOBS
+    settings.watching.label_selectors["", "v1", "pods"] = OUR_PODS
     # kopf logs every handler's success at INFO: with watches on Deployments and Jobs that is lines per second while
     # an app scales. Ours log what matters (phase changes, actions, errors); kopf's own lines go to debug.
     logging.getLogger("kopf.objects").addFilter(quiet_handler_success)
@@ -149,6 +166,18 @@ async def job_changed(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == constants.KIND:
             poke(namespace, owner.get("name"))
+
+
+@kopf.on.event(
+    "",
+    "v1",
+    "pods",
+    labels={constants.MANAGED_BY_LABEL: constants.MANAGED_BY_VALUE, constants.MIGRATION_LABEL: kopf.PRESENT},
+)
+async def job_pod_changed(namespace: str | None, labels: kopf.Labels, status: kopf.Status, **_: Any) -> None:
+    """A Job's pod that ended wakes its run at once (`jobs.ended_pod_state` judges it)."""
+    if status.get("phase") in ENDED_POD_PHASES:
+        poke_labelled(namespace, labels.get(constants.MIGRATION_LABEL))
 
 
 @kopf.index(constants.GROUP, constants.VERSION, constants.PLURAL)

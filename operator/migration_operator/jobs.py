@@ -7,6 +7,9 @@ Every pod passes PodSecurity `restricted`; credentials only ever arrive as secre
 owned by its DatabaseMigration (garbage-collected with it) and named deterministically, so a restarted
 operator finds the Job it created instead of creating a second one. No Job is retried by Kubernetes
 (backoffLimit 0): whether to retry a migration is never a blind decision.
+
+A Job counts as ended as soon as its one pod has (`ended_pod_state`): the Job controller reports a finished pod only
+at its next batched sync, up to a second later, and two Jobs run inside the maintenance window.
 """
 
 from __future__ import annotations
@@ -369,6 +372,47 @@ def job_state(job: Any) -> tuple[JobState, Any]:
     return "Running", None
 
 
+# How close to the Job's activeDeadlineSeconds the pod's own end is no longer trusted: from there the Job controller may
+# fail the Job with DeadlineExceeded whatever the pod did (clocks of the operator and the controller may differ).
+DEADLINE_MARGIN_SECONDS = 5.0
+
+
+def ended_pod_state(job: Any, pods: list[Any], now: datetime) -> JobState | None:
+    """Succeeded or Failed when the Job's pod has ended and the Job's status does not say so yet; else None.
+
+    The Job controller reports a finished pod at its next batched sync (up to a second later), and the maintenance
+    window should not wait for that. The pod alone tells the outcome only when the Job can do nothing else with it:
+    one pod for one completion, no retry of a failed pod (backoffLimit 0, no podFailurePolicy that could ignore the
+    failure), nothing being deleted, and the Job's active deadline not near (past it, the Job fails with
+    DeadlineExceeded whatever the pod did). Success needs the main container's exit code 0. In every other case the
+    Job's own status decides, as it does whenever it already says Succeeded or Failed."""
+    spec = job.spec
+    if spec is None or job.metadata.deletion_timestamp is not None or len(pods) != 1:
+        return None
+    if (spec.completions or 1) != 1 or (spec.parallelism if spec.parallelism is not None else 1) != 1:
+        return None
+    started = _aware(job.status.start_time) if job.status else None
+    if spec.active_deadline_seconds is not None and (
+        started is None or (now - started).total_seconds() >= spec.active_deadline_seconds - DEADLINE_MARGIN_SECONDS
+    ):
+        return None
+    pod = pods[0]
+    status = pod.status
+    if status is None or pod.metadata.deletion_timestamp is not None:
+        return None
+    if status.phase == "Succeeded":
+        main = spec.template.spec.containers[0].name if spec.template and spec.template.spec else None
+        ended = [
+            c.state.terminated
+            for c in status.container_statuses or []
+            if c.name == main and c.state is not None and c.state.terminated is not None
+        ]
+        return "Succeeded" if ended and ended[0].exit_code == 0 else None
+    if status.phase == "Failed" and spec.backoff_limit == 0 and spec.pod_failure_policy is None:
+        return "Failed"
+    return None
+
+
 def _created(pod: Any) -> datetime:
     return pod.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
 
@@ -454,8 +498,9 @@ async def _read_log(namespace: str, pod: str, container: str, message: str | Non
 
 
 async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObservation:
-    """The Job's state; while it runs, why its pod cannot start (if so); once it ended, its main container's
-    complete output (log, or termination message as the fallback), exit code and failure reason.
+    """The Job's state; while it runs, why its pod cannot start (if so); once it ended (its status says so, or its
+    pod ended: `ended_pod_state`), its main container's complete output (log, or termination message as the
+    fallback), exit code and failure reason.
 
     `read_log=False` when only the state matters (a Job looked at again on every pass after its result was
     used): no log is read, `output` is the termination message."""
@@ -465,6 +510,8 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
         return ABSENT
     state, failed_condition = job_state(job)
     pods = await _job_pods(namespace, job.metadata.uid)
+    early = ended_pod_state(job, pods, datetime.now(UTC)) if state == "Running" else None
+    state = early or state
     if state == "Running":
         waiting = next((w for w in (pod_waiting(p) for p in reversed(pods)) if w is not None), None)
         if waiting is None:
@@ -499,7 +546,11 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
     output, source, truncated = choose_output(message, log)
     failure = None
     if state == "Failed":
+        pod_status = pods[0].status if early and pods else None
         parts = [
+            f"pod {pods[0].metadata.name} failed" if pod_status is not None else None,
+            pod_status.reason if pod_status is not None else None,
+            pod_status.message if pod_status is not None else None,
             failed_condition.reason if failed_condition else None,
             failed_condition.message if failed_condition else None,
             f"exit code {exit_code}" if exit_code is not None else None,

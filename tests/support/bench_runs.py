@@ -332,15 +332,17 @@ def flyway_sql_seconds(database: str, version: str = "6") -> float | None:
 
 def job_figures(run: Run) -> dict[str, dict[str, Any]]:
     """Per Job of an operator run: created, finished (as the watch saw them), its wall time, and the reaction: the
-    first status write after it finished that moved the run on (new phase or new log entry)."""
+    first status write that moved the run on (new phase or new log entry) after the Job ended, that is after its pod
+    ended or its status said so, whichever came first (the operator acts on the pod's end since the pods' watch)."""
     figures: dict[str, dict[str, Any]] = {}
     rec = run.rec
     for job in rec.job_names(run.name):
         event = next(e for e in rec.jobs if e.name == job)
         created = rec.job_created(job)
         finished = rec.job_finished(job)
-        step_event = rec.next_status_step(run.name, finished[0]) if finished else None
         pod = rec.job_pod(job)
+        ends = [at for at in (pod["done"], finished[0] if finished else None) if at is not None]
+        step_event = rec.next_status_step(run.name, min(ends)) if ends else None
         figures[event.step or job] = {
             "job": job,
             "created": created,
@@ -358,9 +360,10 @@ def job_figures(run: Run) -> dict[str, dict[str, Any]]:
             "finished": finished[0] if finished else None,
             "state": finished[1] if finished else "Running",
             "seconds": _span(created, finished[0] if finished else None),
+            # from the Job's status (the Job controller reports a finished pod in batches, up to a second later):
+            # negative when the run moved on before it, on the pod's end
             "reaction": _span(finished[0], step_event.at) if finished and step_event else None,
-            # the same, from the pod's end: what the app's window sees (the Job controller reports a finished pod
-            # in batches, up to a second later)
+            # from the pod's end: what the app's window sees
             "reaction_from_pod": _span(pod["done"], step_event.at) if step_event else None,
             "reaction_to": step_event.phase if step_event else None,
         }

@@ -1,15 +1,23 @@
-"""The one patch of kopf in handlers.py: a namespaced watch refused with 403 is retried, not fatal."""
+"""handlers.py: the one patch of kopf (a namespaced watch refused with 403 is retried, not fatal), and the watch of the
+Jobs' pods that wakes a run when its pod ended."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
 import pytest
+import specs
 from kopf._cogs.clients import errors as kopf_errors
 from kopf._core.reactor import orchestration, queueing
 
-from migration_operator import handlers
+from migration_operator import handlers, machine
+from migration_operator.models import parse_spec
+from migration_operator.reasons import Step
+
+# every step builds a Job with a Compensate rollback
+SPEC = parse_spec(specs.parking(rollback={"strategy": "Compensate", "compensate": {"sql": "drop table zones;"}}))
 
 
 def forbidden() -> kopf_errors.APIForbiddenError:
@@ -63,3 +71,52 @@ def test_kopf_uses_the_patched_watcher() -> None:
     watcher through the module attribute `queueing.watcher`."""
     assert getattr(queueing.watcher, "tolerates_forbidden", False)
     assert "queueing.watcher(" in inspect.getsource(orchestration.spawn_missing_watchers)
+
+
+# ------------------------------------------------------------------------------ a Job's pod ended: the run wakes
+LONG_NAME = "a-very-long-database-migration-name-for-the-parking-database-release-2026-and-more"
+
+
+@pytest.fixture
+def triggers(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, str], asyncio.Event]:
+    found = {("ns", LONG_NAME): asyncio.Event(), ("ns", "other"): asyncio.Event(), ("ns2", LONG_NAME): asyncio.Event()}
+    monkeypatch.setattr(handlers, "_triggers", found)
+    return found
+
+
+def pod_labels(name: str) -> dict[str, str]:
+    """The labels `build_job` puts on a step's pod template (the name shortened to a label value)."""
+    manifest = machine.build_job({"metadata": {"name": name, "namespace": "ns", "uid": "u"}}, SPEC, Step.MIGRATE)
+    labels: dict[str, str] = manifest["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+async def test_a_jobs_pod_that_ended_wakes_its_run_only(
+    triggers: dict[tuple[str, str], asyncio.Event], phase: str
+) -> None:
+    labels = pod_labels(LONG_NAME)
+    await handlers.job_pod_changed(namespace="ns", labels=labels, status={"phase": phase})
+    assert [key for key, trigger in triggers.items() if trigger.is_set()] == [("ns", LONG_NAME)]
+
+
+@pytest.mark.parametrize("phase", [None, "Pending", "Running"])
+async def test_a_jobs_pod_that_runs_wakes_nobody(triggers: dict[tuple[str, str], asyncio.Event], phase: str) -> None:
+    await handlers.job_pod_changed(namespace="ns", labels=pod_labels(LONG_NAME), status={"phase": phase})
+    assert not any(trigger.is_set() for trigger in triggers.values())
+
+
+def test_the_watches_select_our_jobs_and_pods_on_the_server() -> None:
+    """The label selectors given to kopf match what `build_job` labels: every step's Job and pod, nothing else."""
+    def matches(selector: str, labels: dict[str, str]) -> bool:
+        for term in selector.split(","):
+            key, _, value = term.partition("=")
+            if key not in labels or (value and labels[key] != value):
+                return False
+        return True
+
+    for step in Step:
+        manifest = machine.build_job({"metadata": {"name": LONG_NAME, "namespace": "ns", "uid": "u"}}, SPEC, step)
+        assert matches(handlers.OUR_JOBS, manifest["metadata"]["labels"])
+        assert matches(handlers.OUR_PODS, manifest["spec"]["template"]["metadata"]["labels"])
+    assert not matches(handlers.OUR_PODS, {"app": "api-gateway"})

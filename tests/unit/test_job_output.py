@@ -4,16 +4,18 @@ own model objects, the same the operator reads."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+import specs
 import test_flyway
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from migration_operator import flyway, jobs, kube
+from migration_operator import flyway, jobs, kube, machine
+from migration_operator.models import parse_spec
 from migration_operator.observations import JobObservation
 
 T0 = datetime(2026, 11, 25, 11, 0, 0, tzinfo=UTC)
@@ -356,3 +358,109 @@ async def test_no_log_read_when_only_the_state_matters(api: Any) -> None:
     observed = await jobs.observe("ns", "run-validate", read_log=False)
     assert (observed.state, observed.output, observed.output_source) == ("Succeeded", message, "terminationMessage")
     assert not fake.log_calls
+
+
+# ------------------------------------------------------------------- a pod that ended before the Job's status
+# The Job controller reports a finished pod at its next batched sync, up to a second later: the run moves on the
+# pod's end when the pod alone decides the outcome, and waits for the Job's status otherwise.
+def our_job(
+    backoff_limit: int = 0,
+    deadline: int = 600,
+    started: datetime | Literal["now"] | None = "now",
+    deleting: bool = False,
+    **status: Any,
+) -> client.V1Job:
+    """A Job as `jobs.build_job` makes it (one pod, backoffLimit 0, an active deadline), its status not updated yet
+    unless `status` says otherwise."""
+    found = job(**status)
+    found.spec.backoff_limit, found.spec.completions, found.spec.parallelism = backoff_limit, 1, 1
+    found.spec.active_deadline_seconds = deadline
+    found.status.start_time = datetime.now(UTC) if started == "now" else started
+    found.metadata.deletion_timestamp = datetime.now(UTC) if deleting else None
+    return found
+
+
+def test_the_shortcut_applies_to_the_jobs_the_operator_builds() -> None:
+    """`jobs.build_job`'s Job, read back as the API returns it: the pod alone decides its outcome."""
+    body = {"metadata": {"name": "run", "namespace": "ns", "uid": "uid-1"}}
+    manifest = machine.build_job(body, parse_spec(specs.parking()), "migrate")
+    built: client.V1Job = client.ApiClient()._ApiClient__deserialize(manifest, "V1Job")  # type: ignore[attr-defined]
+    built.status = client.V1JobStatus(start_time=datetime.now(UTC))
+    done = pod("Succeeded", [], [status("migrate", **terminated(0))])
+    assert jobs.ended_pod_state(built, [done], datetime.now(UTC)) == "Succeeded"
+    failed = pod("Failed", [], [status("migrate", **terminated(1))])
+    assert jobs.ended_pod_state(built, [failed], datetime.now(UTC)) == "Failed"
+
+
+async def test_a_pod_that_succeeded_ends_the_job_before_its_status_does(api: Any) -> None:
+    output = validate_output()
+    fake = api(our_job(), [ended_pod(termination_message(output))], output.encode())
+    observed = await jobs.observe("ns", "run-validate")
+    assert observed == JobObservation(
+        "Succeeded", output=output, exit_code=0, output_source="log", output_truncated=False
+    )
+    assert fake.log_calls and fake.log_calls[0]["pod"] == "run-validate-abcde"
+
+
+async def test_a_pod_that_failed_fails_the_job_before_its_status_does(api: Any) -> None:
+    message = '==> migrate <==\n{"error": {"message": "relation already exists"}}\n'
+    api(our_job(), [ended_pod(message, exit_code=1)], message.encode())
+    observed = await jobs.observe("ns", "run-validate")
+    assert (observed.state, observed.exit_code, observed.output) == ("Failed", 1, message)
+    assert observed.failure == "pod run-validate-abcde failed: exit code 1"
+
+
+async def test_a_failed_init_container_fails_the_job_from_its_pod(api: Any) -> None:
+    failed = pod(
+        "Failed",
+        [status("copy-migrations", **terminated(1, "cp: can't stat '/flyway/sqll/.'\n"))],
+        [status("validate", **waiting("PodInitializing"))],
+    )
+    api(our_job(), [failed])
+    observed = await jobs.observe("ns", "run-validate")
+    assert observed.state == "Failed"
+    assert observed.failure == (
+        "pod run-validate-abcde failed: init container copy-migrations: exit code 1: cp: can't stat '/flyway/sqll/.'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("the_job", "pods"),
+    [
+        # the Job retries a failed pod (backoffLimit 1): its status decides
+        (lambda: our_job(backoff_limit=1), lambda: [ended_pod("boom", exit_code=1)]),
+        # past (or near) the Job's active deadline the Job may fail with DeadlineExceeded whatever the pod did
+        (lambda: our_job(deadline=60, started=datetime.now(UTC) - timedelta(seconds=58)), lambda: [ended_pod("ok")]),
+        (lambda: our_job(deadline=60, started=None), lambda: [ended_pod("ok")]),
+        # being deleted (stopped): the Job and its pod go, nothing to conclude
+        (lambda: our_job(deleting=True), lambda: [ended_pod("ok")]),
+        (lambda: our_job(), lambda: [deleted(ended_pod("ok"))]),
+        # not the only pod
+        (lambda: our_job(), lambda: [ended_pod("boom", exit_code=1), ended_pod("ok")]),
+        # Succeeded without a terminated main container: not a state the kubelet reports, so not trusted
+        (lambda: our_job(), lambda: [pod("Succeeded", [], [status("validate", **waiting("ContainerCreating"))])]),
+        # still running, or no pod yet
+        (lambda: our_job(), lambda: [running_pod()]),
+        (lambda: our_job(), lambda: []),
+    ],
+)
+async def test_otherwise_the_jobs_status_decides(api: Any, the_job: Any, pods: Any) -> None:
+    api(the_job(), pods(), b"ok\n")
+    assert (await jobs.observe("ns", "run-validate")).state == "Running"
+
+
+async def test_the_jobs_status_wins_over_its_pod(api: Any) -> None:
+    """A pod that succeeded while the Job was failed for its deadline: the Job says Failed, the run says Failed."""
+    api(our_job(failed="DeadlineExceeded"), [ended_pod("ok\n")], b"ok\n")
+    observed = await jobs.observe("ns", "run-validate")
+    assert observed.state == "Failed" and observed.failure is not None
+    assert observed.failure.startswith("DeadlineExceeded: x")
+
+
+def deleted(found: client.V1Pod) -> client.V1Pod:
+    found.metadata.deletion_timestamp = datetime.now(UTC)
+    return found
+
+
+def running_pod() -> client.V1Pod:
+    return pod("Running", [], [status("validate", running=client.V1ContainerStateRunning(started_at=at(3)))])

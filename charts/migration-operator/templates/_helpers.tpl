@@ -105,10 +105,11 @@ namespaces) or by one Role per watched namespace.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# The Jobs' pods (why one cannot start; which ended) and the app's (the drain).
+# The Jobs' pods (why one cannot start; which ended; watched: a pod that ended moves the run on at once) and the
+# app's (the drain).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # A Job's output (Flyway's JSON, the backup's summary) is read from its pod's log.
 - apiGroups: [""]
   resources: ["pods/log"]
