@@ -14,7 +14,6 @@
 #       server = "https://<that registry>"            # registry-1.docker.io for docker.io
 #       [host."http://127.0.0.1:5000"]
 #         capabilities = ["pull", "resolve"]
-#         skip_verify = true
 # (Two upstream registries holding the same path would collide: none of our names do.)
 #
 # Usage:
