@@ -411,7 +411,7 @@ def print_throughput(result: dict[str, Any]) -> None:
                   f"{_s(restore.get('rollback_to_restored')).strip()}"))
     clone = result.get("clone") or {}
     lines.append(("Clone backup, operator", (clone.get("durations") or {}).get("backup"),
-                  "BackingUp phase: CREATE DATABASE ... TEMPLATE (server default strategy, WAL_LOG)"))
+                  "BackingUp phase: CREATE DATABASE ... TEMPLATE (FILE_COPY from shared_buffers/64 MiB up)"))
     rclone = result.get("restore_clone") or {}
     lines.append(("Clone restore, operator", rclone.get("rollback_to_restored"),
                   "RollingBack -> restored: two renames, whatever the size (no throughput)"))

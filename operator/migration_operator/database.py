@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -509,23 +509,58 @@ async def clone_state(
     )
 
 
-async def create_clone(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str) -> None:
-    """CREATE DATABASE <clone> TEMPLATE <db>: needs the app drained (no session may use the source). An invalid
-    clone left by an interrupted DROP DATABASE is dropped and made again."""
+# CREATE DATABASE's copy strategy (PostgreSQL >= 15). WAL_LOG, the default, copies block by block and writes every
+# block to the WAL: its cost grows with the database. FILE_COPY copies the files and logs one record, at the price of a
+# checkpoint before the copy, whose cost is what the whole server has dirty in shared_buffers (at most all of it),
+# not the database's size. Measured on this machine (PostgreSQL 15, shared_buffers 128 MB; README "Performance"):
+# 3.9 GB copied in 3.0 s against 8.4 s, 204 MB in 0.14 s against 0.34 s; 48 MB in 0.26 s either way on a quiet
+# server but 0.49 s against 0.38 s with ~60 MB dirty elsewhere; 8 MB in 0.09 s against 0.08 s (0.18 s against 0.10 s
+# dirty). So FILE_COPY once the database is larger than what its checkpoint can cost at worst (shared_buffers), and
+# never below FILE_COPY_FROM_BYTES.
+FILE_COPY_FROM_BYTES = 64 * 1024 * 1024
+SERVER_VERSION_WITH_STRATEGY = 150000
+CloneStrategy = Literal["file_copy", "wal_log"]
+
+
+def clone_strategy(server_version: int, source_bytes: int, shared_buffers_bytes: int = 0) -> CloneStrategy | None:
+    """The STRATEGY of CREATE DATABASE for a source of this size (None: the server has no such clause)."""
+    if server_version < SERVER_VERSION_WITH_STRATEGY:
+        return None
+    return "file_copy" if source_bytes >= max(FILE_COPY_FROM_BYTES, shared_buffers_bytes) else "wal_log"
+
+
+def clone_statement(clone_name: str, source: str, strategy: CloneStrategy | None) -> sql.Composed:
+    statement = sql.SQL("create database {} template {}").format(sql.Identifier(clone_name), sql.Identifier(source))
+    if strategy is None:
+        return statement
+    keyword = {"file_copy": sql.SQL("file_copy"), "wal_log": sql.SQL("wal_log")}[strategy]
+    return statement + sql.SQL(" strategy ") + keyword
+
+
+async def create_clone(
+    spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str
+) -> CloneStrategy | None:
+    """CREATE DATABASE <clone> TEMPLATE <db> [STRATEGY `clone_strategy`]: needs the app drained (no session may use
+    the source). An invalid clone left by an interrupted DROP DATABASE is dropped and made again. Returns the
+    strategy used (None: the server's only one, or the clone was already there)."""
     async with await _connect_for_clone(spec, credentials, spec.timeouts.backup_seconds) as conn:
-        found = await _databases(conn, [clone_name])
+        found = await _databases(conn, [clone_name, spec.database.name])
         if _valid(found, clone_name):
-            return
+            return None
         if clone_name in found:
             await conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(clone_name)))
+        source_bytes = int((found.get(spec.database.name) or {}).get("size") or 0)
+        cursor = await conn.execute(
+            "select setting::bigint * current_setting('block_size')::bigint as bytes from pg_settings "
+            "where name = 'shared_buffers'"
+        )
+        shared_buffers = int((await cursor.fetchone() or {}).get("bytes") or 0)
+        strategy = clone_strategy(conn.info.server_version, source_bytes, shared_buffers)
         try:
-            await conn.execute(
-                sql.SQL("create database {} template {}").format(
-                    sql.Identifier(clone_name), sql.Identifier(spec.database.name)
-                )
-            )
+            await conn.execute(clone_statement(clone_name, spec.database.name, strategy))
         except psycopg.errors.DuplicateDatabase:
-            return  # an earlier attempt's CREATE DATABASE, still running when this one started, committed it
+            return None  # an earlier attempt's CREATE DATABASE, still running when this one started, committed it
+        return strategy
 
 
 async def swap_clone_back(

@@ -68,14 +68,6 @@ from .observations import ConditionChange, Observations
 
 
 # ---------------------------------------------------------------------------------------------- acting
-async def _database_action(ctx: Context, action: CloneDatabase | SwapCloneBack) -> None:
-    login = await context.credentials(ctx)
-    if isinstance(action, CloneDatabase):
-        await database.create_clone(ctx.spec, login, action.clone_name)
-    else:
-        await database.swap_clone_back(ctx.spec, login, action.clone_name, action.failed_name)
-
-
 def _action_name(action: Action) -> str:
     return {
         CreateJob: reasons.ACTION_CREATE_JOB,
@@ -116,7 +108,9 @@ async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
     elif isinstance(action, CloneDatabase | SwapCloneBack):
         login = await context.credentials(ctx)
         if isinstance(action, CloneDatabase):
-            await database.create_clone(ctx.spec, login, action.clone_name)
+            strategy = await database.create_clone(ctx.spec, login, action.clone_name)
+            if strategy:
+                ctx.logger.info("cloned %s to %s (strategy %s)", ctx.spec.database.name, action.clone_name, strategy)
         else:
             await database.swap_clone_back(ctx.spec, login, action.clone_name, action.failed_name)
     elif isinstance(action, ReleaseLock):

@@ -155,6 +155,54 @@ async def test_an_invalid_clone_is_not_a_backup_and_is_made_again(scratch: str) 
     assert rows_in(clone, "spots") == 100
 
 
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("version", "size", "shared_buffers", "expected"),
+    [
+        (140011, 10 * 2**30, 128 * MIB, None),  # PostgreSQL 14: no STRATEGY clause
+        (150004, 8 * MIB, 0, "wal_log"),  # small: FILE_COPY's checkpoint costs more than the copy
+        (150004, database.FILE_COPY_FROM_BYTES - 1, 16 * MIB, "wal_log"),
+        (150004, database.FILE_COPY_FROM_BYTES, 16 * MIB, "file_copy"),
+        (150004, 200 * MIB, 128 * MIB, "file_copy"),  # the 1M-row benchmark database
+        (150004, 200 * MIB, 8 * 2**30, "wal_log"),  # the checkpoint could write more than the copy
+        (170000, 4 * 2**30, 128 * MIB, "file_copy"),  # large: a file copy, not every block through the WAL
+    ],
+)
+def test_the_clone_strategy_is_picked_by_server_and_size(
+    version: int, size: int, shared_buffers: int, expected: str | None
+) -> None:
+    assert database.clone_strategy(version, size, shared_buffers) == expected
+    statement = database.clone_statement("db_pre_1", "Db", expected)  # type: ignore[arg-type]
+    with postgres.connect() as conn:
+        text = statement.as_string(conn)
+    assert text == 'create database "db_pre_1" template "Db"' + (f" strategy {expected}" if expected else "")
+
+
+async def test_a_large_database_is_cloned_with_file_copy(scratch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FILE_COPY from the threshold up (shrunk here): the clone is whole, and the server checkpointed for it."""
+    as_owner(scratch, "create table spots as select g as id, md5(g::text) as label from generate_series(1, 20000) g")
+    monkeypatch.setattr(database, "FILE_COPY_FROM_BYTES", 1)
+    by_size_only = database.clone_strategy  # this server's shared_buffers is larger than the scratch database
+    monkeypatch.setattr(database, "clone_strategy", lambda version, size, _: by_size_only(version, size, 0))
+    before = requested_checkpoints()
+    assert await database.create_clone(spec_for(scratch), LOGIN, f"{scratch}_pre_f") == "file_copy"
+    assert requested_checkpoints() > before  # FILE_COPY's own checkpoints (other sessions can only add to it)
+    assert rows_in(f"{scratch}_pre_f", "spots") == 20000
+    monkeypatch.setattr(database, "FILE_COPY_FROM_BYTES", 2**60)
+    assert await database.create_clone(spec_for(scratch), LOGIN, f"{scratch}_pre_g") == "wal_log"
+    assert rows_in(f"{scratch}_pre_g", "spots") == 20000
+    assert await database.create_clone(spec_for(scratch), LOGIN, f"{scratch}_pre_g") is None  # already there
+
+
+def requested_checkpoints() -> int:
+    with postgres.connect() as conn:
+        row = conn.execute("select checkpoints_req from pg_stat_bgwriter").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 # ------------------------------------------------------------------------------------------------ history
 HISTORY_COLUMNS = (
     "installed_rank int primary key, version varchar(50), description varchar(200) not null, "

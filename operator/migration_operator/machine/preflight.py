@@ -2,8 +2,8 @@
 run `Failed` with the app untouched.
 
 Observes: the objects the run needs (credentials Secret, migrations ConfigMap, Deployment, backup PVC, compensate
-ConfigMap), the database (login, failed history rows), a "before" snapshot, the migrations of the ConfigMap, and
-the `validate` Job (flyway info + validate).
+ConfigMap), the database (login, failed history rows), the `validate` Job (flyway info + validate), the migrations
+of the ConfigMap and, once the validate Job exists, a "before" snapshot and the Restore check.
 Actions: create the `validate` Job.
 Outcomes: the pending list; nothing pending -> Succeeded (NothingToMigrate); dry run -> Succeeded (DryRunComplete);
 else the first work phase.
@@ -166,12 +166,16 @@ async def observe(ctx: Context) -> dict[str, Any]:
     check = await database.check(ctx.spec, login)
     fields["database"] = check
     if check.reachable:
-        fields["snapshot"] = snapshot = await database.take_snapshot(ctx.spec, login, ctx.uid)
-        if restores_a_dump(ctx.spec):
-            scope = restore_scope(ctx.spec, snapshot)
-            fields["restore_problems"] = tuple(await database.restore_problems(ctx.spec, login, scope))
+        fields["jobs"] = validate = await context.job(ctx, Step.VALIDATE)
+        # The snapshot and the Restore check take the most time of a pass and decide nothing before flyway validate
+        # has run (its JVM takes seconds to start): the first pass creates the validate Job without them, the
+        # passes while it runs and the one that sees it end take them (the "before" snapshot is that last one's).
+        if validate[Step.VALIDATE].state != "Absent":
+            fields["snapshot"] = snapshot = await database.take_snapshot(ctx.spec, login, ctx.uid)
+            if restores_a_dump(ctx.spec):
+                scope = restore_scope(ctx.spec, snapshot)
+                fields["restore_problems"] = tuple(await database.restore_problems(ctx.spec, login, scope))
         fields["local_migrations"] = await _local_migrations(ctx)
-        fields["jobs"] = await context.job(ctx, Step.VALIDATE)
     return fields
 
 
