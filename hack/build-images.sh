@@ -37,7 +37,7 @@ REPO="$(cd "$HACK_DIR/.." && pwd)"
 # shellcheck source=hack/versions.sh
 source "$HACK_DIR/versions.sh"
 
-IMAGES_REVISION=1            # bump when this script changes how any image is built
+IMAGES_REVISION=2            # bump when this script changes how any image is built
 ROOTFS_REVISION=1            # bump when make_rootfs changes (a new debootstrap is made)
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -233,12 +233,12 @@ EOF
   export CONTAINERS_REGISTRIES_CONF="$IMG_CACHE/etc/registries.conf"
   export BUILDAH_FORMAT=docker
   # pip in RUN steps: when this machine reaches the package index through a TLS proxy, its CA bundle must be
-  # trusted there too. The bundle and a pip.conf naming it are mounted for the build only (not in the image).
+  # trusted there too. The images FROM python get the host's bundle mounted read-only over the image's own
+  # /etc/ssl/certs/ca-certificates.crt for the build only (pip in a Debian venv reads that file); a path that
+  # exists in the image, so no empty mount point is left in a layer.
   BUILD_MOUNTS=()
   if [[ -n ${PIP_CERT:-} || -f /etc/pip.conf ]] && [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
-    printf '[global]\ncert = /run/build-host-ca.crt\n' >"$IMG_CACHE/etc/pip.conf"
-    BUILD_MOUNTS+=(-v "/etc/ssl/certs/ca-certificates.crt:/run/build-host-ca.crt:ro"
-      -v "$IMG_CACHE/etc/pip.conf:/etc/pip.conf:ro")
+    BUILD_MOUNTS+=(-v "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro")
   fi
 }
 
@@ -358,8 +358,7 @@ ensure_image() {  # name: build and push unless the registry has it with the sam
   local logfile="$IMG_CACHE/logs/$name.log"
   mkdir -p "$IMG_CACHE/logs"
   local mounts=()
-  # Only the builds that run pip get the host's CA bundle (a mount point would otherwise be left in scratch images).
-  grep -q 'pip install' "$REPO/$dockerfile" && mounts=("${BUILD_MOUNTS[@]}")
+  [[ $base == python ]] && mounts=("${BUILD_MOUNTS[@]}")
   if ! buildah bud --isolation "$ISOLATION" --network host --pull=never --format docker \
     "${mounts[@]}" --label "$LABEL=$want" -f "$REPO/$dockerfile" -t "$ref" \
     "$(context_of "$name")" >"$logfile" 2>&1; then
