@@ -49,6 +49,8 @@ IMG_CACHE="$MO_CACHE/images"
 ROOTFS_DIR="$IMG_CACHE/rootfs/debian-$DEBIAN_SUITE-minbase-r$ROOTFS_REVISION"
 CTX_DIR="$IMG_CACHE/contexts"
 COREDNS_BIN="$IMG_CACHE/coredns/$COREDNS_VERSION/coredns"
+LOCAL_PATH_VERSION=${LOCAL_PATH_VERSION:-v0.0.30}
+LOCAL_PATH_BIN="$IMG_CACHE/local-path-provisioner/$LOCAL_PATH_VERSION/local-path-provisioner"
 FLYWAY_DIST="$MO_CACHE/flyway/$FLYWAY_VERSION"
 ISOLATION=${MO_BUILDAH_ISOLATION:-chroot}
 
@@ -64,6 +66,7 @@ IMAGES=(
   "flyway|docker.io/flyway/flyway:${FLYWAY_VERSION%.*}|hack/images/flyway/Dockerfile|debian"
   "pause|registry.k8s.io/pause:3.10|hack/images/pause/Dockerfile|-"
   "coredns|registry.k8s.io/coredns/coredns:$COREDNS_VERSION|hack/images/coredns/Dockerfile|-"
+  "local-path-provisioner|docker.io/rancher/local-path-provisioner:$LOCAL_PATH_VERSION|hack/images/local-path-provisioner/Dockerfile|-"
   "migration-operator|ghcr.io/dbops/migration-operator:0.1.0|Dockerfile|python"
   "parking-gateway|ghcr.io/dbops/parking-gateway:0.1.0|examples/parking/gateway/Dockerfile|python"
   "parking-migrations|ghcr.io/dbops/parking-migrations:6|examples/parking/migrations.Dockerfile|busybox"
@@ -80,6 +83,7 @@ context_of() {
     flyway) echo "$FLYWAY_DIST" ;;
     pause) echo "$CTX_DIR/pause" ;;
     coredns) echo "$CTX_DIR/coredns" ;;
+    local-path-provisioner) echo "$CTX_DIR/local-path-provisioner" ;;
     migration-operator) echo "$REPO" ;;
     parking-gateway) echo "$REPO/examples/parking/gateway" ;;
     parking-migrations) echo "$REPO/examples/parking" ;;
@@ -95,6 +99,7 @@ hash_inputs_of() {  # prints what, besides the Dockerfile and the base, identifi
     flyway) ensure_flyway; hash_tree "$FLYWAY_DIST" lib drivers flyway ;;
     pause) hash_tree "$REPO/hack/images/pause" pause.c; echo "gcc $(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)" ;;
     coredns) echo "coredns $COREDNS_VERSION CGO_ENABLED=0 -trimpath -ldflags=-s -w" ;;
+    local-path-provisioner) echo "local-path-provisioner $LOCAL_PATH_VERSION CGO_ENABLED=0 -trimpath -ldflags=-s -w" ;;
     migration-operator) hash_tree "$REPO" .dockerignore pyproject.toml README.md operator ;;
     parking-gateway) hash_tree "$REPO/examples/parking/gateway" gateway.py ;;
     parking-migrations) hash_tree "$REPO/examples/parking" migrations migrations-next/good ;;
@@ -119,6 +124,10 @@ prepare_context() {  # name: make the build context exist (outside the checkout)
       cp "$COREDNS_BIN" "$CTX_DIR/coredns/coredns"
       # Upstream gives the binary this file capability so that its non-root user binds port 53.
       setcap cap_net_bind_service=+ep "$CTX_DIR/coredns/coredns" ;;
+    local-path-provisioner)
+      ensure_go_binary local-path-provisioner "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION" "$LOCAL_PATH_BIN"
+      mkdir -p "$CTX_DIR/local-path-provisioner"
+      cp "$LOCAL_PATH_BIN" "$CTX_DIR/local-path-provisioner/local-path-provisioner" ;;
   esac
 }
 
@@ -319,6 +328,19 @@ ensure_coredns() {  # built from the Go module proxy once per version (a few min
   mv "$gobin/coredns" "$COREDNS_BIN"
   rmdir "$gobin"
   log "coredns built in $((SECONDS - started)) s"
+}
+
+ensure_go_binary() {  # name module@version output: `go install` of a main module from the Go proxy, once per version
+  local name=$1 modver=$2 out=$3
+  [[ -x $out ]] && return 0
+  local started=$SECONDS
+  log "building $name ${modver##*@} from the Go module proxy (once)"
+  mkdir -p "$(dirname "$out")"
+  local gobin; gobin=$(mktemp -d "$(dirname "$out")/.gobin.XXXXXX")
+  env CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "$modver"
+  mv "$gobin/$name" "$out"
+  rmdir "$gobin"
+  log "$name built in $((SECONDS - started)) s"
 }
 
 ensure_local_base() {  # name: the image in buildah's storage is the one with the current inputs (pull it if not)

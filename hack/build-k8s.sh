@@ -9,6 +9,17 @@
 set -euo pipefail
 source "$(dirname "$0")/versions.sh"
 
+# stamp the release version the way Kubernetes' own build does, or every binary reports v0.0.0-master
+k8s_ldflags() {
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ldflags"
+}
+
 build_k8s() {
   local out="$BIN_DIR/kube-apiserver"
   if [[ -x "$BIN_DIR/kube-apiserver" && -x "$BIN_DIR/kube-controller-manager" && -x "$BIN_DIR/kube-scheduler" && -x "$BIN_DIR/kubectl" ]]; then
@@ -32,18 +43,21 @@ build_k8s() {
     echo ")"
   } > "$work/go.mod"
   echo "building Kubernetes $K8S_VERSION control plane (cold build takes a while on 2 cores)" >&2
-  # stamp the release version the way Kubernetes' own build does, or every binary reports v0.0.0-master
-  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  local ldflags="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
-  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags="$ldflags" -o "$BIN_DIR/" \
+  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags="$(k8s_ldflags)" -o "$BIN_DIR/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler \
       k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_node() {  # kubelet and kube-proxy, from the same wrapper module as the control plane
+  [[ -x "$BIN_DIR/kubelet" && -x "$BIN_DIR/kube-proxy" ]] && return 0
+  build_k8s
+  local work="$MO_CACHE/build/k8s-$K8S_VERSION"
+  echo "building kubelet and kube-proxy $K8S_VERSION" >&2
+  (cd "$work" && GOFLAGS=-mod=mod go build -trimpath -ldflags="$(k8s_ldflags)" -o "$BIN_DIR/" \
+      k8s.io/kubernetes/cmd/kubelet \
+      k8s.io/kubernetes/cmd/kube-proxy)
 }
 
 build_simple() {  # name module-version package [extra-ldflags]
@@ -60,12 +74,15 @@ HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 what=${1:-all}
 case "$what" in
   k8s) build_k8s ;;
+  node) build_node; build_simple crictl "sigs.k8s.io/cri-tools@$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl ;;
   etcd) build_simple etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3 ;;
   helm) build_simple helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$HELM_LDFLAGS" ;;
   all)
     build_simple etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3
     build_k8s
+    build_node
+    build_simple crictl "sigs.k8s.io/cri-tools@$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
     build_simple helm "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$HELM_LDFLAGS"
     ;;
-  *) echo "usage: $0 [k8s|etcd|helm|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [k8s|node|etcd|helm|all]" >&2; exit 2 ;;
 esac

@@ -10,81 +10,32 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 source "$REPO/hack/versions.sh"
-STATE="$MO_CACHE/cluster"
-CERTS="$STATE/certs"
-LOGS="$STATE/logs"
-PIDS="$STATE/pids"
-KUBECONFIG_ADMIN="$STATE/kubeconfig"
-APISERVER_PORT=16443
-ETCD_PORT=23790
-ETCD_PEER_PORT=23800
+# MO_NODE=real: a real node (hack/node.sh: containerd, kubelet, kube-proxy) and PostgreSQL in the cluster, in
+# its own state dir and ports, so it can run beside the node agent's cluster while it is being brought up.
+MO_NODE=${MO_NODE:-agent}
 NODE_NAME=local-node
-KUBECTL="$BIN_DIR/kubectl"
-
-log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-# wait_for <seconds> <description> <command...>: polls a condition with a deadline
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2; shift 2
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then log "timed out waiting for $what"; return 1; fi
-    sleep 0.5
-  done
-}
-
-# A pid file outlives a reboot or a stopped session, and its pid may since belong to another process (even the
-# CI job running this script): a component counts as running only if that pid's command line is still ours.
-# A second argument is text the command line must also contain (e.g. this checkout's path).
-is_running() {
-  [[ -f "$PIDS/$1" ]] || return 1
-  local pid; pid=$(cat "$PIDS/$1")
-  kill -0 "$pid" 2>/dev/null || return 1
-  local expected=$1; [[ $1 == node-agent ]] && expected=node_agent
-  local cmdline; cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) || return 1
-  grep -q -- "$expected" <<<"$cmdline" && { [[ -z ${2:-} ]] || grep -qF -- "$2" <<<"$cmdline"; }
-}
-
-start_bg() {  # name command...: start a daemon in its own session, log and pid under the state dir
-  local name=$1; shift
-  if is_running "$name"; then return 0; fi
-  mkdir -p "$LOGS" "$PIDS"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
-  echo $! > "$PIDS/$name"
-  log "started $name (pid $!, log $LOGS/$name.log)"
-}
-
-stop_bg() {  # name [grace-seconds]
-  local name=$1 grace=${2:-10}
-  [[ -f "$PIDS/$name" ]] || return 0
-  local pid; pid=$(cat "$PIDS/$name")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + grace))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
-    log "stopped $name"
-  fi
-  rm -f "$PIDS/$name"
-}
+APISERVER_PORT=16443
+SERVICE_CIDR=10.0.0.0/24
+if [[ $MO_NODE == real ]]; then
+  STATE="$MO_CACHE/cluster-real"
+  NODE_BRIDGE=mobr0
+  POD_CIDR=10.244.0.0/24
+  NODE_IP=10.244.0.1
+  APISERVER_HOST=$NODE_IP  # pods reach the API server through the `kubernetes` Service, whose endpoint is this
+  ETCD_PORT=24790; ETCD_PEER_PORT=24800; ETCD_METRICS_PORT=24810
+  CM_PORT=10357; SCHED_PORT=10359
+else
+  STATE="$MO_CACHE/cluster"
+  APISERVER_HOST=127.0.0.1
+  ETCD_PORT=23790; ETCD_PEER_PORT=23800; ETCD_METRICS_PORT=23810
+  CM_PORT=10257; SCHED_PORT=10259
+fi
+KUBECONFIG_ADMIN="$STATE/kubeconfig"
+LOG_TAG=cluster
+source "$REPO/hack/lib.sh"
+[[ $MO_NODE == real ]] && source "$REPO/hack/node.sh"
 
 # ---- certificates ------------------------------------------------------------------------------------------
-cert() {  # name subject [san]: a key pair signed by our CA
-  local name=$1 subject=$2 san=${3:-}
-  [[ -f "$CERTS/$name.crt" ]] && return 0
-  openssl genrsa -out "$CERTS/$name.key" 2048 2>/dev/null
-  openssl req -new -key "$CERTS/$name.key" -subj "$subject" -out "$CERTS/$name.csr" 2>/dev/null
-  local ext="$CERTS/$name.ext"
-  {
-    echo "basicConstraints=CA:FALSE"
-    echo "keyUsage=critical,digitalSignature,keyEncipherment"
-    echo "extendedKeyUsage=serverAuth,clientAuth"
-    [[ -n "$san" ]] && echo "subjectAltName=$san"
-  } > "$ext"
-  openssl x509 -req -in "$CERTS/$name.csr" -CA "$CERTS/ca.crt" -CAkey "$CERTS/ca.key" -CAcreateserial \
-    -days 3650 -sha256 -extfile "$ext" -out "$CERTS/$name.crt" 2>/dev/null
-  rm -f "$CERTS/$name.csr" "$ext"
-}
-
 make_certs() {
   mkdir -p "$CERTS"; chmod 700 "$CERTS"
   if [[ ! -f "$CERTS/ca.crt" ]]; then
@@ -93,7 +44,7 @@ make_certs() {
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
       -out "$CERTS/ca.crt" 2>/dev/null
   fi
-  local sans="DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+  local sans="DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1${NODE_IP:+,IP:$NODE_IP}"
   cert apiserver "/CN=kube-apiserver" "$sans"
   cert etcd "/CN=etcd" "DNS:localhost,IP:127.0.0.1"
   cert apiserver-etcd-client "/CN=kube-apiserver-etcd-client"
@@ -105,29 +56,6 @@ make_certs() {
   [[ -f "$CERTS/sa.key" ]] || { openssl genrsa -out "$CERTS/sa.key" 2048 2>/dev/null; openssl rsa -in "$CERTS/sa.key" -pubout -out "$CERTS/sa.pub" 2>/dev/null; }
 }
 
-kubeconfig() {  # file user cert
-  local file=$1 user=$2 cert=$3
-  cat > "$file" <<KC
-apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
-    certificate-authority: $CERTS/ca.crt
-users:
-- name: $user
-  user:
-    client-certificate: $CERTS/$cert.crt
-    client-key: $CERTS/$cert.key
-contexts:
-- name: local
-  context: {cluster: local, user: $user}
-current-context: local
-KC
-  chmod 600 "$file"
-}
-
 # ---- components --------------------------------------------------------------------------------------------
 start_etcd() {
   mkdir -p "$STATE/etcd"; chmod 700 "$STATE/etcd"
@@ -135,15 +63,15 @@ start_etcd() {
     --listen-client-urls "https://127.0.0.1:$ETCD_PORT" --advertise-client-urls "https://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" \
-    --listen-metrics-urls "http://127.0.0.1:23810" \
+    --listen-metrics-urls "http://127.0.0.1:$ETCD_METRICS_PORT" \
     --cert-file "$CERTS/etcd.crt" --key-file "$CERTS/etcd.key" --client-cert-auth --trusted-ca-file "$CERTS/ca.crt" \
     --quota-backend-bytes 4294967296 --unsafe-no-fsync --log-level warn
-  wait_for 30 "etcd health" curl -sf http://127.0.0.1:23810/health
+  wait_for 30 "etcd health" curl -sf "http://127.0.0.1:$ETCD_METRICS_PORT/health"
 }
 
 start_apiserver() {
   start_bg kube-apiserver "$BIN_DIR/kube-apiserver" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port=$APISERVER_PORT \
+    --bind-address=$APISERVER_HOST --advertise-address=$APISERVER_HOST --secure-port=$APISERVER_PORT \
     --etcd-servers="https://127.0.0.1:$ETCD_PORT" --etcd-cafile="$CERTS/ca.crt" \
     --etcd-certfile="$CERTS/apiserver-etcd-client.crt" --etcd-keyfile="$CERTS/apiserver-etcd-client.key" \
     --tls-cert-file="$CERTS/apiserver.crt" --tls-private-key-file="$CERTS/apiserver.key" \
@@ -152,7 +80,7 @@ start_apiserver() {
     --kubelet-preferred-address-types=InternalIP \
     --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=$SERVICE_CIDR \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$CERTS/sa.pub" --service-account-signing-key-file="$CERTS/sa.key" \
     --allow-privileged=true --profiling=false --v=1
@@ -165,11 +93,11 @@ start_controller_manager() {
     --kubeconfig="$STATE/controller-manager.kubeconfig" \
     --authentication-kubeconfig="$STATE/controller-manager.kubeconfig" \
     --authorization-kubeconfig="$STATE/controller-manager.kubeconfig" \
-    --bind-address=127.0.0.1 --secure-port=10257 \
+    --bind-address=127.0.0.1 --secure-port=$CM_PORT \
     --service-account-private-key-file="$CERTS/sa.key" --root-ca-file="$CERTS/ca.crt" \
     --cluster-signing-cert-file="$CERTS/ca.crt" --cluster-signing-key-file="$CERTS/ca.key" \
     --use-service-account-credentials=true --controllers='*' --leader-elect=false \
-    --service-cluster-ip-range=10.0.0.0/24 --profiling=false --v=1
+    --service-cluster-ip-range=$SERVICE_CIDR --profiling=false --v=1
 }
 
 start_scheduler() {
@@ -178,7 +106,7 @@ start_scheduler() {
     --kubeconfig="$STATE/scheduler.kubeconfig" \
     --authentication-kubeconfig="$STATE/scheduler.kubeconfig" \
     --authorization-kubeconfig="$STATE/scheduler.kubeconfig" \
-    --bind-address=127.0.0.1 --secure-port=10259 --leader-elect=false --profiling=false --v=1
+    --bind-address=127.0.0.1 --secure-port=$SCHED_PORT --leader-elect=false --profiling=false --v=1
 }
 
 node_agent_python() { echo "$MO_CACHE/venv/current/bin/python"; }
@@ -223,32 +151,78 @@ up() {
   local t0=$SECONDS
   bash "$REPO/hack/venv.sh" >/dev/null
   bash "$REPO/hack/install-flyway.sh" >/dev/null
-  bash "$REPO/hack/postgres.sh" start
-  bash "$REPO/hack/postgres.sh" seed
-  control_plane
-  setup_storage
-  start_node_agent
+  if [[ $MO_NODE == real ]]; then
+    node_install
+    node_network
+    control_plane
+    node_up
+    addons
+  else
+    bash "$REPO/hack/postgres.sh" start
+    bash "$REPO/hack/postgres.sh" seed
+    control_plane
+    setup_storage
+    start_node_agent
+  fi
   log "cluster ready in $((SECONDS - t0))s"
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 
+# What a cluster has besides its node (hack/addons/): the images in the local registry, DNS, a storage
+# provisioner, and the PostgreSQL the examples and the tests use, seeded like hack/postgres.sh seeds one.
+addons() {
+  local k=("$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN")
+  bash "$REPO/hack/build-images.sh"
+  "${k[@]}" apply -f "$REPO/hack/addons/coredns.yaml" >/dev/null
+  mkdir -p "$STATE/volumes"
+  sed "s|@VOLUMES@|$STATE/volumes|" "$REPO/hack/addons/storage.yaml" | "${k[@]}" apply -f - >/dev/null
+  # the database's TLS certificate: the Service's names, signed by the cluster's CA
+  cert postgres-server "/CN=postgres.databases.svc" \
+    "DNS:postgres,DNS:postgres.databases,DNS:postgres.databases.svc,DNS:postgres.databases.svc.cluster.local,DNS:localhost,IP:127.0.0.1"
+  "${k[@]}" create namespace databases --dry-run=client -o yaml | "${k[@]}" apply -f - >/dev/null
+  # ca.crt too: what a client verifying the server (sslMode verify-full, a run's caSecret) trusts
+  "${k[@]}" -n databases create secret generic postgres-tls --type kubernetes.io/tls \
+    --from-file "tls.crt=$CERTS/postgres-server.crt" --from-file "tls.key=$CERTS/postgres-server.key" \
+    --from-file "ca.crt=$CERTS/ca.crt" --dry-run=client -o yaml | "${k[@]}" apply -f - >/dev/null
+  "${k[@]}" apply -f "$REPO/hack/addons/postgres.yaml" >/dev/null
+  "${k[@]}" -n kube-system rollout status deployment/coredns --timeout=180s >/dev/null
+  "${k[@]}" -n local-path-storage rollout status deployment/local-path-provisioner --timeout=180s >/dev/null
+  "${k[@]}" -n databases rollout status statefulset/postgres --timeout=300s >/dev/null
+  local ip; ip=$("${k[@]}" -n databases get service postgres -o jsonpath='{.spec.clusterIP}')
+  MO_PG_HOST=$ip MO_PG_PORT=5432 bash "$REPO/hack/postgres.sh" seed
+  log "PostgreSQL: postgres.databases.svc.cluster.local:5432 in pods, $ip:5432 from this host"
+}
+
 down() {
-  if is_running node-agent; then
-    stop_bg node-agent 15
-  fi
-  # the node agent leaves pods running on purpose when it stops (like a kubelet restart): clean them now
-  if [[ -d "$STATE/node" && -x "$(node_agent_python)" ]]; then
-    PYTHONPATH="$REPO/hack" "$(node_agent_python)" -m node_agent cleanup --state-dir "$STATE/node" || true
+  if [[ $MO_NODE == real ]]; then
+    node_down
+  else
+    if is_running node-agent; then
+      stop_bg node-agent 15
+    fi
+    # the node agent leaves pods running on purpose when it stops (like a kubelet restart): clean them now
+    if [[ -d "$STATE/node" && -x "$(node_agent_python)" ]]; then
+      PYTHONPATH="$REPO/hack" "$(node_agent_python)" -m node_agent cleanup --state-dir "$STATE/node" || true
+    fi
   fi
   stop_bg kube-scheduler; stop_bg kube-controller-manager; stop_bg kube-apiserver 20; stop_bg etcd
-  bash "$REPO/hack/postgres.sh" stop || true
+  if [[ $MO_NODE == real ]]; then
+    node_cleanup
+  else
+    bash "$REPO/hack/postgres.sh" stop || true
+  fi
 }
 
 status() {
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler node-agent; do
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
     if is_running "$c"; then echo "$c: running (pid $(cat "$PIDS/$c"))"; else echo "$c: stopped"; fi
   done
-  bash "$REPO/hack/postgres.sh" status || true
+  if [[ $MO_NODE == real ]]; then
+    node_status
+  else
+    if is_running node-agent; then echo "node-agent: running"; else echo "node-agent: stopped"; fi
+    bash "$REPO/hack/postgres.sh" status || true
+  fi
   echo "KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 

@@ -26,7 +26,10 @@ source "$HACK_DIR/versions.sh"
 
 PG_MAJOR="${PG_MAJOR:-15}"
 PGPORT="${MO_PG_PORT:-15432}"
-PG_HOST=127.0.0.1
+PG_HOST="${MO_PG_HOST:-127.0.0.1}"
+# MO_PG_HOST set: the server runs elsewhere (the cluster's, hack/addons/postgres.yaml): seed/psql/reset only wait
+# for it and talk to it; start/stop are not ours to do.
+PG_EXTERNAL=$([[ -n ${MO_PG_HOST:-} ]] && echo 1 || echo 0)
 PG_SUPERUSER=postgres
 PG_SUPERPASS=postgres
 APP_ROLE=parking_admin
@@ -159,6 +162,14 @@ EOF
 }
 
 cmd_start() {
+  if ((PG_EXTERNAL)); then
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until is_ready; do
+      ((SECONDS < deadline)) || die "PostgreSQL at $PG_HOST:$PGPORT not ready within ${START_TIMEOUT}s"
+      sleep 0.5
+    done
+    return 0
+  fi
   ensure_server_installed
   if [[ ! -f "$PGDATA_DIR/PG_VERSION" ]]; then
     init_cluster
