@@ -18,8 +18,9 @@ step() { echo "== $*" >&2; }
 step "helm lint"
 "$helm" lint --strict "$chart"
 "$helm" lint --strict "$chart" --set 'watchNamespaces={parking,billing}'
+"$helm" lint --strict "$chart" --set 'watchNamespacePatterns={team-*}'
 
-step "helm template: all namespaces, scoped, ServiceMonitor"
+step "helm template: all namespaces, scoped, namespace patterns, ServiceMonitor"
 "$helm" template migration-operator "$chart" -n migration-operator-system --kube-version "$kube_version" \
   > "$tmp/all.yaml"
 "$helm" template migration-operator "$chart" -n migration-operator-system --kube-version "$kube_version" \
@@ -31,6 +32,18 @@ grep -q 'kind: ClusterRoleBinding' "$tmp/all.yaml"
 # one Role per watched namespace, plus the Lease Role in the operator's own namespace
 [[ $(grep -c '^kind: Role$' "$tmp/scoped.yaml") == 3 && $(grep -c '^kind: RoleBinding$' "$tmp/scoped.yaml") == 3 ]]
 if grep -q -- '--all-namespaces' "$tmp/scoped.yaml"; then echo "scoped chart watches all namespaces" >&2; exit 1; fi
+# namespace globs: one --namespace per pattern, the cluster-wide RBAC (no per-namespace Role but the Lease one)
+"$helm" template migration-operator "$chart" -n migration-operator-system --kube-version "$kube_version" \
+  --set 'watchNamespacePatterns={team-*,e2e-*}' > "$tmp/patterns.yaml"
+grep -A1 -- '- --namespace$' "$tmp/patterns.yaml" | grep -q '"team-\*"'
+grep -A1 -- '- --namespace$' "$tmp/patterns.yaml" | grep -q '"e2e-\*"'
+if grep -q -- '--all-namespaces' "$tmp/patterns.yaml"; then echo "patterns chart watches all namespaces" >&2; exit 1; fi
+grep -q 'kind: ClusterRoleBinding' "$tmp/patterns.yaml"
+[[ $(grep -c '^kind: Role$' "$tmp/patterns.yaml") == 1 ]]
+if "$helm" template migration-operator "$chart" --kube-version "$kube_version" \
+  --set 'watchNamespacePatterns={team-*}' --set 'watchNamespaces={parking}' >/dev/null 2>&1; then
+  echo "watchNamespacePatterns together with watchNamespaces should be refused" >&2; exit 1
+fi
 # a Job's output is read from its pod's log: `get` on pods/log in the ClusterRole, and in every watched namespace
 grep -A1 'resources: \["pods/log"\]' "$tmp/all.yaml" | grep -q 'verbs: \["get"\]'
 [[ $(grep -c 'resources: \["pods/log"\]' "$tmp/scoped.yaml") == 2 ]]
