@@ -1,10 +1,20 @@
-"""The local cluster of hack/cluster.sh as seen by tests: is it the one, its node agent, pod processes."""
+"""The local cluster of hack/cluster.sh as seen by tests: is it the one, and the rig-only helpers that reach
+below the API server (the container runtime through crictl, the kubelet's process).
+
+Nothing here names a state directory: the node says where its runtime is (the kubelet's configz gives
+`containerRuntimeEndpoint`, a unix socket under `<state>/node/containerd/`), and the state dir's `pids/` says
+which process is the kubelet. A cluster whose node is not ours (kind, a cloud) yields a reason instead.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -14,49 +24,177 @@ MO_CACHE = Path(
     os.environ.get("MO_CACHE")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migration-operator"
 )
-STATE = MO_CACHE / "cluster"
-AGENT_PID_FILE = STATE / "pids" / "node-agent"
 NODE_NAME = "local-node"
-# What the node agent sets on its Node (hack/node_agent/agent.py), so kind's nodes never qualify.
-INSTANCE_TYPE = "node-agent"
-RUNTIME_PREFIX = "process://node-agent"
+RUNTIME_PREFIX = "containerd://"
+UNIX_SCHEME = "unix://"
 
 
-def not_local_reason(api: client.ApiClient) -> str | None:
-    """None on the local cluster (the node agent's Node exists), else why the cluster is another one."""
+@dataclass(frozen=True)
+class LocalNode:
+    """The parts of the local node a test may touch directly."""
+
+    state: Path  # the cluster's state dir (kubeconfig, pids/, logs/, node/)
+    runtime_endpoint: str  # unix://.../containerd.sock, as the kubelet uses it
+    crictl: Path
+
+    @property
+    def kubelet_pid_file(self) -> Path:
+        return self.state / "pids" / "kubelet"
+
+
+def _kubelet_config(api: client.ApiClient, node: str) -> dict[str, Any]:
+    """The running kubelet's configuration, through the API server's node proxy (GET /configz)."""
+    raw = client.CoreV1Api(api).connect_get_node_proxy_with_path(node, "configz", _preload_content=False)
+    config: dict[str, Any] = json.loads(raw.data)["kubeletconfig"]
+    return config
+
+
+def bin_dir() -> Path:
+    """The built tools' directory (kubectl, crictl, kubelet): what hack/versions.sh says."""
+    out = subprocess.run(
+        ["bash", "-c", f"source {REPO}/hack/versions.sh && echo $BIN_DIR"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()
+    return Path(out)
+
+
+def find_local_node(api: client.ApiClient) -> LocalNode | str:
     try:
         node = client.CoreV1Api(api).read_node(NODE_NAME)
     except ApiException as e:
         if e.status == 404:
             return f"no Node {NODE_NAME}: not the local cluster of hack/cluster.sh"
         raise
-    labels = node.metadata.labels or {}
     runtime = node.status.node_info.container_runtime_version if node.status.node_info else ""
-    if labels.get("node.kubernetes.io/instance-type") != INSTANCE_TYPE or not runtime.startswith(RUNTIME_PREFIX):
-        return f"Node {NODE_NAME} is not run by hack/node_agent (runtime {runtime!r}, labels {labels})"
-    return None
-
-
-def agent_pid() -> int | None:
+    if not runtime.startswith(RUNTIME_PREFIX):
+        return f"Node {NODE_NAME} runs {runtime!r}, not containerd: not the local cluster's real node"
     try:
-        pid = int(AGENT_PID_FILE.read_text().strip())
+        endpoint = str(_kubelet_config(api, NODE_NAME).get("containerRuntimeEndpoint", ""))
+    except (ApiException, ValueError, KeyError) as e:
+        return f"cannot read the kubelet's configz of {NODE_NAME}: {e}"
+    socket = Path(endpoint.removeprefix(UNIX_SCHEME))
+    if not endpoint.startswith(UNIX_SCHEME) or not socket.is_socket():
+        return f"the kubelet's runtime endpoint {endpoint!r} is not a socket on this host"
+    # <state>/node/containerd/containerd.sock (hack/node.sh)
+    state = socket.parents[2]
+    if not state.is_relative_to(MO_CACHE) or not (state / "pids" / "kubelet").is_file():
+        return f"the runtime socket {socket} is not under a state dir of hack/cluster.sh in {MO_CACHE}"
+    crictl = bin_dir() / "crictl"
+    if not crictl.is_file():
+        return f"no crictl at {crictl} (hack/build-k8s.sh builds it)"
+    return LocalNode(state=state, runtime_endpoint=endpoint, crictl=crictl)
+
+
+def not_local_reason(api: client.ApiClient) -> str | None:
+    """None on the local cluster (Node local-node, run by containerd whose socket is in a state dir of
+    hack/cluster.sh on this host), else why the cluster is another one."""
+    found = find_local_node(api)
+    return found if isinstance(found, str) else None
+
+
+def local_node(api: client.ApiClient) -> LocalNode:
+    found = find_local_node(api)
+    if isinstance(found, str):
+        raise RuntimeError(found)
+    return found
+
+
+# -- the container runtime ------------------------------------------------------------------------
+
+
+def crictl(node: LocalNode, *args: str, timeout: float = 60) -> str:
+    res = subprocess.run(
+        [str(node.crictl), "--runtime-endpoint", node.runtime_endpoint, "--timeout", "30s", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"crictl {' '.join(args)} failed ({res.returncode}): {res.stderr[-2000:]}")
+    return res.stdout
+
+
+def runtime_id(container_id: str | None) -> str:
+    """The runtime's id of a container from its status' containerID (containerd://<id>)."""
+    assert container_id and container_id.startswith(RUNTIME_PREFIX), container_id
+    return container_id.removeprefix(RUNTIME_PREFIX)
+
+
+def container_host_pid(node: LocalNode, container_id: str | None) -> int:
+    """The host pid of a running container's init process (crictl inspect: info.pid)."""
+    info = json.loads(crictl(node, "inspect", runtime_id(container_id)))
+    pid = int(info["info"]["pid"])
+    assert pid > 0, f"container {container_id} has no process: {info['status']['state']}"
+    return pid
+
+
+def kill_container(node: LocalNode, container_id: str | None) -> None:
+    """SIGKILL a container through the runtime (CRI StopContainer with no grace period), as a crash would end it:
+    the kubelet sees it exit 137 and applies the pod's restartPolicy."""
+    crictl(node, "stop", "--timeout", "0", runtime_id(container_id))
+
+
+# -- the kubelet ------------------------------------------------------------------------------------
+
+
+def kubelet_pid(node: LocalNode) -> int | None:
+    try:
+        pid = int(node.kubelet_pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if process_exists(pid) else None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"kubelet" in cmdline and process_exists(pid) else None
 
 
-def restart_node_agent() -> None:
-    """Start the node agent exactly as the cluster does: `hack/cluster.sh up` is idempotent and only starts
-    what is not running, then waits until the Node is Ready."""
-    res = subprocess.run(["bash", str(REPO / "hack" / "cluster.sh"), "up"], capture_output=True, text=True, timeout=300)
+def kill_kubelet(node: LocalNode) -> int:
+    """SIGKILL the kubelet (its pid file under the state dir); returns the pid once it is gone."""
+    pid = kubelet_pid(node)
+    if pid is None:
+        raise RuntimeError(f"the kubelet is not running ({node.kubelet_pid_file})")
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _cluster_env(node: LocalNode) -> dict[str, str]:
+    """The environment under which `hack/cluster.sh` manages this state dir: MO_NODE as set, else the value for
+    which `hack/cluster.sh kubeconfig` names this state dir (the default first)."""
+    candidates = [os.environ.get("MO_NODE"), None, "real"]
+    for mo_node in candidates:
+        env = {k: v for k, v in os.environ.items() if k != "MO_NODE"}
+        if mo_node:
+            env["MO_NODE"] = mo_node
+        out = subprocess.run(
+            ["bash", str(REPO / "hack" / "cluster.sh"), "kubeconfig"], capture_output=True, text=True, env=env,
+            timeout=30,
+        ).stdout.strip()
+        if out and Path(out).parent == node.state:
+            return env
+    raise RuntimeError(f"no MO_NODE setting makes hack/cluster.sh manage {node.state}")
+
+
+def cluster_up(node: LocalNode) -> None:
+    """`hack/cluster.sh up` for this node's cluster: idempotent, starts only what is not running (the kubelet after
+    kill_kubelet) and waits until the Node is Ready."""
+    res = subprocess.run(
+        ["bash", str(REPO / "hack" / "cluster.sh"), "up"], capture_output=True, text=True, timeout=600,
+        env=_cluster_env(node),
+    )
     if res.returncode != 0:
         raise RuntimeError(f"hack/cluster.sh up failed ({res.returncode}):\n{res.stderr[-3000:]}")
 
 
-def pid_of(container_id: str | None) -> int:
-    """The host pid of a container: the node agent reports containerID process://<pid>."""
-    assert container_id and container_id.startswith("process://"), container_id
-    return int(container_id.removeprefix("process://"))
+def restart_kubelet(node: LocalNode) -> tuple[int, int]:
+    """SIGKILL the kubelet and start it again the way the cluster does; returns (old pid, new pid)."""
+    old = kill_kubelet(node)
+    cluster_up(node)
+    new = kubelet_pid(node)
+    if new is None or new == old:
+        raise RuntimeError(f"hack/cluster.sh up did not start a new kubelet (old pid {old}, now {new})")
+    return old, new
+
+
+# -- processes --------------------------------------------------------------------------------------
 
 
 def process_exists(pid: int) -> bool:
@@ -66,8 +204,3 @@ def process_exists(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def process_gone(pid: int) -> bool:
-    """Whether /proc/<pid> has disappeared (exited and reaped)."""
-    return not Path(f"/proc/{pid}").exists()
