@@ -66,15 +66,27 @@ test-chart: ## helm lint and helm template
 	@bash hack/test-chart.sh
 
 .PHONY: test-cluster
-test-cluster: ## checks of the local cluster itself (Jobs, Deployments, volumes, RBAC, node agent restart)
+test-cluster: ## checks of the local cluster itself: Jobs, volumes, fsGroup, RBAC, PodSecurity, OOM kills, Service DNS + TLS, exec, logs -f, kubelet restart
 	@$(PY) -m pytest tests/cluster -q $(PYTEST_ARGS)
+
+# On the local cluster with a real node (its kubelet's configuration beside $KUBECONFIG, the local registry
+# answering), the images the suites run are built first (cached by inputs: seconds when nothing changed). Another
+# cluster (kind: hack/test-kind.sh loads its own images) is left alone.
+LOCAL_IMAGES = migration-operator parking-gateway
+define build_local_images
+	@if [[ -f "$$(dirname "$$KUBECONFIG")/node/kubelet.yaml" ]] && curl -sf -o /dev/null --max-time 3 http://127.0.0.1:5000/v2/; then \
+		BUILDAH_LAYERS=true bash hack/build-images.sh $(LOCAL_IMAGES); \
+	fi
+endef
 
 .PHONY: test-e2e
 test-e2e: ## end-to-end tests of the operator against $$KUBECONFIG (real PostgreSQL and Flyway)
+	$(build_local_images)
 	@$(PY) -m pytest tests/e2e -q $(PYTEST_ARGS)
 
 .PHONY: test-install
 test-install: ## the Helm chart on $$KUBECONFIG: operator as a pod, RBAC bounds, apply -k + wait, restricted Jobs
+	$(build_local_images)
 	@$(PY) -m pytest tests/install -q $(PYTEST_ARGS)
 
 .PHONY: test
