@@ -57,19 +57,27 @@ node_network() {
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
 }
 
+# write_if_changed <file>: stdin becomes the file only when it differs (kube-proxy exits when its config file
+# changes, and containerd and the kubelet read theirs only at start: an unchanged `up` must not touch them)
+write_if_changed() {
+  local file=$1 tmp; tmp=$(mktemp "$file.XXXXXX")
+  cat > "$tmp"
+  if cmp -s "$tmp" "$file"; then rm -f "$tmp"; else mv "$tmp" "$file"; fi
+}
+
 node_configure() {
   mkdir -p "$NODE_DIR/containerd/certs.d" "$CNI_CONF_DIR" "$NODE_DIR/cni/ipam" "$KUBELET_ROOT"
   local reg
   for reg in "${MIRRORED_REGISTRIES[@]}"; do
     mkdir -p "$NODE_DIR/containerd/certs.d/$reg"
-    cat > "$NODE_DIR/containerd/certs.d/$reg/hosts.toml" <<EOF
+    write_if_changed "$NODE_DIR/containerd/certs.d/$reg/hosts.toml" <<EOF
 # $reg is served by the local registry (hack/registry.sh): images keep their upstream names
 server = "https://$reg"
 [host."$REGISTRY_MIRROR"]
   capabilities = ["pull", "resolve"]
 EOF
   done
-  cat > "$NODE_DIR/containerd/config.toml" <<EOF
+  write_if_changed "$NODE_DIR/containerd/config.toml" <<EOF
 version = 2
 root = "$NODE_DIR/containerd/root"
 state = "$NODE_DIR/containerd/state"
@@ -102,7 +110,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "$NODE_DIR/containerd/certs.d"
 EOF
-  cat > "$CNI_CONF_DIR/10-mo-pods.conflist" <<EOF
+  write_if_changed "$CNI_CONF_DIR/10-mo-pods.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "mo-pods",
@@ -116,7 +124,7 @@ EOF
   ]
 }
 EOF
-  cat > "$NODE_DIR/kubelet.yaml" <<EOF
+  write_if_changed "$NODE_DIR/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -152,7 +160,7 @@ fileCheckFrequency: 10s
 nodeStatusReportFrequency: 1m
 shutdownGracePeriod: 0s
 EOF
-  cat > "$NODE_DIR/kube-proxy.yaml" <<EOF
+  write_if_changed "$NODE_DIR/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $STATE/kube-proxy.kubeconfig}

@@ -219,6 +219,7 @@ su_psql() {
 flyway_migrate() {
   local db="$1"
   local flyway="$MO_CACHE/flyway/current/flyway"
+  mkdir -p "$PG_BASE"
   FLYWAY_PASSWORD="$APP_PASS" "$flyway" migrate \
     "-url=jdbc:postgresql://$PG_HOST:$PGPORT/$db" "-user=$APP_ROLE" \
     "-locations=filesystem:$MIGRATIONS_DIR" "-target=$SEED_TARGET" \
