@@ -22,11 +22,17 @@ COPY operator ./operator
 RUN /venv/bin/pip install --no-deps --no-build-isolation . && /venv/bin/pip uninstall -y -q hatchling
 
 FROM python:3.11-slim
+# A named user for the uid: kopf names the operator after it (getpass.getuser(), which fails for a uid without a
+# passwd entry unless USER is set); USER covers a runAsUser other than 65532 too.
+RUN groupadd --system --gid 65532 nonroot \
+    && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
+       --shell /usr/sbin/nologin nonroot
 # Same base image, so the virtualenv's interpreter path is valid here too; no compiler, no pip cache.
 COPY --from=build /venv /venv
 ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    USER=nonroot
 # Non-root, numeric so that runAsNonRoot can verify it.
 USER 65532:65532
 EXPOSE 8080 8081

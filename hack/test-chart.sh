@@ -64,6 +64,11 @@ grep -qF "r'^registry\\\\.example\\\\.com/m/.*\$'" "$tmp/policy.yaml"
 if "$helm" template migration-operator "$chart" --set "policy.allowedImages={it's}" >/dev/null 2>&1; then
   echo "a pattern with a quote should be refused" >&2; exit 1
 fi
+# a digest pins the image (tag@digest); the version label stays the tag
+digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+"$helm" template migration-operator "$chart" --kube-version "$kube_version" --set image.digest=$digest > "$tmp/digest.yaml"
+grep -q "image: ghcr.io/dbops/migration-operator:0.1.0@$digest\$" "$tmp/digest.yaml"
+if grep -q "version: .*$digest" "$tmp/digest.yaml"; then echo "the digest reached a label" >&2; exit 1; fi
 if "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set replicaCount=2 >/dev/null 2>&1; then
   echo "replicaCount=2 should be refused" >&2; exit 1
 fi

@@ -23,9 +23,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support import postgres
+from tests.support import postgres, registry
 from tests.support.kube import load_config, temporary_namespace, wait_crd_established
-from tests.support.operator import REPO, OperatorProcess
+from tests.support.operator import REPO, Operator, OperatorPod, OperatorProcess, mode
 from tests.support.wait import WaitAborted, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,8 @@ GROUP, VERSION, PLURAL = "dbops.io", "v1alpha1", "databasemigrations"
 CRD_PATH = REPO / "crds" / "dbops.io_databasemigrations.yaml"
 MIGRATIONS = REPO / "examples" / "parking" / "migrations"
 MIGRATIONS_NEXT = REPO / "examples" / "parking" / "migrations-next"
-GATEWAY_IMAGE = os.environ.get("MO_E2E_GATEWAY_IMAGE", "ghcr.io/dbops/parking-gateway:0.1.0")
+# on the local cluster, pinned to the digest just built (tests/support/registry.py: the node may hold an older build)
+GATEWAY_IMAGE = os.environ.get("MO_E2E_GATEWAY_IMAGE") or registry.pinned("ghcr.io/dbops/parking-gateway:0.1.0")
 TERMINAL = {"Succeeded", "RolledBack", "Failed"}
 # The namespaces of this session: its operator watches `<prefix>-*`. Two sessions on one cluster (two developers,
 # or helpers working in parallel) need different prefixes, or each one's operator also runs the other's migrations.
@@ -68,11 +69,16 @@ def crd(api: client.ApiClient) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator(crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess | None]:
-    if os.environ.get("MO_E2E_OPERATOR") == "external":
+def operator(
+    api: client.ApiClient, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator | None]:
+    if mode() == "external":
         yield None
         return
-    process = OperatorProcess(f"{PREFIX}-*", tmp_path_factory.mktemp("operator"))
+    log_dir = tmp_path_factory.mktemp("operator")
+    process: Operator = (
+        OperatorPod(f"{PREFIX}-*", log_dir, api) if mode() == "pod" else OperatorProcess(f"{PREFIX}-*", log_dir)
+    )
     process.start()
     try:
         yield process
@@ -96,7 +102,7 @@ class ParkingApp:
     api: client.ApiClient
     namespace: str
     database: str
-    operator: OperatorProcess | None
+    operator: Operator | None
     replicas: int = 3
     created: list[str] = field(default_factory=list)
 
@@ -286,7 +292,7 @@ def gateway_deployment(database: str, replicas: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def parking(api: client.ApiClient, operator: OperatorProcess | None, crd: None) -> Iterator[ParkingApp]:
+def parking(api: client.ApiClient, operator: Operator | None, crd: None) -> Iterator[ParkingApp]:
     with postgres.cloned_database() as database, temporary_namespace(api, PREFIX) as namespace:
         app = ParkingApp(api=api, namespace=namespace, database=database, operator=operator)
         core = client.CoreV1Api(api)
@@ -377,14 +383,13 @@ def secret_scan(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     process = app.operator
-    offsets = {p: p.stat().st_size for p in process.log_dir.glob("operator-*.log")} if process else {}
+    before = process.log_text() if process else ""
     yield
     operator_log = ""
     if process is not None:
-        for path in sorted(process.log_dir.glob("operator-*.log")):
-            with path.open("rb") as log:
-                log.seek(offsets.get(path, 0))
-                operator_log += log.read().decode(errors="replace")
+        after = process.log_text()
+        # what it logged during the test; all of it when the log no longer starts the same (the kubelet rotated it)
+        operator_log = after[len(before):] if after.startswith(before) else after
     hits = secret_hits(app, operator_log)
     assert not hits, "secret values seen after the test:\n" + "\n".join(hits[:20])
 

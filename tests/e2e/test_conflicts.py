@@ -16,9 +16,9 @@ from tests.e2e.conftest import ParkingApp
 
 
 def _logged_conflicts(parking: ParkingApp) -> int:
-    if parking.operator is None or not parking.operator.log_path.exists():
+    if parking.operator is None:
         return 0
-    return parking.operator.log_path.read_text().count("status write conflicted (409)")
+    return parking.operator.log_text().count("status write conflicted (409)")
 
 
 @contextmanager

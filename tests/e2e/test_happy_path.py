@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.e2e.conftest import ParkingApp
 from tests.support import postgres
 from tests.support.kube import kubectl_binary
-from tests.support.operator import OperatorProcess
+from tests.support.operator import Operator
 from tests.support.sampler import Sampler
 from tests.support.wait import wait_for
 
@@ -24,12 +24,12 @@ METRICS = (
 )
 
 
-def read_metrics(operator: OperatorProcess | None) -> list[float]:
+def read_metrics(operator: Operator | None) -> list[float]:
     return [operator.metric(name, **labels) for name, labels in METRICS] if operator else []
 
 
 def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(
-    parking: ParkingApp, operator: OperatorProcess | None
+    parking: ParkingApp, operator: Operator | None
 ) -> None:
     parking.set_migrations("good")
     metrics_before = read_metrics(operator)

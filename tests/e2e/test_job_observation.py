@@ -20,10 +20,12 @@ from migration_operator.models import parse_spec
 from migration_operator.observations import JobObservation
 from migration_operator.reasons import Step
 from tests.e2e.conftest import PREFIX
+from tests.support import postgres
 from tests.support.kube import temporary_namespace
 from tests.support.wait import wait_for
 
 BUSYBOX = "busybox:1.37"
+DATABASE = postgres.cluster_endpoint()
 
 
 @pytest.fixture
@@ -35,7 +37,8 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
 def spec(**migrations: Any) -> Any:
     return parse_spec(
         {
-            "database": {"host": "127.0.0.1", "name": "nowhere", "credentialsSecret": {"name": "db-login"}},
+            "database": {"host": DATABASE.host, "port": DATABASE.port, "name": "nowhere",
+                         "credentialsSecret": {"name": "db-login"}},
             "migrations": migrations,
             "backup": {"enabled": False},
             "rollback": {"strategy": "None"},

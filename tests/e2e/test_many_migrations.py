@@ -1,25 +1,31 @@
 """Many migrations from a migrations image (issue 10, point 4): Flyway's output then exceeds the 4 KiB a
 termination message holds, and the operator must read it whole.
 
-The image `many-migrations` (hack/images.yaml) holds the parking example's V1-V5 and 40 generated migrations
-V5_1 ... V5_40, written here to ${MO_CACHE}/images/many-migrations before the runs. A first run brings the
-database part way, to 5.14 (a release's targetVersion); the second, without targetVersion, must find every
-pending one (the preflight `flyway info` is ~20 KiB), apply all 26, verify version 5.40 and say so.
+The image `ghcr.io/dbops/many-migrations:40-<hash>` holds the parking example's V1-V5 and 40 generated migrations
+V5_1 ... V5_40 (deterministic: the tag's hash is the files'). With a real node the test builds it as busybox:1.37 plus
+one layer of those files and pushes it to the local registry (tests/support/registry.py), from which the node pulls
+it like any image; with the node agent it writes the files to ${MO_CACHE}/images/many-migrations, which
+hack/images.yaml mounts. A first run brings the database part way, to 5.14 (a release's targetVersion); the second,
+without targetVersion, must find every pending one (the preflight `flyway info` is ~20 KiB), apply all 26, verify
+version 5.40 and say so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-from tests.e2e.conftest import ParkingApp
-from tests.support import postgres
+from tests.e2e.conftest import MIGRATIONS, ParkingApp
+from tests.support import postgres, registry
 from tests.support.local_cluster import MO_CACHE, not_local_reason
+from tests.support.runtime import LocalRuntime
 
-IMAGE = "ghcr.io/dbops/many-migrations:40"
+IMAGE = "ghcr.io/dbops/many-migrations"
+BASE_IMAGE = "busybox:1.37"  # the copy-migrations init container needs sh and cp, as for parking-migrations
 GENERATED = MO_CACHE / "images" / "many-migrations"  # hack/images.yaml mounts it at /flyway/sql/generated
 COUNT = 40
 PART_WAY = 14
@@ -65,14 +71,31 @@ def write_image_files(directory: Path, files: dict[str, str]) -> None:
             stale.unlink(missing_ok=True)
 
 
+def image_files(generated: dict[str, str]) -> dict[str, str]:
+    """The image's files: the example's V1-V5 under /flyway/sql/release-5, the generated ones under generated/."""
+    files = {f"/flyway/sql/release-5/{p.name}": p.read_text() for p in sorted(MIGRATIONS.glob("V*.sql"))}
+    return files | {f"/flyway/sql/generated/{name}": text for name, text in generated.items()}
+
+
+def image_reference(files: dict[str, str]) -> str:
+    """The tag names the content, so a node that pulled another content under the same name never runs it."""
+    digest = hashlib.sha256("".join(f"{path}\0{text}\0" for path, text in sorted(files.items())).encode())
+    return f"{IMAGE}:{COUNT}-{digest.hexdigest()[:12]}"
+
+
 @pytest.fixture
-def many_migrations_image(parking: ParkingApp) -> dict[str, str]:
-    reason = not_local_reason(parking.api)
-    if reason:
-        pytest.skip(f"the many-migrations image exists on the local cluster only ({reason})")
-    files = generated_migrations()
-    write_image_files(GENERATED, files)
-    return files
+def many_migrations_image(parking: ParkingApp) -> tuple[str, dict[str, str]]:
+    """(image reference, the generated migrations), the image available to the cluster's node."""
+    generated = generated_migrations()
+    files = image_files(generated)
+    reference = image_reference(files)
+    if LocalRuntime.find() is not None and registry.answering():
+        registry.push_files_image(reference, BASE_IMAGE, files)
+    elif not_local_reason(parking.api) is None:
+        write_image_files(GENERATED, generated)
+    else:
+        pytest.skip("the many-migrations image is made on the local cluster only (its registry, or the node agent)")
+    return reference, generated
 
 
 def termination_message_bytes(parking: ParkingApp, job: str) -> int:
@@ -87,9 +110,10 @@ def termination_message_bytes(parking: ParkingApp, job: str) -> int:
 
 
 def test_thirty_migrations_from_an_image_on_a_database_part_way(
-    parking: ParkingApp, many_migrations_image: dict[str, str]
+    parking: ParkingApp, many_migrations_image: tuple[str, dict[str, str]]
 ) -> None:
-    source = {"image": {"image": IMAGE, "path": "/flyway/sql"}}
+    image, generated = many_migrations_image
+    source = {"image": {"image": image, "path": "/flyway/sql"}}
     tables = ["clients", "parking_spots", "tickets", "spot_note_01"]
 
     # the previous release: 5.1 ... 5.14
@@ -110,7 +134,7 @@ def test_thirty_migrations_from_an_image_on_a_database_part_way(
     assert termination_message_bytes(parking, "to-latest-validate") >= 4090
     assert [m["version"] for m in status["pending"]] == expected
     assert [m["version"] for m in status["applied"]] == expected
-    scripts = {f"5.{name.removeprefix('V5_').split('__')[0]}": name for name in many_migrations_image}
+    scripts = {f"5.{name.removeprefix('V5_').split('__')[0]}": name for name in generated}
     assert [m["script"].rsplit("/", 1)[-1] for m in status["applied"]] == [scripts[v] for v in expected]
     assert status["after"]["version"] == f"5.{COUNT}"
     count = len(expected)

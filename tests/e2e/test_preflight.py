@@ -44,7 +44,7 @@ def test_wrong_password_fails_preflight(parking: ParkingApp) -> None:
     assert "not-the-password" not in str(parking.get("bad-password"))
     assert "parking_admin" not in str(parking.get("bad-password"))
     if parking.operator is not None:
-        assert "not-the-password" not in parking.operator.log_path.read_text()
+        assert "not-the-password" not in parking.operator.log_text()
 
 
 def test_missing_deployment_fails_preflight(parking: ParkingApp) -> None:

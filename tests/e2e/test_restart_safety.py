@@ -7,13 +7,13 @@ import pytest
 
 from tests.e2e.conftest import ParkingApp
 from tests.support import postgres
-from tests.support.operator import OperatorProcess
+from tests.support.operator import Operator
 from tests.support.sampler import Sampler
 from tests.support.wait import wait_for
 
 
 def test_operator_killed_with_the_app_at_zero_remembers_its_replicas(
-    parking: ParkingApp, operator: OperatorProcess | None
+    parking: ParkingApp, operator: Operator | None
 ) -> None:
     """The most dangerous moment: the app is scaled to 0 and the drain waits on a session that will not leave. The
     operator is killed there; the new one must know the app ran 3 replicas and finish the run."""
@@ -45,7 +45,7 @@ def test_operator_killed_with_the_app_at_zero_remembers_its_replicas(
 
 @pytest.mark.parametrize("phase", ["BackingUp", "Migrating", "ExitingMaintenance"])
 def test_operator_killed_during_a_phase_resumes_to_success(
-    parking: ParkingApp, operator: OperatorProcess | None, phase: str
+    parking: ParkingApp, operator: Operator | None, phase: str
 ) -> None:
     if operator is None:
         pytest.skip("the operator runs outside this test's control (MO_E2E_OPERATOR=external)")
@@ -72,7 +72,7 @@ def test_operator_killed_during_a_phase_resumes_to_success(
 
 
 def test_operator_killed_while_rolling_back_still_restores_once(
-    parking: ParkingApp, operator: OperatorProcess | None
+    parking: ParkingApp, operator: Operator | None
 ) -> None:
     if operator is None:
         pytest.skip("the operator runs outside this test's control (MO_E2E_OPERATOR=external)")

@@ -19,8 +19,25 @@ from tests.support.sampler import Sampler
 
 # a 63-byte token, like the one the issue printed through status
 TOKEN = "ghp_" + "T0k3nV4lu3SecretPaymentsApi" + "x" * 32
-CA_FILE = Path(os.environ.get(
-    "MO_E2E_DB_CA", Path.home() / ".cache/migration-operator/cluster/postgres/15/tls/ca.crt"))
+# The CA that signed the database's certificate: MO_E2E_DB_CA (a file), else the cluster's database's (ca.crt of
+# Secret databases/postgres-tls), else the host PostgreSQL's of the node agent's cluster.
+HOST_CA_FILE = Path.home() / ".cache/migration-operator/cluster/postgres/15/tls/ca.crt"
+TLS_SECRET = ("databases", "postgres-tls")
+
+
+def database_ca(api: client.ApiClient) -> str | None:
+    if os.environ.get("MO_E2E_DB_CA"):
+        return Path(os.environ["MO_E2E_DB_CA"]).read_text()
+    if postgres.in_cluster():
+        try:
+            secret = client.CoreV1Api(api).read_namespaced_secret(TLS_SECRET[1], TLS_SECRET[0])
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        encoded = (secret.data or {}).get("ca.crt")
+        return base64.b64decode(encoded).decode() if encoded else None
+    return HOST_CA_FILE.read_text() if HOST_CA_FILE.exists() else None
 
 
 def _secret(parking: ParkingApp, name: str, data: dict[str, str], labels: dict[str, str] | None = None) -> None:
@@ -43,7 +60,7 @@ def _failed_in_preflight(parking: ParkingApp, name: str, reason: str) -> dict[st
 def _everything_users_see(parking: ParkingApp, name: str) -> str:
     """The run's status, its events, the operator's log (the spec is the tenant's own text, not looked at)."""
     events = " ".join(f"{e.reason} {e.message}" for e in parking.events(name))
-    log = parking.operator.log_path.read_text(errors="replace") if parking.operator else ""
+    log = parking.operator.log_text() if parking.operator else ""
     return str(parking.status(name)) + events + log
 
 
@@ -122,13 +139,15 @@ def test_compensate_sql_with_a_psql_meta_command_is_refused(parking: ParkingApp)
     _failed_in_preflight(parking, "meta-configmap", "CompensateNotPlainSql")
 
 
-@pytest.mark.skipif(not CA_FILE.exists(), reason="the database's CA certificate is not at hand (MO_E2E_DB_CA)")
 def test_verify_full_with_the_databases_ca_and_a_wrong_ca_sends_nothing(parking: ParkingApp, tmp_path: Path) -> None:
     """With database.caSecret the default is verify-full, for the operator's connections (libpq) and its Jobs'
     (Flyway's JDBC driver); a server whose certificate the CA did not sign gets no password."""
+    ca = database_ca(parking.api)
+    if ca is None:
+        pytest.skip("the database's CA certificate is not at hand (MO_E2E_DB_CA)")
     parking.set_migrations("good")
     parking.core.create_namespaced_secret(parking.namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="db-ca"), string_data={"ca.crt": CA_FILE.read_text()}))
+        metadata=client.V1ObjectMeta(name="db-ca"), string_data={"ca.crt": ca}))
     spec = parking.spec(dryRun=True)
     spec["database"]["caSecret"] = {"name": "db-ca"}
     del spec["database"]["sslMode"]

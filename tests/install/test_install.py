@@ -27,6 +27,7 @@ SCRATCH_NS = "parking-scratch"  # a second watched namespace, deleted by a test 
 WATCHED = f"watchNamespaces={{{APP_NS},{SCRATCH_NS}}}"
 CRD = "databasemigrations.dbops.io"
 SERVICE_ACCOUNT = f"system:serviceaccount:{OPERATOR_NS}:migration-operator"
+DATABASE = postgres.cluster_endpoint()  # where the operator and the pods reach PostgreSQL
 
 
 def helm_binary() -> str:
@@ -163,7 +164,7 @@ def test_rbac_is_sufficient_in_watched_namespaces_and_nothing_more(api: client.A
 
 def _scratch_run(name: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "dbops.io/v1alpha1", "kind": "DatabaseMigration", "metadata": {"name": name},
-            "spec": {"database": {"host": "127.0.0.1", "port": 15432, "name": "scratch_db",
+            "spec": {"database": {"host": DATABASE.host, "port": DATABASE.port, "name": "scratch_db",
                                   "credentialsSecret": {"name": "missing"}},
                      "migrations": {"configMap": {"name": "missing"}},
                      "backup": {"method": "Dump", "volume": {"claimName": "missing"}}, **spec}}

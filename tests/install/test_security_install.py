@@ -20,6 +20,7 @@ from kubernetes import client
 from migration_operator import machine, models
 from tests.install.test_install import (
     APP_NS,
+    DATABASE,
     OPERATOR_NS,
     RELEASE,
     REPO,
@@ -46,7 +47,7 @@ def release(api: client.ApiClient) -> Iterator[None]:
     run(kubectl, "apply", "-f", str(REPO / "manifests/examples/parking/namespace.yaml"))
     run(helm_binary(), "upgrade", "--install", RELEASE, str(REPO / "charts/migration-operator"), "--namespace",
         OPERATOR_NS, "--create-namespace", "--set", f"watchNamespaces={{{APP_NS}}}", "--set", ALLOWED_IMAGES,
-        "--set", "policy.allowedHosts={127.0.0.1}", "--wait", "--timeout", "3m")
+        "--set", f"policy.allowedHosts={{{DATABASE.host}}}", "--wait", "--timeout", "3m")
     yield
     delete_app_namespace(kubectl)
     run(helm_binary(), "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", check=False)
@@ -62,7 +63,7 @@ def as_operator(*args: str, stdin: str | None = None) -> tuple[bool, str]:
 
 def operator_job() -> dict[str, Any]:
     spec = models.parse_spec({
-        "database": {"host": "127.0.0.1", "port": 15432, "name": "parking_db",
+        "database": {"host": DATABASE.host, "port": DATABASE.port, "name": "parking_db",
                      "credentialsSecret": {"name": "parking-db-admin"}},
         "migrations": {"configMap": {"name": "migrations"}},
         "backup": {"method": "Dump", "volume": {"claimName": "db-backups"}},
@@ -133,7 +134,7 @@ def test_the_operator_scales_only_deployments_that_opted_in_and_changes_nothing_
 def test_the_charts_allow_lists_reach_the_operator(api: client.ApiClient, release: None) -> None:
     """policy.allowedImages / allowedHosts of the release: a run with another image or host fails in preflight."""
     custom = client.CustomObjectsApi(api)
-    base = {"database": {"host": "127.0.0.1", "port": 15432, "name": "parking_db",
+    base = {"database": {"host": DATABASE.host, "port": DATABASE.port, "name": "parking_db",
                          "credentialsSecret": {"name": "missing"}},
             "migrations": {"configMap": {"name": "missing"}}, "backup": {"enabled": False},
             "rollback": {"strategy": "None"}}

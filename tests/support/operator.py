@@ -1,19 +1,35 @@
-"""The operator under test, as a separate process (so a test can SIGKILL it and start it again), or an operator
-already running in the cluster (MO_E2E_OPERATOR=external, e.g. the chart on kind)."""
+"""The operator under test (MO_E2E_OPERATOR):
+- `pod`: the chart's Deployment, from the operator image, in a namespace of its own; a test SIGKILLs its container
+  through the node's runtime and the kubelet restarts it (OperatorPod);
+- `process` (the default, for development): `python -m migration_operator` from this checkout on the host, which a
+  test SIGKILLs and starts again (OperatorProcess);
+- `external`: an operator already running in the cluster (e.g. the chart on kind); the tests that kill it skip.
+"""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
+from typing import Protocol
 
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.wait import wait_for
+from tests.support import registry
+from tests.support.kube import kubectl_binary
+from tests.support.runtime import LocalRuntime
+from tests.support.wait import WaitAborted, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,9 +40,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def namespace_key(process: OperatorProcess) -> str:
+MODES = ("pod", "process", "external")
+DEFAULT_MODE = "process"
+
+
+def mode() -> str:
+    """MO_E2E_OPERATOR, else the default."""
+    chosen = os.environ.get("MO_E2E_OPERATOR") or DEFAULT_MODE
+    if chosen not in MODES:
+        raise ValueError(f"MO_E2E_OPERATOR={chosen!r}: one of {', '.join(MODES)}")
+    return chosen
+
+
+class Operator(Protocol):
+    """What the suites do with the operator under test, whichever way it runs."""
+
+    namespace_pattern: str
+
+    def start(self) -> None: ...
+    def kill(self) -> None: ...
+    def stop(self) -> None: ...
+    def restart(self) -> None: ...
+    def metrics(self) -> str: ...
+    def metric(self, sample: str, **labels: str) -> float: ...
+    def tail(self, lines: int = 60) -> str: ...
+    def log_text(self) -> str: ...
+
+
+def namespace_key(process: Operator) -> str:
     """A per-session key part: the operator watches `<prefix>-*`."""
     return process.namespace_pattern.rstrip("-*")
+
+
+def checksum_key(process: Operator) -> str:
+    """The operator's checksum key (digests.py), the same across the restarts a test makes."""
+    return os.environ.get("DBOPS_CHECKSUM_KEY", "e2e-checksum-key-" + namespace_key(process))
+
+
+def parse_metric(text: str, sample: str, **labels: str) -> float:
+    """One sample of a /metrics text (e.g. dbmig_migrations_total{result="Succeeded"}); 0 when absent."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return 0.0
 
 
 class OperatorProcess:
@@ -51,8 +108,7 @@ class OperatorProcess:
             "METRICS_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
             "LOG_FORMAT": "json",
-            # the operator's checksum key (digests.py), the same across the restarts a test makes
-            "DBOPS_CHECKSUM_KEY": os.environ.get("DBOPS_CHECKSUM_KEY", "e2e-checksum-key-" + namespace_key(self)),
+            "DBOPS_CHECKSUM_KEY": checksum_key(self),
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -100,14 +156,283 @@ class OperatorProcess:
 
     def metric(self, sample: str, **labels: str) -> float:
         """One sample of the operator's /metrics (e.g. dbmig_migrations_total{result="Succeeded"}); 0 when absent."""
-        for family in text_string_to_metric_families(self.metrics()):
-            for found in family.samples:
-                if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
-                    return float(found.value)
-        return 0.0
+        return parse_metric(self.metrics(), sample, **labels)
 
     def tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no operator log)"
+
+    def log_text(self) -> str:
+        """Everything every run of the process logged, in order."""
+        paths = sorted(self.log_dir.glob("operator-*.log"), key=lambda p: int(p.stem.removeprefix("operator-")))
+        return "".join(p.read_text(errors="replace") for p in paths)
+
+
+class OperatorPod:
+    """The operator as the chart installs it: release `migration-operator-<key>` in namespace
+    `migration-operator-<key>` (PodSecurity restricted enforced; it does not match the watched pattern), the image
+    of the chart's default (on the local cluster, from its registry), watching `namespace_pattern` with the chart's
+    cluster-wide RBAC (watchNamespacePatterns). The CRD is not the release's (the suite installs the committed one).
+
+    `kill()` SIGKILLs the operator's container through the node's runtime, and the kubelet restarts it in the same
+    pod; on a cluster whose node is not this machine, the pod is deleted with grace 0 and the Deployment makes a new
+    one. `start()` installs the release, or after a kill waits for the container to run again and answer on its
+    liveness endpoint. /metrics and /healthz are read through the API server's pod proxy: only $KUBECONFIG is needed.
+    """
+
+    CONTAINER = "operator"
+    METRICS_PORT = 8080
+    HEALTH_PORT = 8081
+    INSTALL_TIMEOUT = 300  # an image pull included
+
+    def __init__(self, namespace_pattern: str, log_dir: Path, api: client.ApiClient) -> None:
+        self.namespace_pattern = namespace_pattern
+        self.log_dir = log_dir
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        key = namespace_key(self)
+        self.release = f"migration-operator-{key}"
+        self.namespace = f"migration-operator-{key}"
+        self.runtime = LocalRuntime.find()
+        self.installed = False
+        self.pod_uid: str | None = None
+        self.pod_name: str | None = None
+        self.restarts = 0  # the container's restartCount when it was last seen healthy
+        self.killed = False
+        self.archive: list[str] = []  # logs of container instances (and pods) that ended
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.installed:
+            self._install()
+        elif self.killed:
+            self._wait_restarted()
+        self._wait_healthy()
+
+    def _install(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if not self._namespace_exists():
+            self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+                name=self.namespace,
+                labels={"pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/enforce-version": "latest"})))
+        secret = client.V1Secret(
+            metadata=client.V1ObjectMeta(name="e2e-checksum-key"),
+            data={"key": base64.b64encode(checksum_key(self).encode()).decode()})
+        try:
+            self.core.create_namespaced_secret(self.namespace, secret)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            self.core.replace_namespaced_secret("e2e-checksum-key", self.namespace, secret)
+        pattern = self.namespace_pattern.replace(",", "\\,")
+        _run(helm_binary(), "upgrade", "--install", self.release, str(REPO / "charts" / "migration-operator"),
+             "--namespace", self.namespace,
+             "--set-string", f"watchNamespacePatterns[0]={pattern}",
+             "--set", "crds.install=false", "--set", "logFormat=json",
+             "--set", "checksumKey.existingSecret=e2e-checksum-key",
+             *image_pin())
+        self.installed = True
+        pod = wait_for(self._started, timeout=self.INSTALL_TIMEOUT,
+                       what=f"the operator pod in {self.namespace} running", describe=self._describe)
+        self._remember(pod)
+
+    def _started(self) -> client.V1Pod | None:
+        """The release's pod with its container running; a container that cannot start or crashed ends the wait."""
+        pod = self._single_pod()
+        status = self._container(pod) if pod else None
+        if pod is None or status is None or status.state is None:
+            return None
+        waiting = status.state.waiting
+        if status.restart_count > 0 or (waiting and waiting.reason in (
+                "CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError")):
+            log = ""
+            with contextlib.suppress(ApiException):
+                log = self._log(pod.metadata.name, previous=status.restart_count > 0)
+            raise WaitAborted(f"the operator pod does not start: {self._describe()}\n{log[-3000:]}")
+        return pod if status.state.running else None
+
+    def _namespace_exists(self) -> bool:
+        try:
+            self.core.read_namespace(self.namespace)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def _pods(self) -> list[client.V1Pod]:
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"app.kubernetes.io/instance={self.release}").items
+        return [p for p in pods if not p.metadata.deletion_timestamp]
+
+    def _single_pod(self) -> client.V1Pod | None:
+        pods = self._pods()
+        return pods[0] if len(pods) == 1 else None
+
+    def _container(self, pod: client.V1Pod) -> client.V1ContainerStatus | None:
+        return next((c for c in pod.status.container_statuses or [] if c.name == self.CONTAINER), None)
+
+    def _remember(self, pod: client.V1Pod) -> None:
+        self.pod_uid, self.pod_name = pod.metadata.uid, pod.metadata.name
+        status = self._container(pod)
+        self.restarts = status.restart_count if status else 0
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no final status write - what a node crash or an OOM kill looks like."""
+        assert self.pod_uid is not None and self.pod_name is not None, "operator not started"
+        container = self.runtime.running(self.pod_uid, self.CONTAINER) if self.runtime else None
+        if self.runtime is not None and container is not None:
+            self.runtime.sigkill(container)
+        else:  # not our node: the closest the API offers
+            self.archive.append(self._log(self.pod_name))
+            self.core.delete_namespaced_pod(self.pod_name, self.namespace, grace_period_seconds=0)
+        self.killed = True
+
+    def _wait_restarted(self) -> None:
+        """After kill(): the same pod's container restarted by the kubelet (restartCount went up, running), or, after
+        a deletion, another pod running."""
+        def restarted() -> client.V1Pod | None:
+            pod = self._single_pod()
+            if pod is None:
+                return None
+            status = self._container(pod)
+            if status is None or status.state is None or status.state.running is None:
+                return None
+            if pod.metadata.uid == self.pod_uid:
+                return pod if status.restart_count > self.restarts else None
+            return pod
+
+        # the kubelet's restart back-off doubles with each restart (10 s, 20 s, 40 s ... 5 min)
+        pod = wait_for(restarted, timeout=360, what=f"the operator container restarted in {self.namespace}",
+                       describe=self._describe)
+        if pod.metadata.uid == self.pod_uid:
+            with contextlib.suppress(ApiException):  # the killed instance's whole log
+                self.archive.append(self._log(pod.metadata.name, previous=True))
+        self._remember(pod)
+        self.killed = False
+
+    def _wait_healthy(self) -> None:
+        def healthy() -> bool:
+            pod = self.core.read_namespaced_pod(self.pod_name, self.namespace)
+            status = self._container(pod)
+            ended = status is not None and status.state and status.state.terminated
+            if ended and status is not None and status.restart_count == self.restarts:
+                raise WaitAborted(f"operator container exited: {status.state.terminated}\n{self.tail()}")
+            return self._proxy(self.HEALTH_PORT, "healthz", timeout=3) is not None
+
+        wait_for(healthy, timeout=120, what="operator liveness endpoint (through the pod proxy)",
+                 describe=self.tail)
+
+    def stop(self) -> None:
+        """Uninstalls the release (its pod gets SIGTERM) and deletes its namespace; the logs are kept."""
+        if not self.installed:
+            return
+        if self.pod_name:
+            with contextlib.suppress(ApiException):
+                self.archive.append(self._log(self.pod_name))
+        self.pod_name = self.pod_uid = None
+        (self.log_dir / "operator-pod.log").write_text("".join(self.archive))
+        _run(helm_binary(), "uninstall", self.release, "--namespace", self.namespace, "--wait", check=False)
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespace(self.namespace)
+        self.installed = False
+
+    def restart(self) -> None:
+        """A graceful restart: the pod deleted (SIGTERM, its grace period), the Deployment's next one healthy."""
+        assert self.pod_name is not None, "operator not started"
+        with contextlib.suppress(ApiException):
+            self.archive.append(self._log(self.pod_name))
+        self.core.delete_namespaced_pod(self.pod_name, self.namespace)
+        old = self.pod_uid
+
+        def replaced() -> client.V1Pod | None:
+            pod = self._single_pod()
+            status = self._container(pod) if pod else None
+            ok = pod and pod.metadata.uid != old and status and status.state and status.state.running
+            return pod if ok else None
+
+        self._remember(wait_for(replaced, timeout=180, what="a new operator pod running", describe=self._describe))
+        self._wait_healthy()
+
+    # ---- observation ---------------------------------------------------------------------------------------
+    def _proxy(self, port: int, path: str, timeout: float = 10) -> str | None:
+        """GET http://<pod>:<port>/<path> through the API server; None unless it answered 200."""
+        assert self.pod_name is not None
+        try:
+            raw = self.core.connect_get_namespaced_pod_proxy_with_path(
+                f"{self.pod_name}:{port}", self.namespace, path, _preload_content=False, _request_timeout=timeout)
+        except (ApiException, OSError):
+            return None
+        return str(raw.data.decode()) if raw.status == 200 else None
+
+    def metrics(self) -> str:
+        text = self._proxy(self.METRICS_PORT, "metrics")
+        if text is None:
+            raise AssertionError(f"no /metrics from {self.namespace}/{self.pod_name}")
+        return text
+
+    def metric(self, sample: str, **labels: str) -> float:
+        """One sample of the operator's /metrics (e.g. dbmig_migrations_total{result="Succeeded"}); 0 when absent."""
+        return parse_metric(self.metrics(), sample, **labels)
+
+    def _log(self, pod: str, previous: bool = False) -> str:
+        return str(self.core.read_namespaced_pod_log(pod, self.namespace, container=self.CONTAINER,
+                                                     previous=previous, _preload_content=False).data.decode(
+                                                         errors="replace"))
+
+    def log_text(self) -> str:
+        """The logs of every instance of the operator's container, in order: the ended ones, then the running one."""
+        current = ""
+        if self.pod_name is not None:
+            with contextlib.suppress(ApiException):
+                current = self._log(self.pod_name)
+        return "".join(self.archive) + current
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_text().splitlines()[-lines:]) or "(no operator log)"
+        except ApiException as error:
+            return f"(no operator log: {error.status})"
+
+    def _describe(self) -> str:
+        try:
+            pods = self.core.list_namespaced_pod(self.namespace).items
+        except ApiException as error:
+            return f"(cannot list pods of {self.namespace}: {error.status})"
+        return "; ".join(
+            f"{p.metadata.name} {p.status.phase} "
+            f"{json.dumps(self.api.sanitize_for_serialization(p.status.container_statuses))}"
+            for p in pods) or "(no pod)"
+
+
+def chart_image() -> str:
+    """The chart's default operator image: image.repository at the chart's appVersion."""
+    chart = REPO / "charts" / "migration-operator"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    app_version = yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"]
+    return f"{values['image']['repository']}:{values['image']['tag'] or app_version}"
+
+
+def image_pin() -> list[str]:
+    """helm flags pinning the chart's image to the local registry's current build (a node may hold an older one
+    under the same tag); none elsewhere."""
+    digest = registry.pinned_tag(chart_image()).partition("@")[2]
+    return ["--set-string", f"image.digest={digest}"] if digest else []
+
+
+def helm_binary() -> str:
+    """helm beside the local cluster's kubectl, else PATH's."""
+    local = Path(kubectl_binary()).parent / "helm"
+    return str(local) if local.exists() else "helm"
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
+    result = subprocess.run(list(args), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}) after {time.monotonic() - started:.0f}s:\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result

@@ -1,14 +1,18 @@
 """The tests' own view of the database: admin connections, databases cloned per test, fingerprints.
 
-Where the database is comes from the environment, so the suite runs against the local cluster's PostgreSQL or
-one inside kind alike:
-  MO_E2E_PG_HOST / MO_E2E_PG_PORT            where the tests connect (default 127.0.0.1:15432)
+Where the database is comes from the environment, else from the cluster ($KUBECONFIG), so the suite runs against
+the local cluster's PostgreSQL or one inside kind alike:
+  MO_E2E_PG_HOST / MO_E2E_PG_PORT            where the tests connect
   MO_E2E_PG_SUPERUSER / MO_E2E_PG_PASSWORD   an admin login for the tests (default postgres/postgres)
-  MO_E2E_DB_HOST / MO_E2E_DB_PORT            the address pods and the operator use (default: the same)
+  MO_E2E_DB_HOST / MO_E2E_DB_PORT            the address pods and the operator use
+Unset, they are discovered: with a Service `databases/postgres` in the cluster, the tests connect to its ClusterIP
+(routed on the local node's host by kube-proxy) and pods use its DNS name, postgres.databases.svc.cluster.local:5432;
+without one, both use 127.0.0.1:15432 (PostgreSQL on the host, the node agent's cluster).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
@@ -30,13 +34,56 @@ class Endpoint:
     port: int
 
 
+HOST_DATABASE = Endpoint("127.0.0.1", 15432)
+SERVICE_NAMESPACE, SERVICE_NAME = "databases", "postgres"
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """Where the tests connect, and where pods connect."""
+
+    tests: Endpoint
+    cluster: Endpoint
+
+
+@functools.cache
+def _discovered() -> Discovered:
+    """The database of the cluster $KUBECONFIG points at: Service databases/postgres if it exists, else the host's."""
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        service = client.CoreV1Api(client.ApiClient()).read_namespaced_service(SERVICE_NAME, SERVICE_NAMESPACE)
+    except Exception:  # no cluster at hand (unit tests), or no such Service: the database on the host
+        return Discovered(HOST_DATABASE, HOST_DATABASE)
+    port = next((p.port for p in service.spec.ports or [] if p.name == "postgres"), service.spec.ports[0].port)
+    return Discovered(
+        Endpoint(service.spec.cluster_ip, int(port)),
+        Endpoint(f"{SERVICE_NAME}.{SERVICE_NAMESPACE}.svc.cluster.local", int(port)),
+    )
+
+
 def test_endpoint() -> Endpoint:
-    return Endpoint(os.environ.get("MO_E2E_PG_HOST", "127.0.0.1"), int(os.environ.get("MO_E2E_PG_PORT", "15432")))
+    if "MO_E2E_PG_HOST" in os.environ:
+        return Endpoint(os.environ["MO_E2E_PG_HOST"], int(os.environ.get("MO_E2E_PG_PORT", HOST_DATABASE.port)))
+    found = _discovered().tests
+    return Endpoint(found.host, int(os.environ.get("MO_E2E_PG_PORT", found.port)))
 
 
 def cluster_endpoint() -> Endpoint:
-    local = test_endpoint()
-    return Endpoint(os.environ.get("MO_E2E_DB_HOST", local.host), int(os.environ.get("MO_E2E_DB_PORT", local.port)))
+    """The address the operator and the pods use: MO_E2E_DB_HOST, else the discovered one, else the tests' own."""
+    if "MO_E2E_DB_HOST" in os.environ:
+        return Endpoint(os.environ["MO_E2E_DB_HOST"], int(os.environ.get("MO_E2E_DB_PORT", test_endpoint().port)))
+    if "MO_E2E_PG_HOST" in os.environ:  # only the tests' address given: the same for the pods (as before)
+        local = test_endpoint()
+        return Endpoint(local.host, int(os.environ.get("MO_E2E_DB_PORT", local.port)))
+    found = _discovered().cluster
+    return Endpoint(found.host, int(os.environ.get("MO_E2E_DB_PORT", found.port)))
+
+
+def in_cluster() -> bool:
+    """Whether the database is the cluster's Service databases/postgres (discovered, not given by the environment)."""
+    return "MO_E2E_PG_HOST" not in os.environ and _discovered().cluster != HOST_DATABASE
 
 
 def connect(dbname: str = "postgres", *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
