@@ -19,6 +19,7 @@ from psycopg import sql
 from migration_operator import machine, models
 from tests.support import postgres
 from tests.support.kube import kubectl_binary, load_config, temporary_namespace
+from tests.support.operator import helm_binary, image_pin
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,10 +31,6 @@ SERVICE_ACCOUNT = f"system:serviceaccount:{OPERATOR_NS}:migration-operator"
 DATABASE = postgres.cluster_endpoint()  # where the operator and the pods reach PostgreSQL
 
 
-def helm_binary() -> str:
-    kubectl = Path(kubectl_binary())
-    local = kubectl.parent / "helm"
-    return str(local) if local.exists() else "helm"
 
 
 def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -85,11 +82,11 @@ def chart(api: client.ApiClient) -> Iterator[None]:
     ):
         run(kubectl, command[0], "crd", CRD, *command[1:], check=False)
     run(helm_binary(), "upgrade", "--install", RELEASE, str(REPO / "charts/migration-operator"),
-        "--namespace", OPERATOR_NS, "--create-namespace", "--set", WATCHED,
+        "--namespace", OPERATOR_NS, "--create-namespace", "--set", WATCHED, *image_pin(),
         "--wait", "--timeout", "3m")
     yield
     run(helm_binary(), "upgrade", "--install", RELEASE, str(REPO / "charts/migration-operator"),
-        "--namespace", OPERATOR_NS, "--set", f"watchNamespaces={{{APP_NS}}}", "--wait", "--timeout", "3m",
+        "--namespace", OPERATOR_NS, "--set", f"watchNamespaces={{{APP_NS}}}", *image_pin(), "--wait", "--timeout", "3m",
         check=False)
     delete_app_namespace(kubectl)
     run(kubectl, "delete", "namespace", SCRATCH_NS, "--ignore-not-found", "--wait=true", "--timeout=180s", check=False)

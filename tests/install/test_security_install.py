@@ -30,6 +30,7 @@ from tests.install.test_install import (
     run,
 )
 from tests.support.kube import kubectl_binary, load_config
+from tests.support.operator import image_pin
 from tests.support.wait import wait_for
 
 ALLOWED_IMAGES = "policy.allowedImages={docker.io/library/postgres:*,docker.io/flyway/flyway:*,ghcr.io/dbops/*}"
@@ -47,7 +48,7 @@ def release(api: client.ApiClient) -> Iterator[None]:
     run(kubectl, "apply", "-f", str(REPO / "manifests/examples/parking/namespace.yaml"))
     run(helm_binary(), "upgrade", "--install", RELEASE, str(REPO / "charts/migration-operator"), "--namespace",
         OPERATOR_NS, "--create-namespace", "--set", f"watchNamespaces={{{APP_NS}}}", "--set", ALLOWED_IMAGES,
-        "--set", f"policy.allowedHosts={{{DATABASE.host}}}", "--wait", "--timeout", "3m")
+        "--set", f"policy.allowedHosts={{{DATABASE.host}}}", *image_pin(), "--wait", "--timeout", "3m")
     yield
     delete_app_namespace(kubectl)
     run(helm_binary(), "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", check=False)
