@@ -81,8 +81,8 @@ RESTRICTED_CONTAINER = {
 
 
 def idle_deployment(replicas: int) -> dict[str, Any]:
-    """A Deployment whose pods never start (its image exists nowhere, so the node agent leaves them Pending): cheap
-    pods that still count for the drain."""
+    """A Deployment whose pods never start (its image exists nowhere: they wait in ErrImagePull/ImagePullBackOff):
+    cheap pods that still count for the drain."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

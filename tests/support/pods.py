@@ -6,7 +6,7 @@ from typing import Any
 
 from kubernetes import client
 
-# PodSecurity "restricted" is enforced in the test namespaces; the node agent accepts (and ignores) it.
+# PodSecurity "restricted" is enforced in the test namespaces (and a real node runs the containers as these users).
 SECURITY = {
     "runAsNonRoot": True,
     "runAsUser": 1000,
