@@ -19,11 +19,11 @@ venv: ## create the project virtualenv (cached outside the checkout) and install
 	@bash hack/venv.sh >/dev/null
 
 .PHONY: tools
-tools: ## build etcd, the Kubernetes control plane, kubectl and helm from the Go module proxy (cached)
+tools: ## build etcd, the Kubernetes control plane, kubelet, kube-proxy, kubectl, crictl and helm from the Go module proxy (cached)
 	@bash hack/build-k8s.sh all
 
 .PHONY: cluster
-cluster: venv ## start the local cluster (control plane, node agent, PostgreSQL, Flyway); idempotent
+cluster: venv ## start the local cluster (control plane, kubelet+containerd node, CoreDNS, storage, registry+images, PostgreSQL); idempotent
 	@bash hack/cluster.sh up
 
 .PHONY: cluster-down
@@ -37,6 +37,10 @@ cluster-status: ## show what of the local cluster runs
 .PHONY: cluster-reset
 cluster-reset: ## stop the local cluster and wipe its state
 	@bash hack/cluster.sh reset
+
+.PHONY: images
+images: ## build the images (operator, gateway, migrations, stand-ins) into the local registry (cached by content)
+	@bash hack/build-images.sh
 
 .PHONY: crd
 crd: venv ## regenerate the CRD from the pydantic models, and the chart and kustomize copies
@@ -75,7 +79,7 @@ test-cluster: ## checks of the local cluster itself: Jobs, volumes, fsGroup, RBA
 LOCAL_IMAGES = migration-operator parking-gateway
 define build_local_images
 	@if [[ -f "$$(dirname "$$KUBECONFIG")/node/kubelet.yaml" ]] && curl -sf -o /dev/null --max-time 3 http://127.0.0.1:5000/v2/; then \
-		BUILDAH_LAYERS=true bash hack/build-images.sh $(LOCAL_IMAGES); \
+		bash hack/build-images.sh $(LOCAL_IMAGES); \
 	fi
 endef
 

@@ -381,7 +381,9 @@ ensure_image() {  # name: build and push unless the registry has it with the sam
   mkdir -p "$IMG_CACHE/logs"
   local mounts=()
   [[ $base == python ]] && mounts=("${BUILD_MOUNTS[@]}")
-  if ! buildah bud --isolation "$ISOLATION" --network host --pull=never --format docker \
+  # --layers: a Dockerfile's steps are cached (the operator's dependencies layer survives a code change: ~11 s
+  # instead of ~42 s); BUILDAH_LAYERS=false turns it off
+  if ! buildah bud --layers="${BUILDAH_LAYERS:-true}" --isolation "$ISOLATION" --network host --pull=never --format docker \
     "${mounts[@]}" --label "$LABEL=$want" -f "$REPO/$dockerfile" -t "$ref" \
     "$(context_of "$name")" >"$logfile" 2>&1; then
     tail -n 40 "$logfile" >&2

@@ -1,39 +1,34 @@
 #!/usr/bin/env bash
-# The local cluster from real parts: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built from
-# the Go module proxy by hack/build-k8s.sh), our node agent (hack/node_agent) as the one Node, PostgreSQL from
-# Debian and Flyway from Maven Central. Everything listens on 127.0.0.1 only, TLS everywhere, RBAC on.
+# The local cluster from real parts: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+# kube-proxy (built from the Go module proxy by hack/build-k8s.sh), containerd + runc + CNI plugins from Debian
+# (hack/node.sh), CoreDNS, the local-path provisioner and PostgreSQL 15 in the cluster (hack/addons/), images built
+# here and served by a local registry (hack/build-images.sh, hack/registry.sh). Everything listens on 127.0.0.1 or
+# on the node's address on the pod bridge (10.244.0.1); TLS everywhere, RBAC on.
 #
 #   hack/cluster.sh up      build/install what is missing, start what is not running, wait until Ready
-#   hack/cluster.sh down    stop everything (pods first), keep the cache and data
+#   hack/cluster.sh down    stop everything (pods first, through the runtime) and remove what the node added to
+#                           the host (bridge, veths, netns, mounts, iptables chains, cgroups); keep cache and data
 #   hack/cluster.sh status  print what runs
-#   hack/cluster.sh reset   down + wipe cluster state (etcd, certs, pods; PostgreSQL data too)
+#   hack/cluster.sh reset   down + wipe cluster state (etcd, certs, pods, volumes: PostgreSQL's data too)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 source "$REPO/hack/versions.sh"
-# MO_NODE=real: a real node (hack/node.sh: containerd, kubelet, kube-proxy) and PostgreSQL in the cluster, in
-# its own state dir and ports, so it can run beside the node agent's cluster while it is being brought up.
-MO_NODE=${MO_NODE:-agent}
+STATE="$MO_CACHE/cluster"
 NODE_NAME=local-node
-APISERVER_PORT=16443
+NODE_BRIDGE=mobr0
+POD_CIDR=10.244.0.0/24
+NODE_IP=10.244.0.1
 SERVICE_CIDR=10.0.0.0/24
-if [[ $MO_NODE == real ]]; then
-  STATE="$MO_CACHE/cluster-real"
-  NODE_BRIDGE=mobr0
-  POD_CIDR=10.244.0.0/24
-  NODE_IP=10.244.0.1
-  APISERVER_HOST=$NODE_IP  # pods reach the API server through the `kubernetes` Service, whose endpoint is this
-  ETCD_PORT=24790; ETCD_PEER_PORT=24800; ETCD_METRICS_PORT=24810
-  CM_PORT=10357; SCHED_PORT=10359
-else
-  STATE="$MO_CACHE/cluster"
-  APISERVER_HOST=127.0.0.1
-  ETCD_PORT=23790; ETCD_PEER_PORT=23800; ETCD_METRICS_PORT=23810
-  CM_PORT=10257; SCHED_PORT=10259
-fi
+# pods reach the API server through the `kubernetes` Service, whose endpoint is the advertised address: the node's
+# address on the bridge, not loopback
+APISERVER_HOST=$NODE_IP
+APISERVER_PORT=16443
+ETCD_PORT=23790; ETCD_PEER_PORT=23800; ETCD_METRICS_PORT=23810
+CM_PORT=10257; SCHED_PORT=10259
 KUBECONFIG_ADMIN="$STATE/kubeconfig"
 LOG_TAG=cluster
 source "$REPO/hack/lib.sh"
-[[ $MO_NODE == real ]] && source "$REPO/hack/node.sh"
+source "$REPO/hack/node.sh"
 
 # ---- certificates ------------------------------------------------------------------------------------------
 make_certs() {
@@ -109,33 +104,6 @@ start_scheduler() {
     --bind-address=127.0.0.1 --secure-port=$SCHED_PORT --leader-elect=false --profiling=false --v=1
 }
 
-node_agent_python() { echo "$MO_CACHE/venv/current/bin/python"; }
-
-start_node_agent() {
-  kubeconfig "$STATE/node.kubeconfig" "system:node:$NODE_NAME" node
-  # the node may recycle Released local PVs (a kubelet never does; a local provisioner would)
-  "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" apply -f "$REPO/hack/node-rbac.yaml" >/dev/null
-  mkdir -p "$STATE/node"
-  # pods run this checkout's code (hack/images.yaml: the gateway, the operator image): a node agent started from
-  # another checkout is restarted from this one (its pods keep running, as across a kubelet restart)
-  if is_running node-agent && ! is_running node-agent "$REPO/hack/images.yaml"; then
-    log "node-agent runs another checkout's code: restarting it from $REPO"
-    stop_bg node-agent 15
-  fi
-  start_bg node-agent env PYTHONPATH="$REPO/hack" "$(node_agent_python)" -m node_agent \
-    --kubeconfig "$STATE/node.kubeconfig" --state-dir "$STATE/node" --node-name "$NODE_NAME" \
-    --images "$REPO/hack/images.yaml"
-  wait_for 60 "node $NODE_NAME Ready" "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" wait --for=condition=Ready \
-    "node/$NODE_NAME" --timeout=1s
-}
-
-setup_storage() {
-  "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" apply -f "$REPO/hack/storage.yaml" >/dev/null
-  mkdir -p "$STATE/pv"
-  PYTHONPATH="$REPO/hack" "$(node_agent_python)" -m node_agent make-pvs --kubeconfig "$KUBECONFIG_ADMIN" \
-    --count 20 --dir "$STATE/pv" --size 5Gi --node-name "$NODE_NAME" >/dev/null
-}
-
 control_plane() {
   bash "$REPO/hack/build-k8s.sh" all
   make_certs
@@ -151,19 +119,11 @@ up() {
   local t0=$SECONDS
   bash "$REPO/hack/venv.sh" >/dev/null
   bash "$REPO/hack/install-flyway.sh" >/dev/null
-  if [[ $MO_NODE == real ]]; then
-    node_install
-    node_network
-    control_plane
-    node_up
-    addons
-  else
-    bash "$REPO/hack/postgres.sh" start
-    bash "$REPO/hack/postgres.sh" seed
-    control_plane
-    setup_storage
-    start_node_agent
-  fi
+  node_install
+  node_network
+  control_plane
+  node_up
+  addons
   log "cluster ready in $((SECONDS - t0))s"
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
@@ -189,40 +149,23 @@ addons() {
   "${k[@]}" -n local-path-storage rollout status deployment/local-path-provisioner --timeout=180s >/dev/null
   "${k[@]}" -n databases rollout status statefulset/postgres --timeout=300s >/dev/null
   local ip; ip=$("${k[@]}" -n databases get service postgres -o jsonpath='{.spec.clusterIP}')
-  MO_PG_HOST=$ip MO_PG_PORT=5432 bash "$REPO/hack/postgres.sh" seed
+  MO_PG_HOST=$ip bash "$REPO/hack/postgres.sh" seed
   log "PostgreSQL: postgres.databases.svc.cluster.local:5432 in pods, $ip:5432 from this host"
 }
 
 down() {
-  if [[ $MO_NODE == real ]]; then
-    node_down
-  else
-    if is_running node-agent; then
-      stop_bg node-agent 15
-    fi
-    # the node agent leaves pods running on purpose when it stops (like a kubelet restart): clean them now
-    if [[ -d "$STATE/node" && -x "$(node_agent_python)" ]]; then
-      PYTHONPATH="$REPO/hack" "$(node_agent_python)" -m node_agent cleanup --state-dir "$STATE/node" || true
-    fi
-  fi
+  node_down
   stop_bg kube-scheduler; stop_bg kube-controller-manager; stop_bg kube-apiserver 20; stop_bg etcd
-  if [[ $MO_NODE == real ]]; then
-    node_cleanup
-  else
-    bash "$REPO/hack/postgres.sh" stop || true
-  fi
+  node_cleanup
+  bash "$REPO/hack/registry.sh" stop
 }
 
 status() {
   for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
     if is_running "$c"; then echo "$c: running (pid $(cat "$PIDS/$c"))"; else echo "$c: stopped"; fi
   done
-  if [[ $MO_NODE == real ]]; then
-    node_status
-  else
-    if is_running node-agent; then echo "node-agent: running"; else echo "node-agent: stopped"; fi
-    bash "$REPO/hack/postgres.sh" status || true
-  fi
+  node_status
+  bash "$REPO/hack/postgres.sh" status || true
   echo "KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 

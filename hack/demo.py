@@ -47,6 +47,11 @@ def main() -> int:
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(release))
     kubectl("-n", NAMESPACE, "rollout", "status", "deployment/api-gateway", "--timeout=180s")
     print(gateway_state(apps))
+    print(kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide").rstrip())
+    db = migration[0]["spec"]["database"]
+    print(f"database: {db['host']}:{db.get('port', 5432)}/{db['name']} (Service "
+          + kubectl("-n", "databases", "get", "service", "postgres", "-o",
+                    "jsonpath={.metadata.name} {.spec.clusterIP}:{.spec.ports[0].port}") + ")")
 
     print(f"\n== applying DatabaseMigration {NAME} (V5 -> V6: parking_zones, backfill, foreign key)")
     print(kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(migration)).strip())
@@ -66,6 +71,11 @@ def main() -> int:
         if phase in TERMINAL:
             break
         time.sleep(0.5)  # narration cadence, not synchronisation: the loop ends on the phase
+    print("\n== the run's Jobs and their pods (images pulled by containerd from the local registry mirror)")
+    print(kubectl("-n", NAMESPACE, "get", "jobs", "-o", "custom-columns=JOB:.metadata.name,"
+                  "STEP:.metadata.labels.dbops\\.io/step,IMAGE:.spec.template.spec.containers[0].image,"
+                  "SUCCEEDED:.status.succeeded").rstrip())
+    print(kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide").rstrip())
     print("\n== final status (kubectl dbmig status)")
     subprocess.run([sys.executable, "-m", "migration_operator.kubectl_plugin", "status", NAME, "-n", NAMESPACE])
     print("\n== kubectl get dbmig")

@@ -19,9 +19,19 @@ bash "$REPO/hack/postgres.sh" psql -d postgres -c "DROP DATABASE IF EXISTS parki
 
 say "installing the operator with Helm (chart charts/migration-operator, watching namespace parking)"
 kubectl apply -f "$REPO/manifests/examples/parking/namespace.yaml" >/dev/null
+# the operator image as built from this checkout (hack/build-images.sh), pinned by digest: a node that pulled an
+# earlier build under the same tag must not keep running it
+bash "$REPO/hack/build-images.sh" migration-operator parking-gateway >/dev/null
+digest=$(curl -sfI -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+  http://127.0.0.1:5000/v2/dbops/migration-operator/manifests/0.1.0 | tr -d '\r' | awk 'tolower($1)=="docker-content-digest:"{print $2}')
 helm upgrade --install migration-operator "$REPO/charts/migration-operator" \
   --namespace migration-operator-system --create-namespace \
-  --set 'watchNamespaces={parking}' --wait --timeout 3m
+  --set 'watchNamespaces={parking}' ${digest:+--set-string "image.digest=$digest"} --wait --timeout 3m
 kubectl -n migration-operator-system get pods -o wide
+say "the node (kubelet + containerd), DNS, storage and the database, all in the cluster"
+kubectl get nodes -o wide
+kubectl get pods -A -o custom-columns='NAMESPACE:.metadata.namespace,POD:.metadata.name,IP:.status.podIP,IMAGE:.spec.containers[0].image' \
+  --field-selector metadata.namespace!=parking
+kubectl -n databases get service postgres
 
 exec "$MO_CACHE/venv/current/bin/python" "$REPO/hack/demo.py"

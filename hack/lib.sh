@@ -24,7 +24,7 @@ is_running() {
   [[ -f "$PIDS/$1" ]] || return 1
   local pid; pid=$(cat "$PIDS/$1")
   kill -0 "$pid" 2>/dev/null || return 1
-  local expected=$1; [[ $1 == node-agent ]] && expected=node_agent
+  local expected=$1
   local cmdline; cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) || return 1
   grep -q -- "$expected" <<<"$cmdline" && { [[ -z ${2:-} ]] || grep -qF -- "$2" <<<"$cmdline"; }
 }

@@ -33,6 +33,7 @@ node_install() {
   command -v conntrack >/dev/null || need+=(conntrack)
   if ((${#need[@]})); then
     log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
 }
@@ -230,17 +231,33 @@ node_down() {
   pkill -KILL -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
 }
 
+# remove_chains <iptables|ip6tables> <prefix>: every rule that jumps to a chain named <prefix>*, then those chains
+# (iptables-nft: never iptables-legacy, whose table only a reboot removes)
+remove_chains() {
+  local ipt=$1 prefix=$2 table rule chain
+  command -v "$ipt" >/dev/null || return 0
+  for table in filter nat mangle raw; do
+    "$ipt" -t "$table" -S 2>/dev/null | grep -E -- "^-A .* -j $prefix" | while read -r rule; do
+      # eval: a rule's comment comes quoted in -S output
+      eval "$ipt -t $table ${rule/#-A/-D}" 2>/dev/null || true
+    done
+    for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk -v p="$prefix" '$1 == "-N" && index($2, p) == 1 {print $2}'); do
+      "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk -v p="$prefix" '$1 == "-N" && index($2, p) == 1 {print $2}'); do
+      "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+}
+
 node_cleanup() {
   [[ -x $BIN_DIR/kube-proxy ]] && "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
-  # leftover CNI masquerade chains and portmap rules of pods torn down without the runtime
-  local chain
-  for chain in $(iptables -t nat -S 2>/dev/null | awk '/^-N CNI-/{print $2}'); do
-    iptables -t nat -S POSTROUTING | awk -v c="$chain" '$0 ~ "-j "c"( |$)"{sub(/^-A/,"-D"); print}' |
-      while read -r rule; do eval "iptables -t nat $rule" 2>/dev/null || true; done
-    iptables -t nat -F "$chain" 2>/dev/null || true
-  done
-  for chain in $(iptables -t nat -S 2>/dev/null | awk '/^-N CNI-/{print $2}'); do
-    iptables -t nat -X "$chain" 2>/dev/null || true
+  # what kube-proxy's cleanup leaves: the kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY,
+  # KUBE-IPTABLES-HINT), and the masquerade chains of pods torn down without the runtime (CNI-*)
+  local ipt
+  for ipt in iptables ip6tables; do
+    remove_chains "$ipt" KUBE-
+    remove_chains "$ipt" CNI-
   done
   # veths left on our bridge, then the bridge
   local veth

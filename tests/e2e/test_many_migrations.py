@@ -4,8 +4,7 @@ termination message holds, and the operator must read it whole.
 The image `ghcr.io/dbops/many-migrations:40-<hash>` holds the parking example's V1-V5 and 40 generated migrations
 V5_1 ... V5_40 (deterministic: the tag's hash is the files'). With a real node the test builds it as busybox:1.37 plus
 one layer of those files and pushes it to the local registry (tests/support/registry.py), from which the node pulls
-it like any image; with the node agent it writes the files to ${MO_CACHE}/images/many-migrations, which
-hack/images.yaml mounts. A first run brings the database part way, to 5.14 (a release's targetVersion); the second,
+it like any image. A first run brings the database part way, to 5.14 (a release's targetVersion); the second,
 without targetVersion, must find every pending one (the preflight `flyway info` is ~20 KiB), apply all 26, verify
 version 5.40 and say so.
 """
@@ -13,20 +12,16 @@ version 5.40 and say so.
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 
 import pytest
 from kubernetes import client
 
 from tests.e2e.conftest import MIGRATIONS, ParkingApp
 from tests.support import postgres, registry
-from tests.support.local_cluster import MO_CACHE, not_local_reason
 from tests.support.runtime import LocalRuntime
 
 IMAGE = "ghcr.io/dbops/many-migrations"
 BASE_IMAGE = "busybox:1.37"  # the copy-migrations init container needs sh and cp, as for parking-migrations
-GENERATED = MO_CACHE / "images" / "many-migrations"  # hack/images.yaml mounts it at /flyway/sql/generated
 COUNT = 40
 PART_WAY = 14
 
@@ -56,21 +51,6 @@ def generated_migrations() -> dict[str, str]:
     return files
 
 
-def write_image_files(directory: Path, files: dict[str, str]) -> None:
-    """The image's content on the host, written once per content (other runs may read it at the same time)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        path = directory / name
-        if path.exists() and path.read_text() == text:
-            continue
-        scratch = directory / f".{name}.{os.getpid()}"
-        scratch.write_text(text)
-        scratch.replace(path)
-    for stale in directory.glob("V*.sql"):
-        if stale.name not in files:
-            stale.unlink(missing_ok=True)
-
-
 def image_files(generated: dict[str, str]) -> dict[str, str]:
     """The image's files: the example's V1-V5 under /flyway/sql/release-5, the generated ones under generated/."""
     files = {f"/flyway/sql/release-5/{p.name}": p.read_text() for p in sorted(MIGRATIONS.glob("V*.sql"))}
@@ -89,12 +69,9 @@ def many_migrations_image(parking: ParkingApp) -> tuple[str, dict[str, str]]:
     generated = generated_migrations()
     files = image_files(generated)
     reference = image_reference(files)
-    if LocalRuntime.find() is not None and registry.answering():
-        registry.push_files_image(reference, BASE_IMAGE, files)
-    elif not_local_reason(parking.api) is None:
-        write_image_files(GENERATED, generated)
-    else:
-        pytest.skip("the many-migrations image is made on the local cluster only (its registry, or the node agent)")
+    if LocalRuntime.find() is None or not registry.answering():
+        pytest.skip("the many-migrations image is pushed to the local cluster's registry only")
+    registry.push_files_image(reference, BASE_IMAGE, files)
     return reference, generated
 
 

@@ -20,8 +20,7 @@ from tests.support.sampler import Sampler
 # a 63-byte token, like the one the issue printed through status
 TOKEN = "ghp_" + "T0k3nV4lu3SecretPaymentsApi" + "x" * 32
 # The CA that signed the database's certificate: MO_E2E_DB_CA (a file), else the cluster's database's (ca.crt of
-# Secret databases/postgres-tls), else the host PostgreSQL's of the node agent's cluster.
-HOST_CA_FILE = Path.home() / ".cache/migration-operator/cluster/postgres/15/tls/ca.crt"
+# Secret databases/postgres-tls).
 TLS_SECRET = ("databases", "postgres-tls")
 
 
@@ -37,7 +36,7 @@ def database_ca(api: client.ApiClient) -> str | None:
             raise
         encoded = (secret.data or {}).get("ca.crt")
         return base64.b64decode(encoded).decode() if encoded else None
-    return HOST_CA_FILE.read_text() if HOST_CA_FILE.exists() else None
+    return None
 
 
 def _secret(parking: ParkingApp, name: str, data: dict[str, str], labels: dict[str, str] | None = None) -> None:

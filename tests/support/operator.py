@@ -41,7 +41,7 @@ def free_port() -> int:
 
 
 MODES = ("pod", "process", "external")
-DEFAULT_MODE = "process"
+DEFAULT_MODE = "pod"
 
 
 def mode() -> str:

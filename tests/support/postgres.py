@@ -5,9 +5,10 @@ the local cluster's PostgreSQL or one inside kind alike:
   MO_E2E_PG_HOST / MO_E2E_PG_PORT            where the tests connect
   MO_E2E_PG_SUPERUSER / MO_E2E_PG_PASSWORD   an admin login for the tests (default postgres/postgres)
   MO_E2E_DB_HOST / MO_E2E_DB_PORT            the address pods and the operator use
-Unset, they are discovered: with a Service `databases/postgres` in the cluster, the tests connect to its ClusterIP
-(routed on the local node's host by kube-proxy) and pods use its DNS name, postgres.databases.svc.cluster.local:5432;
-without one, both use 127.0.0.1:15432 (PostgreSQL on the host, the node agent's cluster).
+Unset, they are discovered: the Service `databases/postgres` of the cluster (the local cluster's, hack/addons/): the
+tests connect to its ClusterIP (routed on the local node's host by kube-proxy) and pods use its DNS name,
+postgres.databases.svc.cluster.local:5432. Without such a Service (and no variables), the tests that need the
+database skip, saying why.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class Endpoint:
     port: int
 
 
-HOST_DATABASE = Endpoint("127.0.0.1", 15432)
+# what the tests use when the cluster has no database Service: nothing answers there, so those tests skip
+NO_DATABASE = Endpoint("127.0.0.1", 5432)
+DEFAULT_PORT = 5432
 SERVICE_NAMESPACE, SERVICE_NAME = "databases", "postgres"
 
 
@@ -48,14 +51,14 @@ class Discovered:
 
 @functools.cache
 def _discovered() -> Discovered:
-    """The database of the cluster $KUBECONFIG points at: Service databases/postgres if it exists, else the host's."""
+    """The database of the cluster $KUBECONFIG points at: its Service databases/postgres."""
     from kubernetes import client, config
 
     try:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         service = client.CoreV1Api(client.ApiClient()).read_namespaced_service(SERVICE_NAME, SERVICE_NAMESPACE)
-    except Exception:  # no cluster at hand (unit tests), or no such Service: the database on the host
-        return Discovered(HOST_DATABASE, HOST_DATABASE)
+    except Exception:  # no cluster at hand (unit tests), or no such Service
+        return Discovered(NO_DATABASE, NO_DATABASE)
     port = next((p.port for p in service.spec.ports or [] if p.name == "postgres"), service.spec.ports[0].port)
     return Discovered(
         Endpoint(service.spec.cluster_ip, int(port)),
@@ -65,7 +68,7 @@ def _discovered() -> Discovered:
 
 def test_endpoint() -> Endpoint:
     if "MO_E2E_PG_HOST" in os.environ:
-        return Endpoint(os.environ["MO_E2E_PG_HOST"], int(os.environ.get("MO_E2E_PG_PORT", HOST_DATABASE.port)))
+        return Endpoint(os.environ["MO_E2E_PG_HOST"], int(os.environ.get("MO_E2E_PG_PORT", DEFAULT_PORT)))
     found = _discovered().tests
     return Endpoint(found.host, int(os.environ.get("MO_E2E_PG_PORT", found.port)))
 
@@ -83,7 +86,7 @@ def cluster_endpoint() -> Endpoint:
 
 def in_cluster() -> bool:
     """Whether the database is the cluster's Service databases/postgres (discovered, not given by the environment)."""
-    return "MO_E2E_PG_HOST" not in os.environ and _discovered().cluster != HOST_DATABASE
+    return "MO_E2E_PG_HOST" not in os.environ and _discovered().cluster != NO_DATABASE
 
 
 def connect(dbname: str = "postgres", *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:

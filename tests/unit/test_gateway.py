@@ -1,8 +1,8 @@
 """The parking api-gateway's health logic (examples/parking/gateway/gateway.py).
 
 Pure logic (version comparison, UP/DOWN documents) always runs. The database part runs against the local
-PostgreSQL when `hack/postgres.sh status` says it runs (a scratch database per test, dropped afterwards), and is
-skipped with the reason otherwise.
+PostgreSQL the tests use (tests/support/postgres.py: the local cluster's, found through $KUBECONFIG) when it answers
+(a scratch database per test, dropped afterwards), and is skipped with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import threading
 import urllib.error
@@ -24,6 +23,8 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+
+from tests.support import postgres
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = REPO / "examples" / "parking" / "gateway" / "gateway.py"
@@ -149,8 +150,6 @@ def test_config_defaults_and_pod_ip() -> None:
 
 # ------------------------------------------------------------------------------------------ real database
 
-PG_HOST = os.environ.get("MO_E2E_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("MO_E2E_PG_PORT", "15432"))
 PG_USER = os.environ.get("MO_E2E_PG_SUPERUSER", "postgres")
 PG_PASSWORD = os.environ.get("MO_E2E_PG_PASSWORD", "postgres")
 
@@ -172,23 +171,14 @@ CREATE TABLE flyway_schema_history (
 
 
 def _postgres_running() -> tuple[bool, str]:
-    try:
-        proc = subprocess.run(
-            ["bash", str(REPO / "hack" / "postgres.sh"), "status"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"hack/postgres.sh status failed: {exc}"
-    return proc.returncode == 0, proc.stdout.strip() or proc.stderr.strip()
+    endpoint = postgres.test_endpoint()
+    return postgres.reachable(), f"nothing answers on {endpoint.host}:{endpoint.port}"
 
 
 def _admin(dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg.connect(
-        host=PG_HOST,
-        port=PG_PORT,
+        host=postgres.test_endpoint().host,
+        port=postgres.test_endpoint().port,
         user=PG_USER,
         password=PG_PASSWORD,
         dbname=dbname,
@@ -202,7 +192,7 @@ def _admin(dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
 def scratch_db() -> Iterator[str]:
     running, why = _postgres_running()
     if not running:
-        pytest.skip(f"local PostgreSQL not running (hack/postgres.sh start): {why}")
+        pytest.skip(f"no PostgreSQL for the tests (make cluster): {why}")
     name = f"gw_test_{uuid.uuid4().hex[:10]}"
     with _admin() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -217,8 +207,8 @@ def _config(dbname: str, required: str = "5", port: int = 0, mapped: str = "") -
     return gw.Config.from_env(
         {
             "MAPPED_COLUMNS": mapped,
-            "DB_HOST": PG_HOST,
-            "DB_PORT": str(PG_PORT),
+            "DB_HOST": postgres.test_endpoint().host,
+            "DB_PORT": str(postgres.test_endpoint().port),
             "DB_NAME": dbname,
             "DB_USER": PG_USER,
             "DB_PASSWORD": PG_PASSWORD,
