@@ -635,6 +635,11 @@ def main() -> int:
     pin_operator()
     # the operator's checksum key (digests.py): one for the benchmark, so no process warns about a key of its own
     os.environ.setdefault("DBOPS_CHECKSUM_KEY", "bench-checksum-key")
+    # The benchmark's operator runs on the host (so its RSS and pid are at hand), where the cluster's DNS names do
+    # not resolve: its runs name the database by the Service's ClusterIP, which the host (kube-proxy) and the pods
+    # reach alike.
+    if "MO_E2E_DB_HOST" not in os.environ and postgres.in_cluster():
+        os.environ["MO_E2E_DB_HOST"] = postgres.test_endpoint().host
     started = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     source = operator_source()

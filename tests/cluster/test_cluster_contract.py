@@ -112,7 +112,8 @@ def test_pvc_data_outlives_the_pod(api: client.ApiClient, ns: str) -> None:
     mounts = [{"name": "data", "mountPath": "/data"}]
     volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
     writer = container("main", BUSYBOX, ["sh", "-c", f"echo {token} > /data/file"], volumeMounts=mounts)
-    apply_yaml(api, ns, [pvc("data"), pod("writer", [writer], volumes=volumes)])
+    # the volume is root-owned 0755 like a fresh disk: the non-root writer needs its fsGroup
+    apply_yaml(api, ns, [pvc("data"), pod("writer", [writer], volumes=volumes, securityContext={"fsGroup": 65532})])
     assert finished_pod(api, ns, "writer").status.phase == "Succeeded", describe_pod(api, ns, "writer")
     core = client.CoreV1Api(api)
     claim = core.read_namespaced_persistent_volume_claim("data", ns)
