@@ -237,7 +237,8 @@ remove_chains() {
   local ipt=$1 prefix=$2 table rule chain
   command -v "$ipt" >/dev/null || return 0
   for table in filter nat mangle raw; do
-    "$ipt" -t "$table" -S 2>/dev/null | grep -E -- "^-A .* -j $prefix" | while read -r rule; do
+    # (a table without such rules makes grep fail: not an error here)
+    { "$ipt" -t "$table" -S 2>/dev/null | grep -E -- "^-A .* -j $prefix" || true; } | while read -r rule; do
       # eval: a rule's comment comes quoted in -S output
       eval "$ipt -t $table ${rule/#-A/-D}" 2>/dev/null || true
     done
@@ -261,7 +262,7 @@ node_cleanup() {
   done
   # veths left on our bridge, then the bridge
   local veth
-  for veth in $(ip -o link show master "$NODE_BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+  for veth in $(ip -o link show master "$NODE_BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 || true); do
     ip link del "$veth" 2>/dev/null || true
   done
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
