@@ -160,6 +160,10 @@ syncFrequency: 10s
 fileCheckFrequency: 10s
 nodeStatusReportFrequency: 1m
 shutdownGracePeriod: 0s
+# a crashed container is restarted after 10 s, 20 s, 40 s ... up to this cap (kubelet default 300 s; the
+# KubeletCrashLoopBackOffMax feature, beta and on in 1.35): a development node whose tests SIGKILL the same
+# container again and again would otherwise spend minutes in back-off
+crashLoopBackOff: {maxContainerRestartPeriod: 2s}
 EOF
   write_if_changed "$NODE_DIR/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -191,6 +195,11 @@ start_containerd() {
 }
 
 start_kubelet() {
+  # a kubelet started with another configuration is restarted (its pods keep running)
+  if is_running kubelet && [[ $NODE_DIR/kubelet.yaml -nt $PIDS/kubelet ]]; then
+    log "kubelet configuration changed: restarting the kubelet"
+    stop_bg kubelet 20
+  fi
   start_bg kubelet "$BIN_DIR/kubelet" --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$STATE/node.kubeconfig" \
     --root-dir "$KUBELET_ROOT" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
   wait_for 60 "kubelet healthz" curl -sf http://127.0.0.1:10248/healthz
