@@ -207,32 +207,17 @@ driver = "overlay"
 graphroot = "$IMG_CACHE/storage"
 runroot = "/run/migration-operator-buildah"
 EOF
-  cat >"$IMG_CACHE/etc/registries.conf.tmp" <<EOF
-# Short names (FROM python:3.11-slim) are docker.io names; every registry name we use is mirrored locally.
-unqualified-search-registries = ["docker.io"]
-short-name-mode = "permissive"
-[[registry]]
-prefix = "docker.io"
-location = "docker.io"
-[[registry.mirror]]
-location = "$REGISTRY"
-insecure = true
-[[registry]]
-prefix = "ghcr.io"
-location = "ghcr.io"
-[[registry.mirror]]
-location = "$REGISTRY"
-insecure = true
-[[registry]]
-prefix = "registry.k8s.io"
-location = "registry.k8s.io"
-[[registry.mirror]]
-location = "$REGISTRY"
-insecure = true
-[[registry]]
-location = "$REGISTRY"
-insecure = true
-EOF
+  local reg
+  {
+    echo '# Short names (FROM python:3.11-slim) are docker.io names; every registry name we use is mirrored locally.'
+    echo 'unqualified-search-registries = ["docker.io"]'
+    echo 'short-name-mode = "permissive"'
+    for reg in "${MIRRORED_REGISTRIES[@]}"; do
+      printf '[[registry]]\nprefix = "%s"\nlocation = "%s"\n[[registry.mirror]]\nlocation = "%s"\ninsecure = true\n' \
+        "$reg" "$reg" "$REGISTRY"
+    done
+    printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$REGISTRY"
+  } >"$IMG_CACHE/etc/registries.conf.tmp"
   local f
   for f in storage registries; do
     if cmp -s "$IMG_CACHE/etc/$f.conf.tmp" "$IMG_CACHE/etc/$f.conf"; then rm "$IMG_CACHE/etc/$f.conf.tmp"

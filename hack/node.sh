@@ -18,8 +18,6 @@ CNI_CONF_DIR="$NODE_DIR/cni/net.d"
 CNI_BIN_DIR=/usr/lib/cni
 CLUSTER_DNS=10.0.0.10
 REGISTRY_MIRROR=${REGISTRY_MIRROR:-http://127.0.0.1:5000}
-# the upstream registries our manifests name; containerd asks the local registry for them
-MIRRORED_REGISTRIES=(docker.io ghcr.io registry.k8s.io quay.io)
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 
 crictl() { "$BIN_DIR/crictl" --runtime-endpoint "unix://$CONTAINERD_SOCK" --timeout 30s "$@"; }

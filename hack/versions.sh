@@ -10,3 +10,6 @@ MO_CACHE=${MO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/migration-operator}
 BUILD_REVISION=2  # bump when hack/build-k8s.sh changes how binaries are built
 BIN_DIR="$MO_CACHE/bin/r$BUILD_REVISION-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 export MO_CACHE BIN_DIR
+# the upstream registries our images and manifests name: containerd (hack/node.sh) and buildah
+# (hack/build-images.sh) ask the local registry (hack/registry.sh) for each of them
+MIRRORED_REGISTRIES=(docker.io ghcr.io registry.k8s.io quay.io)
