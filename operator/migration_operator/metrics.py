@@ -33,6 +33,9 @@ HELD_DOWN = Gauge(
     "1 when a finished run left its app at 0 on purpose (a failed rollback)",
     ["namespace", "name"],
 )
+# Leader election (leader.py): 1 on the replica that acts, 0 on a standby. `sum(dbmig_operator_leader)` is 1 in a
+# healthy install; `kubectl get lease migration-operator-leader` names the pod.
+LEADER = Gauge("dbmig_operator_leader", "1 when this operator replica holds the leader Lease and acts, else 0")
 
 _started = False
 
