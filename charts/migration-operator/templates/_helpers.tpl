@@ -137,7 +137,7 @@ namespaces) or by one Role per watched namespace.
 {{/*
 The per-database Leases (one migration per database at a time) live in the operator's own namespace
 (POD_NAMESPACE), whichever namespaces it watches: runs in different namespaces against one database must
-see each other.
+see each other. The leader election's Lease (leader.py: get, create, update) lives there too.
 */}}
 {{- define "migration-operator.lockRules" -}}
 - apiGroups: ["coordination.k8s.io"]
@@ -147,7 +147,7 @@ see each other.
 
 {{/*
 What kopf itself reads cluster-wide, whatever it watches, and the namespace check of a run being deleted. No kopf.dev
-peering resources: the operator runs standalone (one replica, no peering).
+peering resources: each replica runs kopf standalone, and only the elected leader runs it (leader.py).
 */}}
 {{- define "migration-operator.clusterRules" -}}
 # kopf follows the CustomResourceDefinitions (is ours established, did it change).
