@@ -24,7 +24,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from . import constants, flyway, kube
-from .models import DatabaseMigrationSpec
+from .models import BackupMethod, DatabaseMigrationSpec
 from .observations import ABSENT, JobObservation, JobState
 from .reasons import Step
 
@@ -267,6 +267,21 @@ def backup_volume(spec: DatabaseMigrationSpec, name: str, uid: str) -> dict[str,
         "env": [{"name": "BACKUP_FILE", "value": backup_file(name, uid)}],
         "volumes": [{"name": "backup", "persistentVolumeClaim": {"claimName": spec.backup.volume.claim_name}}],
         "mounts": [{"name": "backup", "mountPath": constants.BACKUP_MOUNT}],
+    }
+
+
+def backup_claim_binding(spec: DatabaseMigrationSpec) -> dict[str, list[dict[str, Any]]]:
+    """volumes/mounts that make a pod a consumer of the backup claim, read-only: the preflight's validate Job carries
+    them so that a claim of a `WaitForFirstConsumer` StorageClass (local-path, most cloud disks) is provisioned and
+    bound before the app is touched, not by the backup Job inside the maintenance window. Nothing without a Dump
+    backup to a volume."""
+    backup = spec.backup
+    if not (backup.enabled and backup.method == BackupMethod.DUMP and backup.volume is not None):
+        return {"volumes": [], "mounts": []}
+    claim = {"claimName": backup.volume.claim_name, "readOnly": True}
+    return {
+        "volumes": [{"name": "backup", "persistentVolumeClaim": claim}],
+        "mounts": [{"name": "backup", "mountPath": constants.BACKUP_MOUNT, "readOnly": True}],
     }
 
 

@@ -287,6 +287,14 @@ class BackupSpec(ApiModel):
         "app still runs, shorter downtime; writes between backup and drain are lost on Restore).",
     )
     volume: VolumeSource | None = Field(None, description="Where Dump writes (required for Dump).")
+    compression: int = Field(
+        1,
+        ge=0,
+        le=9,
+        description="Dump: pg_dump's gzip level (--compress), 0 (none) to 9. The default 1 dumps about twice as "
+        "fast as pg_dump's own default (6) for a file ~11% bigger; 0 is faster still where the volume is large "
+        "and fast (the file is ~3x the size of level 1's). Every level is read back whole before the migration.",
+    )
 
 
 class DeploymentRef(ApiModel):

@@ -105,7 +105,10 @@ EOF
   # none exists yet (a new app's first run): a valid archive that holds no schema
   [ $# -gt 0 ] || set -- "--exclude-schema=*" --schema-only --no-blobs --no-publications --no-subscriptions
 fi
-if ! pg_dump --format=custom --no-password --file="$F.partial" "$@" 2>"$W/err"; then
+# gzip level: 1 by default (about twice pg_dump's own default's speed for a file ~11% bigger: issue 13)
+case "${BACKUP_COMPRESSION:-1}" in [0-9]) ;; *) fail "BACKUP_COMPRESSION must be a digit 0-9" ;; esac
+if ! pg_dump --format=custom --compress="${BACKUP_COMPRESSION:-1}" --no-password --file="$F.partial" "$@" \
+  2>"$W/err"; then
   rm -f "$F.partial"
   if grep -qi 'no space left on device' "$W/err"; then
     fail "the backup volume is full ($(free_kib) KiB free once the partial dump is removed): pg_dump failed"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import specs
 import yaml
 from schema_check import validate, walk
 
@@ -144,3 +145,16 @@ def test_default_flyway_image_follows_hack_versions() -> None:
     match = re.search(r"FLYWAY_VERSION=\$\{FLYWAY_VERSION:-(\d+)\.(\d+)", versions)
     assert match, "FLYWAY_VERSION not found in hack/versions.sh"
     assert f"flyway/flyway:{match[1]}.{match[2]}" == constants.DEFAULT_FLYWAY_IMAGE
+
+
+def test_backup_compression_is_a_gzip_level_checked_at_admission() -> None:
+    compression = _schema()["properties"]["spec"]["properties"]["backup"]["properties"]["compression"]
+    assert (compression["type"], compression["default"]) == ("integer", 1)
+    assert (compression["minimum"], compression["maximum"]) == (0, 9)
+    document = yaml.safe_load(SAMPLES[0].read_text())
+    for level, refused in ((0, False), (9, False), (10, True), (-1, True)):
+        document["spec"].setdefault("backup", {})["compression"] = level
+        errors = validate(document, _schema())
+        assert bool(errors) == refused, (level, errors)
+        assert any("compression" in e for e in errors) == refused, errors
+    assert models.parse_spec({**specs.parking(), "backup": {"volume": {"claimName": "b"}}}).backup.compression == 1

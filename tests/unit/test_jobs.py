@@ -189,3 +189,41 @@ def test_backup_output_parsing() -> None:
         "schemas": ["public", "Sales"],
         "absentSchemas": [],
     }
+
+
+def test_backup_job_dumps_at_the_spec_compression_level() -> None:
+    env = {e["name"]: e.get("value") for e in pod(machine.build_job(BODY, SPEC, "backup"))["containers"][0]["env"]}
+    assert env["BACKUP_COMPRESSION"] == "1"  # the default: ~2x pg_dump's own default level's speed (issue 13)
+    spec = parse_spec({**BASE, "backup": {"volume": {"claimName": "db-backups"}, "compression": 0}})
+    env = {e["name"]: e.get("value") for e in pod(machine.build_job(BODY, spec, "backup"))["containers"][0]["env"]}
+    assert env["BACKUP_COMPRESSION"] == "0"
+    assert '--compress="${BACKUP_COMPRESSION:-1}"' in pg_scripts.BACKUP_SCRIPT
+
+
+def test_validate_job_mounts_the_backup_claim_read_only_to_bind_it_before_maintenance() -> None:
+    """A WaitForFirstConsumer claim is provisioned for its first pod: the validate Job's, in preflight."""
+    validate = pod(machine.build_job(BODY, SPEC, "validate"))
+    claim = {"name": "backup", "persistentVolumeClaim": {"claimName": "db-backups", "readOnly": True}}
+    assert claim in validate["volumes"]
+    mounts = validate["containers"][0]["volumeMounts"]
+    assert {"name": "backup", "mountPath": "/backup", "readOnly": True} in mounts
+    # the other Flyway Jobs do not hold the claim; the backup Job writes to it
+    assert not any("persistentVolumeClaim" in v for v in pod(machine.build_job(BODY, SPEC, "migrate"))["volumes"])
+    backup = pod(machine.build_job(BODY, SPEC, "backup"))
+    assert {"name": "backup", "mountPath": "/backup"} in backup["containers"][0]["volumeMounts"]
+
+
+@pytest.mark.parametrize(
+    "backup",
+    [
+        {"method": "Clone"},
+        {"enabled": False},
+        {"enabled": False, "volume": {"claimName": "db-backups"}},
+    ],
+    ids=["clone", "disabled", "disabled-with-volume"],
+)
+def test_validate_job_holds_no_claim_without_a_dump_to_a_volume(backup: dict[str, Any]) -> None:
+    spec = parse_spec({**BASE, "backup": backup, "rollback": {"strategy": "None"}})
+    validate = pod(machine.build_job(BODY, spec, "validate"))
+    assert not any("persistentVolumeClaim" in v for v in validate["volumes"])
+    assert all(m["mountPath"] != "/backup" for m in validate["containers"][0]["volumeMounts"])

@@ -794,3 +794,51 @@ def test_version_ordering_is_numeric() -> None:
     assert core.version_key("10") > core.version_key("9")
     assert core.version_key("2.1") > core.version_key("2")
     assert core.version_key("1_5") == core.version_key("1.5")
+
+
+def test_preflight_log_says_the_validate_job_binds_the_backup_claim() -> None:
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT), observe(lock=LOCKED, database=HEALTHY_DB))
+    assert decision.actions == [CreateJob("validate")]
+    assert decision.log is not None and "backup claim db-backups" in decision.log
+    clone = make_spec(backup={"method": "Clone"})
+    decision = run(clone, make_status(Phase.PREFLIGHT), observe(lock=LOCKED, database=HEALTHY_DB))
+    assert decision.log == "created the flyway validate Job"
+
+
+@pytest.mark.parametrize(
+    ("phase", "waited", "expected"),
+    [
+        ("Bound", 3600.0, None),
+        ("Pending", 5.0, None),
+        ("Pending", 59.0, None),
+        ("Pending", 61.0, "still Pending 61s"),
+        (None, 61.0, "still Pending 61s"),
+        ("Lost", 0.0, "is Lost"),
+    ],
+)
+def test_backup_claim_unbound_too_long_is_a_preflight_problem(
+    phase: str | None, waited: float, expected: str | None
+) -> None:
+    from migration_operator.machine import preflight
+
+    problem = preflight.claim_problem("db-backups", phase, "local", "local-node", waited)
+    if expected is None:
+        assert problem is None
+        return
+    assert problem is not None
+    reason, message = problem
+    assert reason == reasons.BACKUP_VOLUME_NOT_FOUND
+    assert expected in message and "PersistentVolumeClaim db-backups (spec.backup.volume)" in message
+    if phase != "Lost":
+        assert "StorageClass local, node local-node selected" in message and "kubectl describe pvc" in message
+
+
+def test_backup_claim_problem_fails_preflight_without_touching_the_app() -> None:
+    from migration_operator.machine import preflight
+
+    problem = preflight.claim_problem("db-backups", "Pending", "slow", None, 75.0)
+    assert problem is not None
+    obs = observe(lock=LOCKED, missing=(problem,), jobs={"validate": JobObservation("Running")})
+    decision = run(make_spec(), make_status(Phase.PREFLIGHT, started_seconds_ago=75), obs)
+    _assert_untouched_failure(decision, reasons.BACKUP_VOLUME_NOT_FOUND)
+    assert "db-backups" in condition(decision, reasons.STALLED).message

@@ -1,7 +1,8 @@
 """BackingUp, and the backup methods: each method says how it takes the backup and how it gives it back (the
 `Restore` rollback strategy asks the run's method).
 
-    Dump   pg_dump -Fc by the `backup` Job onto the backup volume, verified before anything changes;
+    Dump   pg_dump -Fc (gzip level backup.compression, 1 by default) by the `backup` Job onto the backup volume,
+           verified before anything changes;
            given back by the `restore` Job.
     Clone  CREATE DATABASE <db>_pre_<id> TEMPLATE <db> by the operator (the app drained);
            given back by renaming the migrated database aside and the clone into its place.
@@ -84,6 +85,7 @@ class DumpBackup:
     @staticmethod
     def backup_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
         volume = jobs.backup_volume(spec, run.name, run.uid)
+        volume["env"] = [*volume["env"], {"name": "BACKUP_COMPRESSION", "value": str(spec.backup.compression)}]
         return jobs.postgres_pod(spec, Step.BACKUP, pg_scripts.BACKUP_SCRIPT, spec.timeouts.backup_seconds, **volume)
 
     @staticmethod

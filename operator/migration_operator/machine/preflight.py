@@ -1,16 +1,22 @@
 """Preflight: everything that can be checked before the app or the database is touched. A failure here ends the
 run `Failed` with the app untouched.
 
-Observes: the objects the run needs (credentials Secret, migrations ConfigMap, Deployment, backup PVC, compensate
-ConfigMap), the database (login, failed history rows), the `validate` Job (flyway info + validate), the migrations
-of the ConfigMap and, once the validate Job exists, a "before" snapshot and the Restore check.
-Actions: create the `validate` Job.
+Observes: the objects the run needs (credentials Secret, migrations ConfigMap, Deployment, backup PVC and whether it
+got bound, compensate ConfigMap), the database (login, failed history rows), the `validate` Job (flyway info +
+validate), the migrations of the ConfigMap and, once the validate Job exists, a "before" snapshot and the Restore
+check.
+Actions: create the `validate` Job. With a Dump backup it also mounts the backup claim (read-only): a claim of a
+`WaitForFirstConsumer` StorageClass (local-path, most cloud disks) is provisioned and bound for its first pod, and that
+pod is then this Job's, before the app is touched, not the backup Job's inside the maintenance window. Its pod starts
+only once the claim is bound; a claim still unbound after CLAIM_BIND_GRACE seconds fails preflight.
 Outcomes: the pending list; nothing pending -> Succeeded (NothingToMigrate); dry run -> Succeeded (DryRunComplete);
 else the first work phase.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 from .. import database, flyway, jobs, kube, policy, reasons
@@ -35,6 +41,7 @@ from .core import (
     Decision,
     Run,
     describe_pending,
+    elapsed,
     enter,
     fail,
     next_phase,
@@ -46,10 +53,52 @@ from .core import (
 )
 
 PHASE = Phase.PREFLIGHT
+# How long the backup claim may stay unbound once the validate Job asks for it, as long as a pod that cannot start
+# may wait (guards.POD_START_GRACE): a provisioner that is missing or failing, or no volume that fits, ends
+# preflight with a message naming the claim, instead of a validate pod left Pending until preflight's timeout.
+CLAIM_BIND_GRACE = 60
 
 
 def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
-    return jobs.flyway_pod(spec, Step.VALIDATE, spec.timeouts.preflight_seconds)
+    parts = jobs.flyway_pod(spec, Step.VALIDATE, spec.timeouts.preflight_seconds)
+    claim = jobs.backup_claim_binding(spec)
+    return dataclasses.replace(
+        parts, volumes=[*parts.volumes, *claim["volumes"]], mounts=[*parts.mounts, *claim["mounts"]]
+    )
+
+
+def binds_backup_claim(spec: DatabaseMigrationSpec) -> str | None:
+    """The backup claim the validate Job mounts (to bind it before maintenance), or None."""
+    volume = spec.backup.volume
+    if spec.backup.enabled and spec.backup.method == BackupMethod.DUMP and volume is not None:
+        return volume.claim_name
+    return None
+
+
+def claim_problem(
+    claim: str, phase: str | None, storage_class: str | None, selected_node: str | None, waited_seconds: float
+) -> tuple[str, str] | None:
+    """Why the backup claim cannot serve the run, judged from its status `waited_seconds` into preflight; None while
+    it is Bound or may still become so."""
+    if phase == "Bound":
+        return None
+    field = "spec.backup.volume"
+    if phase == "Lost":
+        return (
+            reasons.BACKUP_VOLUME_NOT_FOUND,
+            f"PersistentVolumeClaim {claim} ({field}) is Lost: the volume it was bound to is gone",
+        )
+    if waited_seconds < CLAIM_BIND_GRACE:
+        return None
+    where = f"StorageClass {storage_class}" if storage_class else "no StorageClass"
+    if selected_node:
+        where += f", node {selected_node} selected"
+    return (
+        reasons.BACKUP_VOLUME_NOT_FOUND,
+        f"PersistentVolumeClaim {claim} ({field}) is still {phase or 'Pending'} {int(waited_seconds)}s after "
+        f"preflight's validate Job asked for it ({where}): no volume was provisioned or bound for it, and the "
+        f"backup could not be written. See `kubectl describe pvc {claim}` (its provisioner's events)",
+    )
 
 
 def _login_problems(
@@ -119,8 +168,19 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
             )
         )
     for reader, kind, name, reason, field in needed:
-        if await kube.get_or_none(reader, name, namespace) is None:
+        found = await kube.get_or_none(reader, name, namespace)
+        if found is None:
             missing.append((reason, f"{kind} {name} ({field}) not found"))
+        elif name == binds_backup_claim(spec) and kind == "PersistentVolumeClaim":
+            annotations = found.metadata.annotations or {}
+            problem = claim_problem(
+                name,
+                found.status.phase if found.status else None,
+                found.spec.storage_class_name if found.spec else None,
+                annotations.get("volume.kubernetes.io/selected-node"),
+                elapsed(ctx.status, datetime.now(UTC)),
+            )
+            missing += [problem] if problem else []
     compensate = spec.rollback.compensate
     if spec.rollback.strategy == RollbackStrategy.COMPENSATE and compensate and compensate.config_map_key_ref:
         ref = compensate.config_map_key_ref
@@ -238,13 +298,15 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
 
     job = obs.job(Step.VALIDATE)
     if job.state == "Absent":
+        claim = binds_backup_claim(spec)
         return Decision(
             phase=PHASE,
             message="preflight: running flyway info and validate",
             actions=[CreateJob(Step.VALIDATE)],
             conditions=progress(reasons.VALIDATING, "running flyway validate"),
             requeue_after=POLL_JOB,
-            log="created the flyway validate Job",
+            log="created the flyway validate Job"
+            + (f" (it mounts the backup claim {claim} read-only: bound before the app is touched)" if claim else ""),
         )
     if job.state == "Running":
         return stay(PHASE, "preflight: flyway validate running", reasons.VALIDATING)
