@@ -93,8 +93,22 @@ test-install: ## the Helm chart on $$KUBECONFIG: operator as a pod, RBAC bounds,
 	$(build_local_images)
 	@$(PY) -m pytest tests/install -q $(PYTEST_ARGS)
 
+# The fault suite (issue 14): every phase x fault cell FAULT_TRIALS times (default 1; 20 for the README's matrix, run by
+# hand like a benchmark); FAULT_SEED replays a session's draws, FAULT_KINDS=operator-kill,... runs only those faults.
+# Its operator watches $$MO_E2E_PREFIX-* (default flt-*), apart from the e2e suite's. The matrix is printed at the end
+# and written to fault-results/.
+.PHONY: test-faults
+test-faults: ## fault injection: operator/API server/PostgreSQL/kubelet killed, volume full, database cut off, app scaled, in every phase (FAULT_TRIALS, FAULT_SEED)
+	$(build_local_images)
+	@MO_E2E_PREFIX=$${MO_E2E_PREFIX:-flt} $(PY) -m pytest tests/faults -q $(PYTEST_ARGS)
+
+.PHONY: test-faults-smoke
+test-faults-smoke: ## the fault suite's smoke slice: one trial per fault kind in a random phase (seed printed)
+	$(build_local_images)
+	@FAULT_SMOKE=1 MO_E2E_PREFIX=$${MO_E2E_PREFIX:-flt} $(PY) -m pytest tests/faults -q $(PYTEST_ARGS)
+
 .PHONY: test
-test: cluster lint test-unit test-db test-lua test-chart test-cluster test-e2e test-install ## everything: brings the local cluster up if needed
+test: cluster lint test-unit test-db test-lua test-chart test-cluster test-e2e test-install test-faults-smoke ## everything: brings the local cluster up if needed
 
 .PHONY: test-kind
 test-kind: ## the same e2e suite on a kind cluster (needs Docker: not on these machines)

@@ -1,0 +1,219 @@
+"""What the fault suite runs and what it reports.
+
+A cell is (fault, phase, strategy); a trial is one run of a cell. The plan:
+- `make test-faults`: every cell, FAULT_TRIALS times each (default 1);
+- the smoke slice (FAULT_SMOKE=1, in `make test`): one trial per fault kind, in a cell drawn at random.
+FAULT_SEED fixes the draws (which cell the smoke slice takes, the delay inside the phase); unset, one is drawn and
+printed in the header and in the results, so a failing session can be replayed.
+
+The matrix printed at the end (and written as JSON under fault-results/): per cell, trials, passed, the worst time to
+recover (from the moment the machine was whole again to the run's terminal phase), the phases the faults really
+landed in (a short phase on the sample database is often over before the fault lands: the trial then says so instead
+of pretending), and how many trials' deployment logs named the fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FAULTS = ("operator-kill", "apiserver-restart", "postgres-kill", "kubelet-restart", "backup-volume-full",
+          "database-unreachable", "app-scaled-up")
+
+# The run's phases in the order a run with maintenance and a Dump backup (timing AfterDrain, the default) takes them.
+GOOD_PHASES = ("Preflight", "EnteringMaintenance", "BackingUp", "Migrating", "Verifying", "ExitingMaintenance")
+ORDER = ("Pending", "AwaitingApproval", *GOOD_PHASES, "RollingBack", "Succeeded", "RolledBack", "Failed")
+TERMINAL = frozenset({"Succeeded", "RolledBack", "Failed"})
+# where a Job's pod runs (the kubelet fault needs one): validate, backup, migrate, restore/repair/compensate
+JOB_PHASES = frozenset({"Preflight", "BackingUp", "Migrating", "RollingBack"})
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A migration and the rollback strategy it runs under; `strategy` names the matrix's RollingBack rows."""
+
+    name: str
+    variants: tuple[str, ...]
+    rollback: dict[str, Any]
+    ends: str  # the terminal phase without a fault
+    phases: tuple[str, ...]
+
+
+COMPENSATE_SQL = """
+    alter table parking_spots drop column zone_id;
+    drop table parking_zones;
+    delete from flyway_schema_history where version = '6';
+"""
+
+SCENARIOS = {
+    "good": Scenario("good", ("good",), {"strategy": "Restore"}, "Succeeded", GOOD_PHASES),
+    "Restore": Scenario("Restore", ("good", "fail-in-tx"), {"strategy": "Restore"}, "RolledBack", ("RollingBack",)),
+    "Repair": Scenario("Repair", ("good", "fail-no-tx"), {"strategy": "Repair"}, "RolledBack", ("RollingBack",)),
+    "Compensate": Scenario("Compensate", ("good", "fail-in-tx"),
+                           {"strategy": "Compensate", "compensate": {"sql": COMPENSATE_SQL}}, "RolledBack",
+                           ("RollingBack",)),
+}
+
+
+def applies(fault: str, phase: str) -> bool:
+    if fault == "postgres-kill":
+        return phase in ("BackingUp", "Migrating", "RollingBack")
+    if fault == "kubelet-restart":
+        return phase in JOB_PHASES
+    if fault == "backup-volume-full":
+        return phase == "BackingUp"
+    return True
+
+
+@dataclass(frozen=True)
+class Cell:
+    fault: str
+    phase: str
+    scenario: str
+
+    @property
+    def key(self) -> str:
+        where = self.phase if self.scenario == "good" else f"{self.phase}[{self.scenario}]"
+        return f"{where} x {self.fault}"
+
+
+@dataclass(frozen=True)
+class Trial:
+    cell: Cell
+    number: int
+    seed: int
+
+    @property
+    def id(self) -> str:
+        scenario = "" if self.cell.scenario == "good" else f"-{self.cell.scenario}"
+        return f"{self.cell.fault}-{self.cell.phase}{scenario}-{self.number}"
+
+    def rng(self) -> random.Random:
+        return random.Random(f"{self.seed}/{self.id}")
+
+
+def cells() -> list[Cell]:
+    found = []
+    for fault in FAULTS:
+        for scenario in SCENARIOS.values():
+            for phase in scenario.phases:
+                if applies(fault, phase):
+                    found.append(Cell(fault, phase, scenario.name))
+    return found
+
+
+def seed() -> int:
+    if "FAULT_SEED" not in os.environ:
+        os.environ["FAULT_SEED"] = str(random.SystemRandom().randrange(1, 1_000_000))
+    return int(os.environ["FAULT_SEED"])
+
+
+def smoke() -> bool:
+    return os.environ.get("FAULT_SMOKE") == "1"
+
+
+def trials_per_cell() -> int:
+    return max(1, int(os.environ.get("FAULT_TRIALS", "1")))
+
+
+def plan() -> list[Trial]:
+    chosen = seed()
+    every = cells()
+    if smoke():
+        rng = random.Random(chosen)
+        picked = [rng.choice([c for c in every if c.fault == fault]) for fault in FAULTS]
+        return [Trial(cell, 1, chosen) for cell in picked]
+    only = {f.strip() for f in os.environ.get("FAULT_KINDS", "").split(",") if f.strip()}
+    return [Trial(cell, n, chosen) for cell in every if not only or cell.fault in only
+            for n in range(1, trials_per_cell() + 1)]
+
+
+def header() -> str:
+    kind = "smoke slice (one trial per fault kind)" if smoke() else f"{trials_per_cell()} trial(s) per cell"
+    return f"fault suite: FAULT_SEED={seed()} - {kind}"
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Database:
+    """The suite's own PostgreSQL (tests/faults/conftest.py)."""
+
+    namespace: str
+    statefulset: str
+    host: str
+    port: int
+
+    @property
+    def pod(self) -> str:
+        return f"{self.statefulset}-0"
+
+
+@dataclass
+class Result:
+    trial: str
+    cell: str
+    fault: str
+    intended_phase: str
+    scenario: str
+    landed_phase: str | None = None
+    terminal_phase: str | None = None
+    passed: bool = False
+    failures: list[str] = field(default_factory=list)
+    fault_named: bool | None = None  # None: the fault landed where the operator could not see it
+    recover_seconds: float | None = None
+    run_seconds: float | None = None
+    fault_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+RESULTS: list[Result] = []
+
+
+def record(result: Result) -> None:
+    RESULTS.append(result)
+
+
+def _summary() -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for r in RESULTS:
+        row = rows.setdefault(r.cell, {"cell": r.cell, "trials": 0, "passed": 0, "worst_recover_s": None,
+                                        "landed": {}, "named": 0, "nameable": 0})
+        row["trials"] += 1
+        row["passed"] += int(r.passed)
+        if r.recover_seconds is not None:
+            worst = row["worst_recover_s"]
+            row["worst_recover_s"] = round(max(worst or 0.0, r.recover_seconds), 1)
+        landed = r.landed_phase or "-"
+        row["landed"][landed] = row["landed"].get(landed, 0) + 1
+        if r.fault_named is not None:
+            row["nameable"] += 1
+            row["named"] += int(r.fault_named)
+    return list(rows.values())
+
+
+def render() -> str:
+    title = f"{'phase x fault':<46} {'trials':>6} {'passed':>6} {'worst recover':>13}  {'log names it':>12}"
+    lines = [f"FAULT_SEED={seed()}", title + "  landed in"]
+    for row in _summary():
+        worst = "-" if row["worst_recover_s"] is None else f"{row['worst_recover_s']:.1f} s"
+        named = f"{row['named']}/{row['nameable']}" if row["nameable"] else "-"
+        landed = ", ".join(f"{k} {v}" for k, v in sorted(row["landed"].items()))
+        lines.append(f"{row['cell']:<46} {row['trials']:>6} {row['passed']:>6} {worst:>13}  {named:>12}  {landed}")
+    failed = [r for r in RESULTS if not r.passed]
+    for r in failed:
+        lines.append(f"FAILED {r.trial} (landed {r.landed_phase}, ended {r.terminal_phase}): " + "; ".join(r.failures))
+    return "\n".join(lines)
+
+
+def write_json(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = directory / f"faults-{stamp}-seed{seed()}.json"
+    path.write_text(json.dumps({"seed": seed(), "smoke": smoke(), "trials_per_cell": trials_per_cell(),
+                                "matrix": _summary(), "trials": [asdict(r) for r in RESULTS]}, indent=2))
+    return path

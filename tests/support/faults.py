@@ -1,0 +1,332 @@
+"""Fault injectors for the fault suite (tests/faults/): each one breaks one moving part of the local cluster the way it
+breaks in production, and puts the machine back even when the test around it fails (firewall rules removed, mounts
+unmounted, processes started again).
+
+- `kill_operator`: SIGKILL of the operator's container (OperatorPod.kill: with several replicas, the leader's), the
+  kubelet restarts it;
+- `restart_apiserver`: SIGKILL of the kube-apiserver host process, started again with its own command line, /readyz
+  waited on (hack/cluster.sh up if that fails);
+- `kill_postgres`: SIGKILL of a PostgreSQL pod's container (the kubelet restarts it, crash recovery runs), waited
+  on until it accepts connections again;
+- `restart_kubelet`: local_cluster.restart_kubelet (SIGKILL, hack/cluster.sh up);
+- `small_backup_volume`: a static `local` PersistentVolume on a tiny tmpfs and a claim bound to it, for a backup
+  that cannot fit;
+- `database_unreachable`: an iptables chain of its own (MO-FAULT, jumped from FORWARD: pod-to-pod traffic crosses the
+  bridge, and Service traffic is DNATed to the pod's address before FORWARD) dropping the given pods' packets to the
+  database pod;
+- `scale_app`: someone else (another field manager) scales the app Deployment.
+
+The host-level ones need the local cluster of hack/cluster.sh on this machine, as root: `host_fault_reason` says
+why not otherwise (the suite skips with it).
+
+`JobWatch` records every Job UID seen in a namespace (a watch, relisted after each interruption such as an API
+server restart), so "exactly one Job per step name ever existed" is checked against what really happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from tests.support import local_cluster
+from tests.support.local_cluster import LocalNode
+from tests.support.operator import Operator
+from tests.support.runtime import LocalRuntime
+from tests.support.wait import wait_for
+
+CHAIN = "MO-FAULT"
+FAULT_MANAGER = "fault-suite-someone-else"
+
+
+def host_fault_reason(api: client.ApiClient) -> str | None:
+    """None when this machine runs the cluster's node and may change it (root), else why the host-level injectors
+    (API server, kubelet, firewall, mounts) cannot run here."""
+    reason = local_cluster.not_local_reason(api)
+    if reason is not None:
+        return reason
+    if os.geteuid() != 0:
+        return "the host-level faults (iptables, mounts, control-plane processes) need root"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- Job UIDs
+@dataclass
+class JobWatch:
+    """Every Job UID seen in a namespace while it runs: a watch, relisted whenever the watch ends or fails (an API
+    server restart ends it), so a Job deleted and created again under the same name shows two UIDs."""
+
+    api: client.ApiClient
+    namespace: str
+    uids: dict[str, set[str]] = field(default_factory=dict)
+    interruptions: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __enter__(self) -> JobWatch:
+        self._relist()  # what exists before the run, synchronously
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"jobwatch-{self.namespace}")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        with contextlib.suppress(Exception):
+            self._relist()
+
+    def _add(self, job: client.V1Job) -> None:
+        with self._lock:
+            self.uids.setdefault(job.metadata.name, set()).add(job.metadata.uid)
+
+    def _relist(self) -> str:
+        jobs = client.BatchV1Api(self.api).list_namespaced_job(self.namespace, _request_timeout=10)
+        for job in jobs.items:
+            self._add(job)
+        return str(jobs.metadata.resource_version)
+
+    def _run(self) -> None:
+        batch = client.BatchV1Api(self.api)
+        while not self._stop.is_set():
+            try:
+                version = self._relist()
+                stream = watch.Watch()
+                for event in stream.stream(batch.list_namespaced_job, self.namespace, resource_version=version,
+                                           timeout_seconds=5, _request_timeout=15):
+                    self._add(event["object"])
+                    if self._stop.is_set():
+                        stream.stop()
+            except Exception:  # the API server went away (the fault itself) or a 410: relist and watch again
+                self.interruptions += 1
+                self._stop.wait(0.5)  # retry pacing while the API server is down, not synchronisation
+
+    def snapshot(self) -> dict[str, set[str]]:
+        with self._lock:
+            return {name: set(uids) for name, uids in self.uids.items()}
+
+    def duplicates(self) -> dict[str, set[str]]:
+        """Job names seen with more than one UID."""
+        return {name: uids for name, uids in self.snapshot().items() if len(uids) > 1}
+
+
+# ---------------------------------------------------------------------------------------------- 1. the operator
+def kill_operator(operator: Operator) -> None:
+    """SIGKILL of the operator's container (the leader's, when it runs several replicas) and wait until an operator
+    answers again (the kubelet restarted the container, or a standby took over)."""
+    operator.kill()
+    operator.start()
+
+
+# ---------------------------------------------------------------------------------------------- 2. the API server
+APISERVER = "kube-apiserver"
+
+
+def _pid(node: LocalNode, name: str) -> int | None:
+    try:
+        pid = int((node.state / "pids" / name).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if name.encode() in cmdline and local_cluster.process_exists(pid) else None
+
+
+def _readyz(api: client.ApiClient) -> bool:
+    try:
+        api.call_api("/readyz", "GET", auth_settings=["BearerToken"], _preload_content=False, _request_timeout=3)
+        return True
+    except (ApiException, OSError, Exception):  # urllib3 errors while the server is down
+        return False
+
+
+def restart_apiserver(api: client.ApiClient, node: LocalNode) -> float:
+    """SIGKILL the API server (a crash: no graceful shutdown of the watches) and start it again with the same command
+    line, the way hack/cluster.sh does (own session, log and pid file under the state dir); returns the seconds it
+    was not ready. If starting it that way fails, `hack/cluster.sh up` brings it back before this raises."""
+    pid = _pid(node, APISERVER)
+    if pid is None:
+        raise RuntimeError(f"{APISERVER} is not running (pid file under {node.state / 'pids'})")
+    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    started = time.monotonic()
+    try:
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not local_cluster.process_exists(pid), timeout=30, what=f"{APISERVER} pid {pid} gone")
+        log = (node.state / "logs" / f"{APISERVER}.log").open("ab")
+        try:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        finally:
+            log.close()
+        (node.state / "pids" / APISERVER).write_text(f"{process.pid}\n")
+        wait_for(lambda: _readyz(api), timeout=120, what=f"{APISERVER} /readyz after the restart", interval=0.2)
+    finally:
+        if _pid(node, APISERVER) is None or not _readyz(api):
+            local_cluster.cluster_up(node)
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------------------------- 3. PostgreSQL
+def kill_postgres(api: client.ApiClient, namespace: str, pod: str, probe: dict[str, Any]) -> None:
+    """SIGKILL of the PostgreSQL container of `pod` (postmaster and every backend die with it), then wait until it
+    runs again and accepts a connection made with `probe` (psycopg.connect keyword arguments). Elsewhere than on
+    the local node: the pod deleted with no grace (its StatefulSet makes it again)."""
+    core = client.CoreV1Api(api)
+    before = core.read_namespaced_pod(pod, namespace)
+    runtime = LocalRuntime.find()
+    container = runtime.running(before.metadata.uid, "postgres") if runtime else None
+    if runtime is not None and container is not None:
+        runtime.sigkill(container)
+    else:
+        core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+
+    def accepting() -> bool:
+        with psycopg.connect(**probe, connect_timeout=3) as conn:
+            conn.execute("select 1")
+        return True
+
+    wait_for(accepting, timeout=180, what=f"PostgreSQL {namespace}/{pod} accepting connections after the kill",
+             interval=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- 4. the kubelet
+def restart_kubelet(node: LocalNode) -> None:
+    """SIGKILL the kubelet and start it again (hack/cluster.sh up); the node is Ready again when this returns. If
+    the restart fails half-way, `hack/cluster.sh up` runs once more before the error goes up."""
+    try:
+        local_cluster.restart_kubelet(node)
+    except BaseException:
+        if local_cluster.kubelet_pid(node) is None:
+            local_cluster.cluster_up(node)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- 5. a full volume
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def _mounted(path: Path) -> bool:
+    return any(line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines())
+
+
+@contextlib.contextmanager
+def small_backup_volume(api: client.ApiClient, namespace: str, claim: str, *, size: str = "16k",
+                        node: str = local_cluster.NODE_NAME) -> Iterator[str]:
+    """A claim `claim` in `namespace` bound to a static `local` PersistentVolume on a tmpfs of `size` mounted for it
+    (the local-path provisioner does not enforce sizes; a tmpfs does: ENOSPC). Yields the PV's name. Afterwards the
+    claim and the PV are deleted (once no pod uses them) and the tmpfs is unmounted and removed."""
+    core = client.CoreV1Api(api)
+    name = f"mo-fault-small-{namespace}"[:63]
+    path = Path(local_cluster.MO_CACHE) / "faults" / name
+    path.mkdir(parents=True, exist_ok=True)
+    _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", f"mo-fault-{namespace}", str(path))
+    try:
+        core.create_persistent_volume(client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name=name, labels={"dbops.io/fault": "small-volume"}),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Mi"}, access_modes=["ReadWriteOnce"],
+                persistent_volume_reclaim_policy="Retain", storage_class_name="",
+                local=client.V1LocalVolumeSource(path=str(path)),
+                claim_ref=client.V1ObjectReference(namespace=namespace, name=claim),
+                node_affinity=client.V1VolumeNodeAffinity(required=client.V1NodeSelector(node_selector_terms=[
+                    client.V1NodeSelectorTerm(match_expressions=[client.V1NodeSelectorRequirement(
+                        key="kubernetes.io/hostname", operator="In", values=[node])])])),
+            )))
+        core.create_namespaced_persistent_volume_claim(namespace, client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name=claim),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"], storage_class_name="", volume_name=name,
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Mi"}))))
+        yield name
+    finally:
+        _release_small_volume(core, namespace, claim, name, path)
+
+
+def _release_small_volume(core: client.CoreV1Api, namespace: str, claim: str, pv: str, path: Path) -> None:
+    with contextlib.suppress(ApiException):
+        # the pods that mounted it (the backup Job's) are gone or finished before the claim goes
+        for pod in core.list_namespaced_pod(namespace).items:
+            volumes = pod.spec.volumes or []
+            if any(v.persistent_volume_claim and v.persistent_volume_claim.claim_name == claim for v in volumes):
+                core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+        core.delete_namespaced_persistent_volume_claim(claim, namespace)
+
+    def claim_gone() -> bool:
+        try:
+            core.read_namespaced_persistent_volume_claim(claim, namespace)
+            return False
+        except ApiException as error:
+            return error.status == 404
+
+    with contextlib.suppress(AssertionError):
+        wait_for(claim_gone, timeout=90, what=f"claim {namespace}/{claim} deleted")
+    with contextlib.suppress(ApiException):
+        core.delete_persistent_volume(pv)
+    # the kubelet unmounts the pod's bind mount when the pod goes; if one is left, detach lazily
+    if _mounted(path) and _run("umount", str(path), check=False).returncode != 0:
+        _run("umount", "-l", str(path))
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------- 6. the firewall
+def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run("iptables", "-w", "5", *args, check=check)
+
+
+def _remove_chain() -> None:
+    while _iptables("-D", "FORWARD", "-j", CHAIN, check=False).returncode == 0:
+        pass
+    _iptables("-F", CHAIN, check=False)
+    _iptables("-X", CHAIN, check=False)
+
+
+def firewall_clean() -> bool:
+    """Whether no rule of this module is left (neither the chain nor a jump to it)."""
+    no_chain = _iptables("-S", CHAIN, check=False).returncode != 0
+    return no_chain and f"-j {CHAIN}" not in _iptables("-S", "FORWARD").stdout
+
+
+@contextlib.contextmanager
+def database_unreachable(sources: list[str], database_ip: str, port: int) -> Iterator[None]:
+    """While inside: every packet from the pods at `sources` to the database pod at `database_ip:port` dropped (the
+    Service's ClusterIP is DNATed to that address before FORWARD; the bridge's traffic goes through iptables,
+    bridge-nf-call-iptables=1), in both directions, so established connections hang as on a cut cable. The chain
+    and its jump are removed on the way out, whatever happened."""
+    if not sources:
+        raise ValueError("no source address to cut off")
+    _remove_chain()  # a chain left by a killed run of the suite
+    try:
+        _iptables("-N", CHAIN)
+        for source in sources:
+            _iptables("-A", CHAIN, "-s", source, "-d", database_ip, "-p", "tcp", "--dport", str(port), "-j", "DROP")
+            _iptables("-A", CHAIN, "-s", database_ip, "-d", source, "-p", "tcp", "--sport", str(port), "-j", "DROP")
+        _iptables("-I", "FORWARD", "1", "-j", CHAIN)
+        yield
+    finally:
+        _remove_chain()
+
+
+# ---------------------------------------------------------------------------------------------- 7. someone else
+def scale_app(api: client.ApiClient, namespace: str, deployment: str, replicas: int) -> None:
+    """`kubectl scale` by someone else: the scale subresource, under a field manager that is not the operator's."""
+    client.AppsV1Api(api).patch_namespaced_deployment_scale(
+        deployment, namespace, {"spec": {"replicas": replicas}}, field_manager=FAULT_MANAGER)
