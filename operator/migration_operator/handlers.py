@@ -132,13 +132,14 @@ async def run_migration(
     key = (namespace, name)
     trigger = _triggers.setdefault(key, asyncio.Event())
     failures = 0
+    first = True  # this process's first pass over the run: one found in flight is logged as resumed
     metrics.IN_FLIGHT.inc()
     try:
         while not stopped:
             trigger.clear()
             try:
-                delay = await reconcile.reconcile_once(namespace, name, logger)
-                failures = 0
+                delay = await reconcile.reconcile_once(namespace, name, logger, first=first)
+                failures, first = 0, False
             except kopf.TemporaryError as error:
                 logger.warning("%s; retrying in %ss", error, error.delay)
                 delay = float(error.delay or 10.0)

@@ -12,6 +12,8 @@ observation too (`errors.py`, `machine/guards.py`): it reaches the status in the
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -153,6 +155,22 @@ def now_iso() -> str:
     return iso(datetime.now(UTC))
 
 
+def operator_identity() -> str:
+    """Who runs this process, for the deployment log: its pod (the chart sets POD_NAME), else host and pid."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}/{os.getpid()}"
+
+
+def resume_note(phase: Phase) -> str | None:
+    """The log line of the first pass of a process over a run that another process left in flight (an operator
+    restart, a crash, a leader change): a fault the user should see in the run's own history, not only in our logs."""
+    if phase in TERMINAL_PHASES or phase == Phase.PENDING:
+        return None
+    return (
+        f"operator {operator_identity()} picked this run up in {phase.value} (the operator before it stopped, "
+        "crashed or lost its leadership): resuming from the status and the run's Jobs"
+    )
+
+
 def new_status(
     ctx: Context,
     decision: Decision,
@@ -160,8 +178,10 @@ def new_status(
     observed: Observations,
     now: str,
     action_error: LastError | None = None,
+    resumed: str | None = None,
 ) -> dict[str, Any]:
-    """The status to write: the decision's typed fields plus the bookkeeping of every pass, serialised once."""
+    """The status to write: the decision's typed fields plus the bookkeeping of every pass, serialised once.
+    `resumed`: the resume note of a process's first pass (logged under the phase it was found in)."""
     patch = decision.status.model_copy()
     old = ctx.status
     generation = ctx.generation
@@ -184,8 +204,9 @@ def new_status(
     entries = [decision.log] if decision.log else []
     if action_error is not None and action_error.count == 1:
         entries.append(f"{action_error.action} failed: {action_error.message}")
-    if entries:
-        added = [LogEntry(time=now, phase=decision.phase.value, message=text[:1000]) for text in entries]
+    added = [LogEntry(time=now, phase=ctx.phase.value, message=resumed[:1000])] if resumed else []
+    if entries or added:
+        added += [LogEntry(time=now, phase=decision.phase.value, message=text[:1000]) for text in entries]
         patch.log = [*old.log, *added][-constants.LOG_LIMIT :]
     if observed.lock is not None and observed.lock.acquired:
         patch.lock = f"{lock.lease_namespace(ctx.namespace)}/{lock.lease_name(ctx.spec, ctx.namespace)}"
@@ -287,8 +308,9 @@ async def _invalid_spec(body: dict[str, Any], error: pydantic.ValidationError, l
     )
 
 
-async def reconcile_once(namespace: str, name: str, logger: Logger) -> float | None:
-    """One pass. Returns seconds until the next pass (0: at once), or None when the run is finished."""
+async def reconcile_once(namespace: str, name: str, logger: Logger, first: bool = False) -> float | None:
+    """One pass. Returns seconds until the next pass (0: at once), or None when the run is finished. `first`: the
+    first pass of this process over the run (a run found in flight then gets a resume note in its log)."""
     body = await kube.get_migration(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
@@ -305,7 +327,10 @@ async def reconcile_once(namespace: str, name: str, logger: Logger) -> float | N
     observed = await observe(ctx, now_iso())
     decision = machine.decide(spec, ctx.status, observed, ctx.name, ctx.uid)
     created, action_error = await execute(ctx, decision, now_iso())
-    update = new_status(ctx, decision, created, observed, now_iso(), action_error)
+    resumed = resume_note(ctx.phase) if first else None
+    if resumed:
+        logger.info("%s", resumed)
+    update = new_status(ctx, decision, created, observed, now_iso(), action_error, resumed)
     if _changed(ctx.body.get("status") or {}, update):
         # No resourceVersion precondition: status is the operator's alone (one daemon per run, passes in sequence),
         # so a client writing labels or annotations meanwhile must not make every pass conflict (a livelock).

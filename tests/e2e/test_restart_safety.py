@@ -12,6 +12,13 @@ from tests.support.sampler import Sampler
 from tests.support.wait import wait_for
 
 
+def resumed_in(status: dict[str, object], phase: str) -> bool:
+    """The run's own log says an operator picked it up in flight in `phase` (the fault is visible to the user)."""
+    log = status.get("log") or []
+    assert isinstance(log, list)
+    return any(e.get("phase") == phase and "picked this run up" in e.get("message", "") for e in log)
+
+
 def test_operator_killed_with_the_app_at_zero_remembers_its_replicas(
     parking: ParkingApp, operator: Operator | None
 ) -> None:
@@ -37,6 +44,7 @@ def test_operator_killed_with_the_app_at_zero_remembers_its_replicas(
         status = parking.wait_done("killed-draining")
     assert status["phase"] == "Succeeded", parking.describe("killed-draining")
     assert status["maintenance"]["originalReplicas"] == 3
+    assert resumed_in(status, "EnteringMaintenance"), status.get("log")
     parking.wait_gateway_available(3)
     assert postgres.history(parking.database)[-1][0] == "6"
     uids = sampler.job_uids()
@@ -59,6 +67,9 @@ def test_operator_killed_during_a_phase_resumes_to_success(
         status = parking.wait_done(name)
     assert status["phase"] == "Succeeded", parking.describe(name)
     assert status["maintenance"]["originalReplicas"] == 3
+    # the kill may land just as the phase ends: the new operator then finds the run one phase later
+    later = ("Migrating", "Verifying", "ExitingMaintenance")
+    assert any(resumed_in(status, p) for p in (phase, *later)), status.get("log")
     parking.wait_gateway_available(3)
     assert postgres.history(parking.database)[-1][0] == "6"
     # one Job per step, never deleted and recreated across the restart
@@ -85,6 +96,7 @@ def test_operator_killed_while_rolling_back_still_restores_once(
         operator.start()
         status = parking.wait_done("killed-rollback")
     assert status["phase"] == "RolledBack", parking.describe("killed-rollback")
+    assert resumed_in(status, "RollingBack"), status.get("log")
     assert postgres.fingerprint(parking.database) == before
     parking.wait_gateway_available(3)
     uids = sampler.job_uids()
