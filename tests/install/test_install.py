@@ -93,19 +93,56 @@ def chart(api: client.ApiClient) -> Iterator[None]:
     run(helm_binary(), "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", check=False)
 
 
-def _operator_pod(api: client.ApiClient) -> client.V1Pod:
+LEADER_LEASE = f"{RELEASE}-leader"  # the chart's default: <fullname>-leader
+
+
+def _operator_pods(api: client.ApiClient) -> list[client.V1Pod]:
     pods = client.CoreV1Api(api).list_namespaced_pod(
         OPERATOR_NS, label_selector="app.kubernetes.io/name=migration-operator").items
-    live = [p for p in pods if not p.metadata.deletion_timestamp]
-    assert len(live) == 1, [p.metadata.name for p in pods]
-    return live[0]
+    return [p for p in pods if not p.metadata.deletion_timestamp]
+
+
+def _leader_name(api: client.ApiClient) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(api).read_namespaced_lease(LEADER_LEASE, OPERATOR_NS)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return lease.spec.holder_identity or None
+
+
+def _operator_pod(api: client.ApiClient) -> client.V1Pod:
+    """The acting replica: the pod the leader Lease names (the chart runs two, one standing by)."""
+    live = _operator_pods(api)
+    assert len(live) == 2, [p.metadata.name for p in live]
+    leader = _leader_name(api)
+    found = [p for p in live if p.metadata.name == leader]
+    assert found, f"the leader Lease names {leader}, not one of {[p.metadata.name for p in live]}"
+    return found[0]
 
 
 def test_operator_runs_as_a_pod_under_the_charts_service_account(api: client.ApiClient, chart: None) -> None:
-    pod = _operator_pod(api)
+    pod = wait_for(lambda: _operator_pod(api), timeout=60, what="a leader among the operator's pods")
     assert pod.status.phase == "Running"
     assert pod.spec.service_account_name == "migration-operator"
     assert all(c.ready for c in pod.status.container_statuses)
+
+
+def test_two_replicas_one_leader_and_a_ready_standby(api: client.ApiClient, chart: None) -> None:
+    """The chart's default: two replicas, both Ready (the standby answers the probes itself, so rolling updates and
+    `helm --wait` progress), exactly one acting: the Lease's holder, whose log says it leads, while the other's says
+    it stands by."""
+    kubectl = kubectl_binary()
+    leader = wait_for(lambda: _operator_pod(api), timeout=60, what="a leader among the operator's pods")
+    pods = _operator_pods(api)
+    assert all(c.ready for p in pods for c in p.status.container_statuses), [p.status for p in pods]
+    standby = next(p for p in pods if p.metadata.name != leader.metadata.name)
+    assert "stands by" in run(kubectl, "-n", OPERATOR_NS, "logs", standby.metadata.name).stdout
+    leading = run(kubectl, "-n", OPERATOR_NS, "logs", leader.metadata.name).stdout
+    assert f"{leader.metadata.name} now leads" in leading
+    budget = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget(RELEASE, OPERATOR_NS)
+    assert budget.spec.min_available == 1
 
 
 def test_kustomize_example_migrates_with_the_in_cluster_operator(api: client.ApiClient, chart: None) -> None:
@@ -187,9 +224,10 @@ def test_deleting_a_watched_namespace_with_runs_neither_sticks_nor_stops_the_ope
     wait_for(lambda: phase(SCRATCH_NS, "stalled") in ("Failed", "Stalled"), timeout=120, what="stalled run ended")
     run(kubectl, "-n", SCRATCH_NS, "delete", "rolebinding", RELEASE)
     old = _operator_pod(api)
-    core.delete_namespaced_pod(old.metadata.name, OPERATOR_NS)
-    wait_for(lambda: (p := _operator_pod(api)).metadata.name != old.metadata.name and p.status.container_statuses
-             and all(c.ready for c in p.status.container_statuses), timeout=180, what="a new operator pod ready")
+    core.delete_namespaced_pod(old.metadata.name, OPERATOR_NS)  # the standby takes over; a new standby comes
+    wait_for(lambda: len(_operator_pods(api)) == 2 and (p := _operator_pod(api)).metadata.name != old.metadata.name
+             and p.status.container_statuses and all(c.ready for c in p.status.container_statuses),
+             timeout=180, what="a new operator leader ready")
     pod = _operator_pod(api)
     wait_for(lambda: f"in namespace {SCRATCH_NS} is forbidden" in run(
         kubectl, "-n", OPERATOR_NS, "logs", pod.metadata.name).stdout, timeout=60,

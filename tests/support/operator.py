@@ -176,38 +176,58 @@ class OperatorPod:
     of the chart's default (on the local cluster, from its registry), watching `namespace_pattern` with the chart's
     cluster-wide RBAC (watchNamespacePatterns). The CRD is not the release's (the suite installs the committed one).
 
-    `kill()` SIGKILLs the operator's container through the node's runtime, and the kubelet restarts it in the same
-    pod; on a cluster whose node is not this machine, the pod is deleted with grace 0 and the Deployment makes a new
-    one. `start()` installs the release, or after a kill waits for the container to run again and answer on its
-    liveness endpoint. /metrics and /healthz are read through the API server's pod proxy: only $KUBECONFIG is needed.
+    The chart's replicas (2 by default: what users get; MO_E2E_OPERATOR_REPLICAS or `replicas` to change it) elect a
+    leader through the Lease `<release>-leader`: "the operator pod" is the leader's (`pod_name`), read from the
+    Lease's holder. `kill()` SIGKILLs the leader's container through the node's runtime and the kubelet restarts it in
+    the same pod (it takes its Lease back at once: same pod name); on a cluster whose node is not this machine, the
+    pod is deleted with grace 0 and the Deployment makes a new one. `kill_for_good()` makes the leader's pod die and
+    never come back (frozen, deleted with grace 0, SIGKILLed): the standby takes over. `start()` installs the
+    release, or after a kill waits for every replica to run again and for a leader whose kopf answers on its
+    liveness endpoint. /metrics and /healthz are read through the API server's pod proxy: only $KUBECONFIG is
+    needed. `log_text()` has every pod's log (each container instance's), `tail()` the leader's.
     """
 
     CONTAINER = "operator"
     METRICS_PORT = 8080
     HEALTH_PORT = 8081
     INSTALL_TIMEOUT = 300  # an image pull included
+    # a standby answers the liveness path itself, with this in its body (migration_operator.__main__.StandbyProbe)
+    STANDBY_MARK = '"leader": false'
 
-    def __init__(self, namespace_pattern: str, log_dir: Path, api: client.ApiClient) -> None:
+    def __init__(self, namespace_pattern: str, log_dir: Path, api: client.ApiClient,
+                 replicas: int | None = None) -> None:
         self.namespace_pattern = namespace_pattern
         self.log_dir = log_dir
         self.api = api
         self.core = client.CoreV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
         key = namespace_key(self)
         self.release = f"migration-operator-{key}"
         self.namespace = f"migration-operator-{key}"
+        self.lease = f"{self.release}-leader"  # the chart's default: <fullname>-leader (fullname = the release here)
+        env_replicas = os.environ.get("MO_E2E_OPERATOR_REPLICAS")
+        self.replicas = replicas if replicas is not None else (int(env_replicas) if env_replicas else None)
         self.runtime = LocalRuntime.find()
         self.installed = False
         self.pod_uid: str | None = None
-        self.pod_name: str | None = None
-        self.restarts = 0  # the container's restartCount when it was last seen healthy
-        self.killed = False
+        self.pod_name: str | None = None  # the leader's pod
+        self.restarts = 0  # the leader container's restartCount when it was last seen healthy
+        self.killed: tuple[str, str, int] | None = None  # (uid, name, restartCount) of the pod whose leader was killed
+        self.gone: str | None = None  # the uid of a pod killed for good
         self.archive: list[str] = []  # logs of container instances (and pods) that ended
+
+    @property
+    def expected_replicas(self) -> int:
+        if self.replicas is not None:
+            return self.replicas
+        values = yaml.safe_load((REPO / "charts" / "migration-operator" / "values.yaml").read_text())
+        return int(values["replicaCount"])
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
         if not self.installed:
             self._install()
-        elif self.killed:
+        elif self.killed is not None:
             self._wait_restarted()
         self._wait_healthy()
 
@@ -228,31 +248,30 @@ class OperatorPod:
                 raise
             self.core.replace_namespaced_secret("e2e-checksum-key", self.namespace, secret)
         pattern = self.namespace_pattern.replace(",", "\\,")
+        replicas = ["--set", f"replicaCount={self.replicas}"] if self.replicas is not None else []
         _run(helm_binary(), "upgrade", "--install", self.release, str(REPO / "charts" / "migration-operator"),
              "--namespace", self.namespace,
              "--set-string", f"watchNamespacePatterns[0]={pattern}",
              "--set", "crds.install=false", "--set", "logFormat=json",
              "--set", "checksumKey.existingSecret=e2e-checksum-key",
-             *image_pin())
+             *replicas, *image_pin())
         self.installed = True
-        pod = wait_for(self._started, timeout=self.INSTALL_TIMEOUT,
-                       what=f"the operator pod in {self.namespace} running", describe=self._describe)
-        self._remember(pod)
+        wait_for(self._started, timeout=self.INSTALL_TIMEOUT,
+                 what=f"{self.expected_replicas} operator pod(s) in {self.namespace} running", describe=self._describe)
 
-    def _started(self) -> client.V1Pod | None:
-        """The release's pod with its container running; a container that cannot start or crashed ends the wait."""
-        pod = self._single_pod()
-        status = self._container(pod) if pod else None
-        if pod is None or status is None or status.state is None:
-            return None
-        waiting = status.state.waiting
-        if status.restart_count > 0 or (waiting and waiting.reason in (
-                "CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError")):
-            log = ""
-            with contextlib.suppress(ApiException):
-                log = self._log(pod.metadata.name, previous=status.restart_count > 0)
-            raise WaitAborted(f"the operator pod does not start: {self._describe()}\n{log[-3000:]}")
-        return pod if status.state.running else None
+    def _started(self) -> list[client.V1Pod] | None:
+        """Every replica's container running; a container that cannot start or crashed ends the wait."""
+        pods = self._pods()
+        for pod in pods:
+            status = self._container(pod)
+            waiting = status.state.waiting if status is not None and status.state is not None else None
+            if status is not None and (status.restart_count > 0 or (waiting and waiting.reason in (
+                    "CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"))):
+                log = ""
+                with contextlib.suppress(ApiException):
+                    log = self._log(pod.metadata.name, previous=status.restart_count > 0)
+                raise WaitAborted(f"the operator pod does not start: {self._describe()}\n{log[-3000:]}")
+        return pods if len(pods) == self.expected_replicas and all(self._running(p) for p in pods) else None
 
     def _namespace_exists(self) -> bool:
         try:
@@ -266,73 +285,143 @@ class OperatorPod:
     def _pods(self) -> list[client.V1Pod]:
         pods = self.core.list_namespaced_pod(
             self.namespace, label_selector=f"app.kubernetes.io/instance={self.release}").items
-        return [p for p in pods if not p.metadata.deletion_timestamp]
-
-    def _single_pod(self) -> client.V1Pod | None:
-        pods = self._pods()
-        return pods[0] if len(pods) == 1 else None
+        return sorted((p for p in pods if not p.metadata.deletion_timestamp), key=lambda p: p.metadata.name)
 
     def _container(self, pod: client.V1Pod) -> client.V1ContainerStatus | None:
         return next((c for c in pod.status.container_statuses or [] if c.name == self.CONTAINER), None)
+
+    def _running(self, pod: client.V1Pod) -> bool:
+        status = self._container(pod)
+        return bool(status is not None and status.state is not None and status.state.running)
+
+    def holder(self) -> str | None:
+        """The leader Lease's holder (a pod name), None when nobody holds it (or there is no Lease)."""
+        try:
+            lease = self.coordination.read_namespaced_lease(self.lease, self.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return lease.spec.holder_identity or None
+
+    def leader(self) -> client.V1Pod | None:
+        """The pod named by the Lease, when its container runs."""
+        holder = self.holder()
+        pod = next((p for p in self._pods() if p.metadata.name == holder), None)
+        return pod if pod is not None and self._running(pod) else None
 
     def _remember(self, pod: client.V1Pod) -> None:
         self.pod_uid, self.pod_name = pod.metadata.uid, pod.metadata.name
         status = self._container(pod)
         self.restarts = status.restart_count if status else 0
 
+    def _refresh(self) -> None:
+        """Follow the leadership: `pod_name` is the current leader's, when one runs."""
+        with contextlib.suppress(ApiException):
+            pod = self.leader()
+            if pod is not None and pod.metadata.name != self.pod_name:
+                self._remember(pod)
+
     def kill(self) -> None:
-        """SIGKILL: no cleanup, no final status write - what a node crash or an OOM kill looks like."""
+        """SIGKILL of the leader's container: no cleanup, no final status write, no Lease released - what a crash or
+        an OOM kill looks like. The kubelet restarts it in the same pod."""
+        self._refresh()
         assert self.pod_uid is not None and self.pod_name is not None, "operator not started"
         container = self.runtime.running(self.pod_uid, self.CONTAINER) if self.runtime else None
+        self.killed = (self.pod_uid, self.pod_name, self.restarts)
         if self.runtime is not None and container is not None:
             self.runtime.sigkill(container)
         else:  # not our node: the closest the API offers
             self.archive.append(self._log(self.pod_name))
             self.core.delete_namespaced_pod(self.pod_name, self.namespace, grace_period_seconds=0)
-        self.killed = True
+            self.gone = self.pod_uid
+
+    def kill_for_good(self) -> str:
+        """The leader's pod dies and never comes back, as with a node lost: its process is frozen (SIGSTOP: it can
+        neither renew nor release its Lease), the pod is deleted with grace 0 (the kubelet never restarts a container
+        of a deleted pod; the Deployment makes another pod, a standby), then the frozen process is SIGKILLed. The
+        surviving replica must take over once the Lease expires. Returns the dead pod's name."""
+        self._refresh()
+        assert self.pod_uid is not None and self.pod_name is not None, "operator not started"
+        name, uid = self.pod_name, self.pod_uid
+        with contextlib.suppress(ApiException):
+            self.archive.append(self._log(name))
+        container = self.runtime.running(uid, self.CONTAINER) if self.runtime else None
+        pid = self._pid(container) if container else 0
+        if pid > 0:
+            os.kill(pid, signal.SIGSTOP)
+        self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+        if pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.killed = (uid, name, self.restarts)
+        self.gone = uid
+        self.pod_uid = self.pod_name = None
+        return name
+
+    def _pid(self, container: str) -> int:
+        """The container's main process on the host (crictl inspect), 0 when not reported."""
+        assert self.runtime is not None
+        result = subprocess.run([self.runtime.crictl, "--runtime-endpoint", self.runtime.endpoint, "inspect", "-o",
+                                 "json", container], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            return 0
+        return int((json.loads(result.stdout).get("info") or {}).get("pid") or 0)
 
     def _wait_restarted(self) -> None:
-        """After kill(): the same pod's container restarted by the kubelet (restartCount went up, running), or, after
-        a deletion, another pod running."""
-        def restarted() -> client.V1Pod | None:
-            pod = self._single_pod()
-            if pod is None:
-                return None
-            status = self._container(pod)
-            if status is None or status.state is None or status.state.running is None:
-                return None
-            if pod.metadata.uid == self.pod_uid:
-                return pod if status.restart_count > self.restarts else None
-            return pod
+        """After kill(): the killed container restarted by the kubelet in the same pod (restartCount went up), or,
+        after a deletion, a replacement pod; and every replica running."""
+        assert self.killed is not None
+        uid, _name, restarts = self.killed
 
-        # the kubelet's restart back-off doubles with each restart (10 s, 20 s, 40 s ... 5 min)
-        pod = wait_for(restarted, timeout=360, what=f"the operator container restarted in {self.namespace}",
-                       describe=self._describe)
-        if pod.metadata.uid == self.pod_uid:
+        def restarted() -> list[client.V1Pod] | None:
+            pods = self._pods()
+            if len(pods) != self.expected_replicas or not all(self._running(p) for p in pods):
+                return None
+            same = next((p for p in pods if p.metadata.uid == uid), None)
+            if self.gone == uid:
+                return pods if same is None else None
+            status = self._container(same) if same is not None else None
+            if same is not None and (status is None or status.restart_count <= restarts):
+                return None
+            return pods
+
+        # the kubelet's restart back-off doubles with each restart (10 s, 20 s, 40 s ... 5 min; 2 s at most here)
+        pods = wait_for(restarted, timeout=360, what=f"the operator container restarted in {self.namespace}",
+                        describe=self._describe)
+        same = next((p for p in pods if p.metadata.uid == uid), None)
+        if same is not None:
             with contextlib.suppress(ApiException):  # the killed instance's whole log
-                self.archive.append(self._log(pod.metadata.name, previous=True))
+                self.archive.append(self._log(same.metadata.name, previous=True))
+        self.killed = None
+        self.gone = None
+
+    def wait_leader(self, timeout: float = 120, other_than: str | None = None) -> str:
+        """Waits for a leader whose kopf answers (not a standby's probe), other than `other_than` if given; it becomes
+        "the operator pod". Returns its name."""
+        def led() -> client.V1Pod | None:
+            pod = self.leader()
+            if pod is None or pod.metadata.name == other_than:
+                return None
+            body = self._proxy_to(pod.metadata.name, self.HEALTH_PORT, "healthz", timeout=3)
+            return pod if body is not None and self.STANDBY_MARK not in body else None
+
+        pod = wait_for(led, timeout=timeout, what=f"a leader of {self.namespace} with kopf running",
+                       describe=self._describe)
         self._remember(pod)
-        self.killed = False
+        return str(pod.metadata.name)
 
     def _wait_healthy(self) -> None:
-        def healthy() -> bool:
-            pod = self.core.read_namespaced_pod(self.pod_name, self.namespace)
-            status = self._container(pod)
-            ended = status is not None and status.state and status.state.terminated
-            if ended and status is not None and status.restart_count == self.restarts:
-                raise WaitAborted(f"operator container exited: {status.state.terminated}\n{self.tail()}")
-            return self._proxy(self.HEALTH_PORT, "healthz", timeout=3) is not None
-
-        wait_for(healthy, timeout=120, what="operator liveness endpoint (through the pod proxy)",
-                 describe=self.tail)
+        self.wait_leader(timeout=120)
 
     def stop(self) -> None:
-        """Uninstalls the release (its pod gets SIGTERM) and deletes its namespace; the logs are kept."""
+        """Uninstalls the release (its pods get SIGTERM) and deletes its namespace; the logs are kept."""
         if not self.installed:
             return
-        if self.pod_name:
-            with contextlib.suppress(ApiException):
-                self.archive.append(self._log(self.pod_name))
+        with contextlib.suppress(ApiException):
+            for pod in self._pods():
+                with contextlib.suppress(ApiException):
+                    self.archive.append(self._log(pod.metadata.name))
         self.pod_name = self.pod_uid = None
         (self.log_dir / "operator-pod.log").write_text("".join(self.archive))
         _run(helm_binary(), "uninstall", self.release, "--namespace", self.namespace, "--wait", check=False)
@@ -341,38 +430,50 @@ class OperatorPod:
         self.installed = False
 
     def restart(self) -> None:
-        """A graceful restart: the pod deleted (SIGTERM, its grace period), the Deployment's next one healthy."""
+        """A graceful restart of the leader: its pod deleted (SIGTERM: kopf stops, the Lease is released), a standby
+        takes over, the Deployment's next pod runs."""
+        self._refresh()
         assert self.pod_name is not None, "operator not started"
         with contextlib.suppress(ApiException):
             self.archive.append(self._log(self.pod_name))
-        self.core.delete_namespaced_pod(self.pod_name, self.namespace)
-        old = self.pod_uid
+        old = self.pod_name
+        self.core.delete_namespaced_pod(old, self.namespace)
 
-        def replaced() -> client.V1Pod | None:
-            pod = self._single_pod()
-            status = self._container(pod) if pod else None
-            ok = pod and pod.metadata.uid != old and status and status.state and status.state.running
-            return pod if ok else None
+        def replaced() -> list[client.V1Pod] | None:
+            pods = self._pods()
+            ok = len(pods) == self.expected_replicas and all(
+                self._running(p) and p.metadata.name != old for p in pods)
+            return pods if ok else None
 
-        self._remember(wait_for(replaced, timeout=180, what="a new operator pod running", describe=self._describe))
-        self._wait_healthy()
+        wait_for(replaced, timeout=180, what="the operator's replicas running again", describe=self._describe)
+        self.wait_leader(timeout=120)
 
     # ---- observation ---------------------------------------------------------------------------------------
-    def _proxy(self, port: int, path: str, timeout: float = 10) -> str | None:
+    def _proxy_to(self, pod: str, port: int, path: str, timeout: float = 10) -> str | None:
         """GET http://<pod>:<port>/<path> through the API server; None unless it answered 200."""
-        assert self.pod_name is not None
         try:
             raw = self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{self.pod_name}:{port}", self.namespace, path, _preload_content=False, _request_timeout=timeout)
+                f"{pod}:{port}", self.namespace, path, _preload_content=False, _request_timeout=timeout)
         except (ApiException, OSError):
             return None
         return str(raw.data.decode()) if raw.status == 200 else None
 
+    def _proxy(self, port: int, path: str, timeout: float = 10) -> str | None:
+        """The same, from the leader's pod."""
+        self._refresh()
+        assert self.pod_name is not None
+        return self._proxy_to(self.pod_name, port, path, timeout)
+
     def metrics(self) -> str:
+        """The leader's /metrics."""
         text = self._proxy(self.METRICS_PORT, "metrics")
         if text is None:
             raise AssertionError(f"no /metrics from {self.namespace}/{self.pod_name}")
         return text
+
+    def pod_metrics(self, pod: str) -> str | None:
+        """One replica's /metrics (a standby's says dbmig_operator_leader 0)."""
+        return self._proxy_to(pod, self.METRICS_PORT, "metrics")
 
     def metric(self, sample: str, **labels: str) -> float:
         """One sample of the operator's /metrics (e.g. dbmig_migrations_total{result="Succeeded"}); 0 when absent."""
@@ -384,25 +485,31 @@ class OperatorPod:
                                                          errors="replace"))
 
     def log_text(self) -> str:
-        """The logs of every instance of the operator's container, in order: the ended ones, then the running one."""
-        current = ""
-        if self.pod_name is not None:
-            with contextlib.suppress(ApiException):
-                current = self._log(self.pod_name)
-        return "".join(self.archive) + current
+        """The logs of every instance of the operator's container, in every replica: the ended ones, then each running
+        pod's."""
+        current = []
+        with contextlib.suppress(ApiException):
+            for pod in self._pods():
+                with contextlib.suppress(ApiException):
+                    current.append(self._log(pod.metadata.name))
+        return "".join(self.archive) + "".join(current)
 
     def tail(self, lines: int = 60) -> str:
+        """The end of the leader's log (else of everything logged)."""
         try:
-            return "\n".join(self.log_text().splitlines()[-lines:]) or "(no operator log)"
+            self._refresh()
+            text = self._log(self.pod_name) if self.pod_name else self.log_text()
+            return "\n".join(text.splitlines()[-lines:]) or "(no operator log)"
         except ApiException as error:
             return f"(no operator log: {error.status})"
 
     def _describe(self) -> str:
         try:
             pods = self.core.list_namespaced_pod(self.namespace).items
+            holder = self.holder()
         except ApiException as error:
             return f"(cannot list pods of {self.namespace}: {error.status})"
-        return "; ".join(
+        return f"leader Lease held by {holder}; " + "; ".join(
             f"{p.metadata.name} {p.status.phase} "
             f"{json.dumps(self.api.sanitize_for_serialization(p.status.container_statuses))}"
             for p in pods) or "(no pod)"
