@@ -181,6 +181,14 @@ def identity() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
 
 
+def _taken(previous: str | None, me: str) -> str:
+    if previous is None:
+        return "created"
+    if previous == me:
+        return "taken back by the same pod"
+    return f"taken over from {previous}" if previous else "released by the previous leader"
+
+
 def _why(error: BaseException) -> str:
     """A short reason for the log (an HTTP status and reason, or the exception's type): no response bodies."""
     if isinstance(error, ApiException):
@@ -209,6 +217,7 @@ class LeaderElector:
         self.clock = clock
         self.on_change = on_change
         self.observed: Observed | None = None
+        self.taken_from: str | None = None  # the holder the last successful write replaced ("" released, None new)
         self.last_renewed: float | None = None
         self.leading = False
 
@@ -252,6 +261,7 @@ class LeaderElector:
             if error.status in (409, 422):  # another replica wrote it since we read it
                 return False
             raise
+        self.taken_from = None if record is None else record.holder
         self.observed = Observed(LeaseRecord.from_api(written), self.clock())
         return True
 
@@ -269,8 +279,8 @@ class LeaderElector:
             try:
                 if await self.try_acquire_or_renew(timeout=self.timing.retry_period * 2):
                     self.last_renewed = started
-                    logger.info("leader election: %s now leads (Lease %s/%s, previous holder %s)", self.me,
-                                self.namespace, self.name, waiting_for or "none")
+                    logger.info("leader election: %s now leads (Lease %s/%s, %s)", self.me, self.namespace,
+                                self.name, _taken(self.taken_from, self.me))
                     self._set_leading(True)
                     return True
                 if self.holder != waiting_for:

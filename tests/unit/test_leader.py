@@ -180,7 +180,7 @@ async def test_first_replica_creates_the_lease_the_second_stands_by(api: Coordin
     clock = Clock()
     a, b = elector("pod-a", clock), elector("pod-b", clock)
     assert await a.try_acquire_or_renew(timeout=5)
-    assert api.holder() == "pod-a"
+    assert api.holder() == "pod-a" and a.taken_from is None  # created
     assert not await b.try_acquire_or_renew(timeout=5)
     assert b.holder == "pod-a" and api.holder() == "pod-a"
 
@@ -194,7 +194,7 @@ async def test_standby_takes_over_a_lease_left_unrenewed_for_its_duration(api: C
     assert not await b.try_acquire_or_renew(timeout=5)
     clock.now += 1
     assert await b.try_acquire_or_renew(timeout=5)
-    assert api.holder() == "pod-b"
+    assert api.holder() == "pod-b" and b.taken_from == "pod-a"
     lease = next(iter(api.leases.values()))
     assert lease["spec"]["leaseTransitions"] == 1
     # the old leader's next pass sees another holder: it may not renew
@@ -218,7 +218,7 @@ async def test_a_restarted_container_of_the_same_pod_takes_its_lease_back_at_onc
     assert await elector("pod-a", clock).try_acquire_or_renew(timeout=5)
     restarted = elector("pod-a", clock)  # a new process, nothing remembered
     assert await restarted.try_acquire_or_renew(timeout=5)
-    assert api.holder() == "pod-a"
+    assert api.holder() == "pod-a" and restarted.taken_from == "pod-a"
 
 
 async def test_two_standbys_racing_for_an_expired_lease_cannot_both_win(api: Coordination) -> None:
@@ -249,7 +249,7 @@ async def test_release_lets_the_standby_take_over_at_once(api: Coordination) -> 
     await a.release()
     assert api.holder() is None and changes == [False]
     assert await b.try_acquire_or_renew(timeout=5)
-    assert api.holder() == "pod-b"
+    assert api.holder() == "pod-b" and b.taken_from == ""  # released
 
 
 async def test_release_leaves_a_lease_someone_else_holds(api: Coordination) -> None:
