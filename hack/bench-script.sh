@@ -18,6 +18,8 @@
 #   PGSSLMODE                    libpq's, also given to Flyway's JDBC URL (default: prefer)
 #   MIGRATIONS_DIR               the Flyway SQL files (required)
 #   DUMP_FILE                    where pg_dump writes (default: ./$PGDATABASE-<epoch>.dump)
+#   DUMP_COMPRESSION             pg_dump --compress level 0-9 (default: pg_dump's own, as the runbook types it);
+#                                `make bench` gives the operator's backup.compression, so both sides dump alike
 #   KUBECTL, FLYWAY              the binaries (default: kubectl and flyway on PATH)
 #   DRAIN_TIMEOUT, READY_TIMEOUT kubectl wait / rollout status timeouts (default 300s, 600s)
 #
@@ -49,7 +51,9 @@ k wait --for=delete pod -l "$SELECTOR" --timeout="$DRAIN_TIMEOUT"
 mark drain end
 
 mark backup start
-pg_dump --format=custom --no-password --file="$DUMP_FILE"
+compress=()
+if [ -n "${DUMP_COMPRESSION:-}" ]; then compress=("--compress=$DUMP_COMPRESSION"); fi
+pg_dump --format=custom --no-password "${compress[@]}" --file="$DUMP_FILE"
 pg_restore --list "$DUMP_FILE" >/dev/null
 echo "== backup: $(wc -c <"$DUMP_FILE" | tr -d ' ') bytes in $DUMP_FILE"
 mark backup end

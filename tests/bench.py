@@ -21,8 +21,11 @@ Everything also goes to bench-results/<UTC time>.json (and the operators' logs t
 
 Knobs: BENCH_ROWS (comma-separated sizes, default 1000000,20000000), BENCH_ROUNDS (operator/script pairs per size,
 default 2; even rounds run the script first, so neither always runs on the machine the other just loaded),
-BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs), BENCH_REACTION_RUNS (extra small
-runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides' sslmode, default require),
+BENCH_FORMATS (rounds of the host-side backup by compression level, default 1; 0 skips it: bench_formats.py),
+BENCH_SCRIPT_COMPRESSION (the script's pg_dump level, default the operator's backup.compression default; empty:
+pg_dump's own), BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs),
+BENCH_REACTION_RUNS (extra small runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides'
+sslmode, default require),
 BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only),
 BENCH_WAIT_QUIET=<seconds> (before each timed run, wait up to that long for other sessions' tests to end),
 BENCH_OPERATOR_REV=<commit> (benchmark the operator of that commit, exported with `git archive` and put first on
@@ -50,8 +53,8 @@ from typing import Any
 from psycopg import sql
 
 from migration_operator import database, machine, observations
-from migration_operator.models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase, parse_spec
-from tests.support import bench_runs, bench_seed, postgres
+from migration_operator.models import BackupSpec, DatabaseMigrationSpec, DatabaseMigrationStatus, Phase, parse_spec
+from tests.support import bench_formats, bench_runs, bench_seed, postgres
 from tests.support.kube import load_config
 from tests.support.operator import OperatorProcess, free_port
 
@@ -315,6 +318,12 @@ def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
           f"{sum(table_rows.values()):,} rows in {len(table_rows)} tables; {how}", flush=True)
     copies: dict[str, list[float]] = {}
     result: dict[str, Any] = {"rows": rows, "seed": vars(seed), "table_rows": table_rows, "rounds": []}
+    format_rounds = _env_int("BENCH_FORMATS", 1)
+    if format_rounds > 0:
+        result["formats"] = bench_formats.measure(seed.name, format_rounds)
+        bench_formats.print_rows(result["formats"], seed.database_bytes, sum(table_rows.values()))
+    print(f"   the script dumps with --compress={bench_runs.script_compression() or '(pg_dump default)'}, the operator "
+          f"with backup.compression {BackupSpec().compression} (its default)", flush=True)
     for index in range(rounds):
         script_first = index % 2 == 1
         pair: dict[str, Any] = {"script_first": script_first}
@@ -399,9 +408,12 @@ def print_throughput(result: dict[str, Any]) -> None:
     lines: list[tuple[str, float | None, str]] = []
     backup_job = (op.get("jobs") or {}).get("backup") or {}
     lines.append(("Dump backup, operator Job", backup_job.get("seconds"),
-                  f"dump {_mb(op.get('backup_bytes'))}; pod start + pg_dump -Fc + pg_restore --list + full read-back"))
+                  f"dump {_mb(op.get('backup_bytes'))}; pod start + pg_dump -Fc -Z{BackupSpec().compression} + "
+                  "pg_restore --list + full read-back"))
+    level = bench_runs.script_compression()
     lines.append(("Dump backup, script", (sc.get("durations") or {}).get("backup"),
-                  f"dump {_mb(sc.get('dump_bytes'))}; pg_dump -Fc + pg_restore --list on the host"))
+                  f"dump {_mb(sc.get('dump_bytes'))}; pg_dump -Fc{f' -Z{level}' if level else ''} + pg_restore --list "
+                  "on the host"))
     lines.append(("  read-back of that dump", sc.get("read_back_seconds"),
                   "pg_restore --file=/dev/null, after the run: the verification the operator's Job adds"))
     restore = result.get("restore_dump") or {}

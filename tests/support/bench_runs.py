@@ -272,6 +272,14 @@ def tool_paths() -> tuple[str, str]:
     return kubectl_binary(), flyway
 
 
+def script_compression() -> str:
+    """The script's pg_dump level: the operator's (backup.compression's default), so that the ratio compares the same
+    dump; BENCH_SCRIPT_COMPRESSION overrides it (empty: pg_dump's own default, the runbook's plain `pg_dump -Fc`)."""
+    from migration_operator.models import BackupSpec
+
+    return os.environ.get("BENCH_SCRIPT_COMPRESSION", str(BackupSpec().compression))
+
+
 def run_script(here: Place, database: str, workdir: Path, label: str, timeout: float) -> Run:
     """hack/bench-script.sh on `database`, the dump written to `workdir` (removed afterwards)."""
     migrations = workdir / "migrations"
@@ -286,6 +294,7 @@ def run_script(here: Place, database: str, workdir: Path, label: str, timeout: f
         "PGHOST": endpoint.host, "PGPORT": str(endpoint.port), "PGDATABASE": database,
         "PGUSER": postgres.APP_ROLE, "PGPASSWORD": postgres.APP_PASSWORD, "PGSSLMODE": SSL_MODE,
         "MIGRATIONS_DIR": str(migrations), "DUMP_FILE": str(dump), "KUBECTL": kubectl, "FLYWAY": flyway,
+        "DUMP_COMPRESSION": script_compression(),
     }
     with record(here.api, here.namespace) as rec:
         started = time.time()
