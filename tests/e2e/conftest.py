@@ -2,9 +2,14 @@
 
 Each test gets its own namespace (PodSecurity `restricted` enforced, so the admission plugin checks every Job
 the operator creates), its own copy of the parking database at V5, the gateway Deployment at 3 replicas and the
-migrations ConfigMap. The operator runs as a separate process watching the `e2e-*` namespaces, so a test can
-SIGKILL it and start it again; with MO_E2E_OPERATOR=external an operator already running in the cluster is used
-(e.g. the Helm chart's on kind).
+migrations ConfigMap. The operator runs apart from the tests (the chart's pod, or a host process) watching the
+`<prefix>-*` namespaces, so a test can SIGKILL it and see it start again; with MO_E2E_OPERATOR=external an operator
+already running in the cluster is used (e.g. the Helm chart's on kind).
+
+`pytest -n 2` (pytest-xdist, what `make test-e2e` runs) gives each worker its own prefix (`e2e0`, `e2e1`), hence its
+own operator release, namespaces and checksum key; the databases are per test already. What the workers share: the
+CRD (installed by both, a lost race retried), the cluster's PostgreSQL and the registry (per-test names, and
+content-addressed pushes), and the machine's cores (test_conflicts spins every core for one run of its own).
 """
 
 from __future__ import annotations
@@ -37,9 +42,20 @@ MIGRATIONS_NEXT = REPO / "examples" / "parking" / "migrations-next"
 # on the local cluster, pinned to the digest just built (tests/support/registry.py: the node may hold an older build)
 GATEWAY_IMAGE = os.environ.get("MO_E2E_GATEWAY_IMAGE") or registry.pinned("ghcr.io/dbops/parking-gateway:0.1.0")
 TERMINAL = {"Succeeded", "RolledBack", "Failed"}
-# The namespaces of this session: its operator watches `<prefix>-*`. Two sessions on one cluster (two developers,
-# or helpers working in parallel) need different prefixes, or each one's operator also runs the other's migrations.
-PREFIX = os.environ.get("MO_E2E_PREFIX", "e2e")
+
+
+def session_prefix(base: str, worker: str | None) -> str:
+    """The namespaces of this session: its operator watches `<prefix>-*`. Two sessions on one cluster (two developers,
+    helpers working in parallel, or pytest-xdist's workers) need prefixes whose patterns do not overlap, or each
+    one's operator also runs the other's migrations. A worker `gw<n>` of `pytest -n` gets `<base><n>` (its own
+    operator release and namespaces): `e2e0-*` and `e2e1-*` are disjoint, and neither matches the `e2e-*` of a
+    serial session, nor `e2e1-*` a namespace `e2e10-...`."""
+    if not worker:
+        return base
+    return base + worker.removeprefix("gw")
+
+
+PREFIX = session_prefix(os.environ.get("MO_E2E_PREFIX", "e2e"), os.environ.get("PYTEST_XDIST_WORKER"))
 # What the tests' database speaks, said in every spec rather than left to the operator's default (require): the local
 # cluster's PostgreSQL has TLS (hack/postgres.sh); a database without it (kind's) runs the suite with `disable`.
 DB_SSL_MODE = os.environ.get("MO_E2E_DB_SSLMODE", "require")
@@ -53,19 +69,34 @@ def api() -> client.ApiClient:
 @pytest.fixture(scope="session")
 def crd(api: client.ApiClient) -> None:
     """Installs (or updates) the committed CRD and waits until it is Established."""
-    ext = client.ApiextensionsV1Api(api)
     body = yaml.safe_load(CRD_PATH.read_text())
     name = body["metadata"]["name"]
-    try:
-        current = ext.read_custom_resource_definition(name)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(name, body)
-    except ApiException as error:
-        if error.status != 404:
-            raise
-        ext.create_custom_resource_definition(body)
-
+    # Several sessions install it at once (xdist's workers, other suites on the cluster): a create or replace that
+    # lost the race (409) is retried against what the winner wrote.
+    wait_for(lambda: _install_crd(api, body), timeout=60, what=f"CRD {name} installed", interval=0.5)
     wait_crd_established(api, name)
+
+
+def _install_crd(api: client.ApiClient, body: dict[str, Any]) -> bool:
+    """One attempt: create, else replace (the API server writes nothing when the spec is unchanged). False when
+    another session's write came in between (409)."""
+    ext = client.ApiextensionsV1Api(api)
+    name = body["metadata"]["name"]
+    try:
+        try:
+            current = ext.read_custom_resource_definition(name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            ext.create_custom_resource_definition(body)
+            return True
+        replacement = {**body, "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version}}
+        ext.replace_custom_resource_definition(name, replacement)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,7 @@ def write_counters(dbname: str) -> tuple[int, int, int]:
                from pg_stat_user_tables"""
         ).fetchone()
         assert row is not None
-        return row  # type: ignore[return-value]
+        return int(row[0]), int(row[1]), int(row[2])
 
 
 # The schemas fingerprint_full leaves out: PostgreSQL's own.
