@@ -169,6 +169,7 @@ class Result:
     run_seconds: float | None = None
     fault_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+    status_log: list[str] = field(default_factory=list)
 
 
 RESULTS: list[Result] = []

@@ -316,7 +316,11 @@ def run_trial(trial: Trial, app: ParkingApp, operator: Operator | None, db: Data
 
     # 7. the deployment log names the fault
     text = _status_text(app.status(MIGRATION))
-    named = any(word in text for word in FAULT_WORDS[cell.fault])
+    words = [word for word in FAULT_WORDS[cell.fault] if word in text]
+    named = bool(words)
+    if words:
+        result.notes.append(f"the status says {words}")
+    result.status_log = [str(entry.get("message", ""))[:300] for entry in app.status(MIGRATION).get("log") or []]
     if _nameable(cell.fault, landed):
         result.fault_named = named
         if not named:
