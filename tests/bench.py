@@ -24,6 +24,7 @@ default 2; even rounds run the script first, so neither always runs on the machi
 BENCH_FORMATS (rounds of the host-side backup by compression level, default 1; 0 skips it: bench_formats.py),
 BENCH_SCRIPT_COMPRESSION (the script's pg_dump level, default the operator's backup.compression default; empty:
 pg_dump's own), BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs),
+BENCH_JOB_CPU (the operator's Jobs' CPU request, default 250m; empty: none, BestEffort pods: bench_runs.JOB_CPU),
 BENCH_REACTION_RUNS (extra small runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides'
 sslmode, default require),
 BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only),
@@ -322,6 +323,8 @@ def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
     if format_rounds > 0:
         result["formats"] = bench_formats.measure(seed.name, format_rounds)
         bench_formats.print_rows(result["formats"], seed.database_bytes, sum(table_rows.values()))
+    cpu = bench_runs.JOB_CPU or "(none: BestEffort pods)"
+    print(f"   the operator's Jobs request cpu {cpu}; the script runs on the host", flush=True)
     print(f"   the script dumps with --compress={bench_runs.script_compression() or '(pg_dump default)'}, the operator "
           f"with backup.compression {BackupSpec().compression} (its default)", flush=True)
     for index in range(rounds):
