@@ -5,6 +5,7 @@ resourceVersion), the Leases being the client's own V1Lease objects."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -299,3 +300,48 @@ async def test_hold_raises_at_the_renew_deadline_when_the_api_is_away(api: Coord
 
 async def _no_sleep(_: float) -> None:
     return None
+
+
+# ---- __main__: what the process does with the election ------------------------------------------------------------
+async def test_the_leader_runs_kopf_then_releases_the_lease_after_it_stopped(
+    api: Coordination, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from migration_operator import __main__ as main
+
+    seen: list[str] = []
+
+    async def operator(**kwargs: Any) -> None:  # kopf, stopped by SIGTERM after a while
+        seen.append(f"kopf ran while {api.holder()} held the Lease, standalone={kwargs['standalone']}")
+
+    monkeypatch.setattr(main.kopf, "operator", operator)
+    monkeypatch.setattr(main.metrics, "serve", lambda *_: None)
+    monkeypatch.setenv("POD_NAME", "pod-a")
+    monkeypatch.setenv("POD_NAMESPACE", "ops")
+    assert await main.run_elected({"clusterwide": True, "namespaces": [], "standalone": True}, None) == 0
+    assert seen == ["kopf ran while pod-a held the Lease, standalone=True"]
+    assert api.holder() is None  # released once kopf had returned
+    assert main.metrics.LEADER._value.get() == 0
+
+
+def test_a_lost_lease_ends_the_process_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No graceful stop (kopf's lets handlers finish): os._exit(1), and the kubelet restarts the container."""
+    from migration_operator import __main__ as main
+
+    exits: list[int] = []
+    monkeypatch.setattr(main.os, "_exit", exits.append)
+
+    async def lose() -> None:
+        raise leader.LeadershipLost("pod-b holds Lease ops/migration-operator-leader now")
+
+    async def renewal_ends(cancel: bool) -> None:
+        task = leader.asyncio.create_task(lose() if not cancel else leader.asyncio.sleep(60))
+        if cancel:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        main._on_renewal_ended(task)
+
+    leader.asyncio.run(renewal_ends(cancel=True))  # kopf stopped first: renewal cancelled, no exit
+    assert exits == []
+    leader.asyncio.run(renewal_ends(cancel=False))
+    assert exits == [1]
