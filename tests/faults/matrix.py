@@ -29,6 +29,8 @@ FAULTS = ("operator-kill", "apiserver-restart", "postgres-kill", "kubelet-restar
 GOOD_PHASES = ("Preflight", "EnteringMaintenance", "BackingUp", "Migrating", "Verifying", "ExitingMaintenance")
 ORDER = ("Pending", "AwaitingApproval", *GOOD_PHASES, "RollingBack", "Succeeded", "RolledBack", "Failed")
 TERMINAL = frozenset({"Succeeded", "RolledBack", "Failed"})
+# faults the smoke slice runs alone, after the others (test_smoke_slice says why)
+RUN_ALONE = frozenset({"apiserver-restart", "postgres-kill"})
 # where a Job's pod runs (the kubelet fault needs one): validate, backup, migrate, restore/repair/compensate
 JOB_PHASES = frozenset({"Preflight", "BackingUp", "Migrating", "RollingBack"})
 

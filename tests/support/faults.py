@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -44,7 +45,7 @@ from tests.support import local_cluster
 from tests.support.local_cluster import LocalNode
 from tests.support.operator import Operator
 from tests.support.runtime import LocalRuntime
-from tests.support.wait import wait_for
+from tests.support.wait import WaitAborted, wait_for
 
 CHAIN = "MO-FAULT"
 FAULT_MANAGER = "fault-suite-someone-else"
@@ -154,30 +155,52 @@ def _readyz(api: client.ApiClient) -> bool:
         return False
 
 
+def _listen_address(argv: list[str]) -> tuple[str, int]:
+    flags = dict(a.removeprefix("--").split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    return flags.get("bind-address", "127.0.0.1"), int(flags.get("secure-port", "6443"))
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) != 0
+
+
 def restart_apiserver(api: client.ApiClient, node: LocalNode) -> float:
     """SIGKILL the API server (a crash: no graceful shutdown of the watches) and start it again with the same command
-    line, the way hack/cluster.sh does (own session, log and pid file under the state dir); returns the seconds it
-    was not ready. If starting it that way fails, `hack/cluster.sh up` brings it back before this raises."""
+    line, the way hack/cluster.sh does (own session, log and pid file under the state dir), once every thread of the
+    old one is gone and its port is free; returns the seconds it was not ready. If starting it that way fails,
+    `hack/cluster.sh up` brings it back before this raises."""
     pid = _pid(node, APISERVER)
     if pid is None:
         raise RuntimeError(f"{APISERVER} is not running (pid file under {node.state / 'pids'})")
     argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    host, port = _listen_address(argv)
     started = time.monotonic()
     try:
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not local_cluster.process_exists(pid), timeout=30, what=f"{APISERVER} pid {pid} gone")
-        log = (node.state / "logs" / f"{APISERVER}.log").open("ab")
-        try:
+        local_cluster.wait_process_gone(pid)
+        wait_for(lambda: _port_free(host, port), timeout=30, what=f"{host}:{port} free after the kill")
+        with (node.state / "logs" / f"{APISERVER}.log").open("ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
-        finally:
-            log.close()
+        _STARTED.append(process)  # reaped when it ends (a zombie otherwise looks alive to `kill -0`)
         (node.state / "pids" / APISERVER).write_text(f"{process.pid}\n")
-        wait_for(lambda: _readyz(api), timeout=120, what=f"{APISERVER} /readyz after the restart", interval=0.2)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise WaitAborted(f"{APISERVER} exited ({process.returncode}) after the restart: see its log")
+            return _readyz(api)
+
+        wait_for(ready, timeout=120, what=f"{APISERVER} /readyz after the restart", interval=0.2)
     finally:
         if _pid(node, APISERVER) is None or not _readyz(api):
             local_cluster.cluster_up(node)
     return time.monotonic() - started
+
+
+# processes this module started (the API server after a restart): polled so that none stays a zombie
+_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 # ---------------------------------------------------------------------------------------------- 3. PostgreSQL

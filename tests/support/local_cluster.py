@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,12 +148,14 @@ def kubelet_pid(node: LocalNode) -> int | None:
     return pid if b"kubelet" in cmdline and process_exists(pid) else None
 
 
-def kill_kubelet(node: LocalNode) -> int:
-    """SIGKILL the kubelet (its pid file under the state dir); returns the pid once it is gone."""
+def kill_kubelet(node: LocalNode, timeout: float = 30) -> int:
+    """SIGKILL the kubelet (its pid file under the state dir); returns the pid once it is gone (every thread of it:
+    its sockets and files closed)."""
     pid = kubelet_pid(node)
     if pid is None:
         raise RuntimeError(f"the kubelet is not running ({node.kubelet_pid_file})")
     os.kill(pid, signal.SIGKILL)
+    wait_process_gone(pid, timeout)
     return pid
 
 
@@ -195,6 +198,26 @@ def restart_kubelet(node: LocalNode) -> tuple[int, int]:
 
 
 # -- processes --------------------------------------------------------------------------------------
+
+
+def process_gone(pid: int) -> bool:
+    """Whether every thread of the process has exited. A multi-threaded process whose main thread has exited shows
+    as a zombie while its other threads still run (and hold its sockets): process_exists says no already, this waits
+    for the last thread (only the zombie leader left in /proc/<pid>/task, or nothing at all)."""
+    if not process_exists(pid):
+        try:
+            return len(os.listdir(f"/proc/{pid}/task")) <= 1
+        except OSError:
+            return True
+    return False
+
+
+def wait_process_gone(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not process_gone(pid):
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"process {pid} still has live threads {timeout:.0f}s after SIGKILL")
+        time.sleep(0.05)  # polling the kernel's process table, no event to wait on
 
 
 def process_exists(pid: int) -> bool:
