@@ -124,7 +124,9 @@ def ensure_seed(rows: int) -> Seed:
             if statement:
                 seed.execute(statement.replace("%(rows)s", str(int(rows))))
         # frozen and analysed: every copy starts with the same hint bits, visibility map and statistics
-        seed.execute(f"vacuum (freeze, analyze) {BIG_TABLE}")
+        # no parallel workers: their shared memory lives in /dev/shm, 64 MiB in a container (the database's pod on
+        # the real node), and a parallel vacuum sized by maintenance_work_mem fails there with DiskFull at 20M rows
+        seed.execute(f"vacuum (freeze, analyze, parallel 0) {BIG_TABLE}")
         seed.execute("vacuum (analyze)")
     seconds = time.monotonic() - started
     with postgres.connect() as conn:
