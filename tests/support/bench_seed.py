@@ -120,13 +120,14 @@ def ensure_seed(rows: int) -> Seed:
             sql.Identifier(name), sql.Identifier(postgres.TEMPLATE_DATABASE), sql.Identifier(postgres.APP_ROLE)))
     with postgres.connect(name) as seed:
         seed.execute("set maintenance_work_mem = '256MB'")
+        # no parallel maintenance workers: their shared memory lives in /dev/shm, 64 MiB in a container (the database's
+        # pod on the real node), and a parallel vacuum sized by maintenance_work_mem fails there (DiskFull, 20M rows)
+        seed.execute("set max_parallel_maintenance_workers = 0")
         for statement in (s.strip() for s in SEED_SQL.split(";")):
             if statement:
                 seed.execute(statement.replace("%(rows)s", str(int(rows))))
         # frozen and analysed: every copy starts with the same hint bits, visibility map and statistics
-        # no parallel workers: their shared memory lives in /dev/shm, 64 MiB in a container (the database's pod on
-        # the real node), and a parallel vacuum sized by maintenance_work_mem fails there with DiskFull at 20M rows
-        seed.execute(f"vacuum (freeze, analyze, parallel 0) {BIG_TABLE}")
+        seed.execute(f"vacuum (freeze, analyze) {BIG_TABLE}")
         seed.execute("vacuum (analyze)")
     seconds = time.monotonic() - started
     with postgres.connect() as conn:
