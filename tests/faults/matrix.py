@@ -128,7 +128,11 @@ def plan() -> list[Trial]:
     every = cells()
     if smoke():
         rng = random.Random(chosen)
-        picked = [rng.choice([c for c in every if c.fault == fault]) for fault in FAULTS]
+        picked = []
+        for fault in FAULTS:  # a phase drawn first, then a strategy: RollingBack is one phase, not three
+            candidates = [c for c in every if c.fault == fault]
+            phase = rng.choice(sorted({c.phase for c in candidates}))
+            picked.append(rng.choice([c for c in candidates if c.phase == phase]))
         return [Trial(cell, 1, chosen) for cell in picked]
     only = {f.strip() for f in os.environ.get("FAULT_KINDS", "").split(",") if f.strip()}
     return [Trial(cell, n, chosen) for cell in every if not only or cell.fault in only

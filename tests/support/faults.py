@@ -297,7 +297,7 @@ def _release_small_volume(core: client.CoreV1Api, namespace: str, claim: str, pv
             core.read_namespaced_persistent_volume_claim(claim, namespace)
             return False
         except ApiException as error:
-            return error.status == 404
+            return bool(error.status == 404)
 
     with contextlib.suppress(AssertionError):
         wait_for(claim_gone, timeout=90, what=f"claim {namespace}/{claim} deleted")
