@@ -7,32 +7,43 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ParkingApp, _migration_files
+from tests.support import postgres
 from tests.support.wait import wait_for
+
+# the advisory lock V6_1 waits for: the test holds it for as long as it needs the run in Migrating
+HOLD_KEY = 6001
 
 
 def test_an_app_scaled_up_by_someone_else_while_migrating_is_scaled_back_at_once(parking: ParkingApp) -> None:
     files = _migration_files("good")
-    # V6 of the "good" set, then a pause long enough to scale the app up in the middle of Migrating
-    files["V6_1__pause.sql"] = "select pg_sleep(25);\n"
+    # V6 of the "good" set, then a statement that waits for a lock the test holds: the run stays in Migrating until
+    # the test has scaled the app up and seen it reverted (no fixed pause to outlast, however slow the machine).
+    files["V6_1__pause.sql"] = f"select pg_advisory_xact_lock({HOLD_KEY});\n"
     parking.core.replace_namespaced_config_map(
         "api-gateway-migrations", parking.namespace,
         client.V1ConfigMap(metadata=client.V1ObjectMeta(name="api-gateway-migrations"), data=files),
     )
-    parking.create_migration("held", parking.spec(verify={"requiredTables": ["clients"]}))
-    parking.wait_phase("held", "Migrating", timeout=180)
-    parking.apps.patch_namespaced_deployment(
-        "api-gateway", parking.namespace, {"spec": {"replicas": 3}}, field_manager="someone-in-a-hurry"
-    )
-    wait_for(
-        lambda: any("someone-in-a-hurry" in (e.message or "") and e.type == "Warning" for e in parking.events("held")),
-        timeout=30, what="a Warning event naming who scaled the app", describe=lambda: parking.describe("held"),
-    )
-    wait_for(lambda: parking.deployment().spec.replicas == 0, timeout=15, what="the app scaled back to 0")
-    labels = {"namespace": parking.namespace, "name": "held"}
-    if parking.operator is not None:  # the window is on /metrics while the app is down, to alert on
-        wait_for(lambda: any(v > 0 for v in _series(parking, "dbmig_app_down_seconds", labels)), timeout=30,
-                 what="dbmig_app_down_seconds of the run")
-        assert all(v > 0 for v in _series(parking, "dbmig_maintenance_window_remaining_seconds", labels))
+    # the tests' own session: not the app's for the drain (its application_name is the operator's prefix)
+    with postgres.connect(parking.database) as holder:
+        holder.execute("select pg_advisory_lock(%s)", (HOLD_KEY,))
+        parking.create_migration("held", parking.spec(verify={"requiredTables": ["clients"]}))
+        parking.wait_phase("held", "Migrating", timeout=300)
+        parking.apps.patch_namespaced_deployment(
+            "api-gateway", parking.namespace, {"spec": {"replicas": 3}}, field_manager="someone-in-a-hurry"
+        )
+        wait_for(
+            lambda: any("someone-in-a-hurry" in (e.message or "") and e.type == "Warning"
+                        for e in parking.events("held")),
+            timeout=30, what="a Warning event naming who scaled the app", describe=lambda: parking.describe("held"),
+        )
+        wait_for(lambda: parking.deployment().spec.replicas == 0, timeout=15, what="the app scaled back to 0")
+        labels = {"namespace": parking.namespace, "name": "held"}
+        if parking.operator is not None:  # the window is on /metrics while the app is down, to alert on
+            wait_for(lambda: any(v > 0 for v in _series(parking, "dbmig_app_down_seconds", labels)), timeout=30,
+                     what="dbmig_app_down_seconds of the run")
+            assert all(v > 0 for v in _series(parking, "dbmig_maintenance_window_remaining_seconds", labels))
+        # still migrating, held by the lock: everything above happened inside the window
+        assert parking.status("held")["phase"] == "Migrating", parking.describe("held")
     status = parking.wait_done("held", timeout=240)
     assert status["phase"] == "Succeeded", parking.describe("held")
     assert any("someone-in-a-hurry" in entry["message"] for entry in status["log"]), status["log"]
