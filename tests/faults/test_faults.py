@@ -375,6 +375,7 @@ def _recorded_trial(trial: Trial, app: ParkingApp, operator: Operator | None, db
     return result
 
 
+@pytest.mark.timeout(1800)
 def test_the_run_survives_the_fault(trial: Trial, parking: ParkingApp, operator: Operator | None,
                                     fault_postgres: Database, api: client.ApiClient) -> None:
     reason = _skip_reason(trial.cell.fault, operator, api)
@@ -384,6 +385,7 @@ def test_the_run_survives_the_fault(trial: Trial, parking: ParkingApp, operator:
     assert result.passed, f"{trial.id}: " + "\n".join(result.failures) + "\n" + parking.describe(MIGRATION)
 
 
+@pytest.mark.timeout(3600)  # seven runs on a shared 2-core machine: minutes, more under other sessions' load
 def test_smoke_slice(operator: Operator | None, fault_postgres: Database, api: client.ApiClient) -> None:
     """One trial per fault kind, in a cell drawn with FAULT_SEED. The faults whose effect stays inside the trial's
     own run, or whose every run must still end as promised (the operator killed, the kubelet restarted, the
