@@ -48,7 +48,7 @@ def assert_finished_once(parking: ParkingApp, name: str, sampler: Sampler, statu
 def follow_log(ha: OperatorPod, pod: str, lines: list[str]) -> threading.Thread:
     """Appends the pod's log lines to `lines` until its container ends."""
     stream = ha.core.read_namespaced_pod_log(pod, ha.namespace, container=ha.CONTAINER, follow=True,
-                                             since_seconds=60, _preload_content=False)
+                                             _preload_content=False)
 
     def read() -> None:
         for raw in stream.stream():
@@ -114,6 +114,7 @@ def test_graceful_stop_hands_over_without_waiting_for_the_lease(parking: Parking
         leads = time.monotonic()
         status = parking.wait_done(name)
         follower.join(timeout=60)
+        ha.archive.append("".join(lines))  # the stopped leader's log, for log_text() and the secret scan
     assert_finished_once(parking, name, sampler, status)
     assert picked_up_by(status, successor), status.get("log")
     # it released the Lease after kopf stopped, rather than letting it expire
