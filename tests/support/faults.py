@@ -148,11 +148,12 @@ def _pid(node: LocalNode, name: str) -> int | None:
 
 
 def _readyz(api: client.ApiClient) -> bool:
+    """Whether the API server answers /readyz with 200 (any error while it is down counts as no)."""
     try:
-        api.call_api("/readyz", "GET", auth_settings=["BearerToken"], _preload_content=False, _request_timeout=3)
-        return True
-    except (ApiException, OSError, Exception):  # urllib3 errors while the server is down
+        response = api.call_api("GET", f"{api.configuration.host}/readyz", _request_timeout=3)
+    except Exception:  # connection refused, reset, TLS errors, 500 while it starts: not ready
         return False
+    return int(getattr(response, "status", 0)) == 200
 
 
 def _listen_address(argv: list[str]) -> tuple[str, int]:
