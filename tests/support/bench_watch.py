@@ -75,18 +75,27 @@ class Recording:
 
     # ---- the app -----------------------------------------------------------------------------------------
     def downtime(self, replicas: int, after: float = 0.0) -> tuple[float, float] | None:
-        """(start, end): from the first moment fewer than `replicas` were available to the first moment all were
-        again (spec, updated and available at `replicas`). None when the app never went down."""
-        start = None
-        for state in self.deployment:
-            if state.at < after:
-                continue
-            if start is None:
-                if state.available < replicas:
-                    start = state.at
-            elif (state.replicas == replicas and state.available >= replicas and state.updated >= replicas
-                  and state.up_to_date):
-                return start, state.at
+        """(start, end) of the maintenance window: the stretch of fewer than `replicas` available that holds the
+        scale to 0, to the first moment all were available again (spec, updated and available at `replicas`). A dip
+        before it that ended (a readiness probe failing on a loaded machine while preflight runs) is not the
+        window: on the real node under other sessions' load such a dip made the window "close" before the scale to
+        0 (a 2.9 s downtime with a negative scale-up). None when the app never went down."""
+        states = [state for state in self.deployment if state.at >= after]
+        scaled = next((i for i, state in enumerate(states) if state.replicas == 0), None)
+        if scaled is None:  # never scaled to 0: the first dip, as before
+            begin = next((i for i, state in enumerate(states) if state.available < replicas), None)
+        elif states[scaled].available >= replicas:
+            begin = next((i for i in range(scaled, len(states)) if states[i].available < replicas), None)
+        else:
+            begin = scaled
+            while begin > 0 and states[begin - 1].available < replicas:
+                begin -= 1  # already below all available when the scale came: the window opened then
+        if begin is None:
+            return None
+        for state in states[begin + 1:]:
+            if (state.replicas == replicas and state.available >= replicas and state.updated >= replicas
+                    and state.up_to_date):
+                return states[begin].at, state.at
         return None
 
     def first_deployment(self, predicate: Callable[[DeploymentState], bool], after: float) -> float | None:
