@@ -69,8 +69,22 @@ digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
 "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set image.digest=$digest > "$tmp/digest.yaml"
 grep -q "image: ghcr.io/dbops/migration-operator:0.1.0@$digest\$" "$tmp/digest.yaml"
 if grep -q "version: .*$digest" "$tmp/digest.yaml"; then echo "the digest reached a label" >&2; exit 1; fi
-if "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set replicaCount=2 >/dev/null 2>&1; then
-  echo "replicaCount=2 should be refused" >&2; exit 1
+# two replicas with leader election by default (RollingUpdate, a PodDisruptionBudget, anti-affinity); several
+# replicas without leader election are refused, one without it is the standalone Recreate Deployment
+"$helm" template migration-operator "$chart" --kube-version "$kube_version" > "$tmp/ha.yaml"
+grep -q -- '- --leader-elect$' "$tmp/ha.yaml"
+grep -q 'kind: PodDisruptionBudget' "$tmp/ha.yaml"
+grep -q 'type: RollingUpdate' "$tmp/ha.yaml"
+grep -q 'value: "migration-operator-leader"' "$tmp/ha.yaml"
+if "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set replicaCount=2 \
+    --set leaderElection.enabled=false >/dev/null 2>&1; then
+  echo "replicaCount=2 without leader election should be refused" >&2; exit 1
+fi
+"$helm" template migration-operator "$chart" --kube-version "$kube_version" --set replicaCount=1 \
+  --set leaderElection.enabled=false > "$tmp/single.yaml"
+grep -q 'type: Recreate' "$tmp/single.yaml"
+if grep -qE -- '--leader-elect|kind: PodDisruptionBudget' "$tmp/single.yaml"; then
+  echo "a single standalone replica got leader election or a PodDisruptionBudget" >&2; exit 1
 fi
 
 step "copies in sync (hack/sync-chart-crd.sh --check)"
