@@ -179,10 +179,17 @@ class Result:
 
 
 RESULTS: list[Result] = []
+RESULTS_DIR = Path(os.environ.get("FAULT_RESULTS_DIR") or Path(__file__).resolve().parents[2] / "fault-results")
+_SESSION = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def record(result: Result) -> None:
+    """Keeps the trial for the matrix, and appends it to this session's JSON-lines file at once (a session stopped
+    half-way still leaves its trials)."""
     RESULTS.append(result)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with (RESULTS_DIR / f"trials-{_SESSION}-seed{seed()}.jsonl").open("a") as out:
+        out.write(json.dumps(asdict(result)) + "\n")
 
 
 def _summary() -> list[dict[str, Any]]:
@@ -217,6 +224,18 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def load(paths: list[Path]) -> list[Result]:
+    """Trials from results files: a session's .json or its .jsonl."""
+    found = []
+    for path in paths:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        else:
+            rows = json.loads(path.read_text())["trials"]
+        found += [Result(**row) for row in rows]
+    return found
+
+
 def write_json(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -224,3 +243,10 @@ def write_json(directory: Path) -> Path:
     path.write_text(json.dumps({"seed": seed(), "smoke": smoke(), "trials_per_cell": trials_per_cell(),
                                 "matrix": _summary(), "trials": [asdict(r) for r in RESULTS]}, indent=2))
     return path
+
+
+if __name__ == "__main__":  # python -m tests.faults.matrix fault-results/trials-*.jsonl: one matrix over sessions
+    import sys
+
+    RESULTS.extend(load([Path(p) for p in sys.argv[1:]]))
+    print(render())
