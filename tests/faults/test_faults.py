@@ -149,7 +149,8 @@ def _inject(trial: Trial, app: ParkingApp, operator: Operator | None, db: Databa
             notes.append("no Job pod seen running")
         if not _job_pod_running(app):
             notes.append(f"no Job pod running when the kubelet was killed (phase {_phase(app)})")
-        faults.restart_kubelet(local_cluster.local_node(api))
+        down = faults.restart_kubelet(api, local_cluster.local_node(api))
+        notes.append(f"the Node Ready again {down:.1f} s after the kill")
     elif fault == "database-unreachable":
         assert operator is not None
         pod_ip = client.CoreV1Api(api).read_namespaced_pod(db.pod, db.namespace).status.pod_ip

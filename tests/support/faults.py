@@ -8,7 +8,8 @@ unmounted, processes started again).
   waited on (hack/cluster.sh up if that fails);
 - `kill_postgres`: SIGKILL of a PostgreSQL pod's container (the kubelet restarts it, crash recovery runs), waited
   on until it accepts connections again;
-- `restart_kubelet`: local_cluster.restart_kubelet (SIGKILL, hack/cluster.sh up);
+- `restart_kubelet`: SIGKILL of the kubelet, started again with its own command line, the Node's next Ready
+  heartbeat waited on (hack/cluster.sh up if that fails);
 - `small_backup_volume`: a static `local` PersistentVolume on a tiny tmpfs and a claim bound to it, for a backup
   that cannot fit;
 - `database_unreachable`: an iptables chain of its own (MO-FAULT, jumped from FORWARD: pod-to-pod traffic crosses the
@@ -32,7 +33,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ def kill_operator(operator: Operator) -> None:
 
 # ---------------------------------------------------------------------------------------------- 2. the API server
 APISERVER = "kube-apiserver"
+KUBELET = "kubelet"
 
 
 def _pid(node: LocalNode, name: str) -> int | None:
@@ -167,37 +169,44 @@ def _port_free(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) != 0
 
 
-def restart_apiserver(api: client.ApiClient, node: LocalNode) -> float:
-    """SIGKILL the API server (a crash: no graceful shutdown of the watches) and start it again with the same command
-    line, the way hack/cluster.sh does (own session, log and pid file under the state dir), once every thread of the
-    old one is gone and its port is free; returns the seconds it was not ready. If starting it that way fails,
-    `hack/cluster.sh up` brings it back before this raises."""
-    pid = _pid(node, APISERVER)
+def _relaunch(node: LocalNode, name: str, ready: Callable[[], bool], what: str) -> float:
+    """SIGKILL the cluster's host process `name` (pid file under the state dir) and start it again with the same
+    command line, the way hack/cluster.sh starts it (own session, log and pid file under the state dir), once every
+    thread of the old one is gone; returns the seconds until `ready()`. If that fails, `hack/cluster.sh up` brings
+    it back before this raises."""
+    pid = _pid(node, name)
     if pid is None:
-        raise RuntimeError(f"{APISERVER} is not running (pid file under {node.state / 'pids'})")
+        raise RuntimeError(f"{name} is not running (pid file under {node.state / 'pids'})")
     argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    host, port = _listen_address(argv)
     started = time.monotonic()
     try:
         os.kill(pid, signal.SIGKILL)
         local_cluster.wait_process_gone(pid)
-        wait_for(lambda: _port_free(host, port), timeout=30, what=f"{host}:{port} free after the kill")
-        with (node.state / "logs" / f"{APISERVER}.log").open("ab") as log:
+        if name == APISERVER:
+            host, port = _listen_address(argv)
+            wait_for(lambda: _port_free(host, port), timeout=30, what=f"{host}:{port} free after the kill")
+        with (node.state / "logs" / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         _STARTED.append(process)  # reaped when it ends (a zombie otherwise looks alive to `kill -0`)
-        (node.state / "pids" / APISERVER).write_text(f"{process.pid}\n")
+        (node.state / "pids" / name).write_text(f"{process.pid}\n")
 
-        def ready() -> bool:
+        def up() -> bool:
             if process.poll() is not None:
-                raise WaitAborted(f"{APISERVER} exited ({process.returncode}) after the restart: see its log")
-            return _readyz(api)
+                raise WaitAborted(f"{name} exited ({process.returncode}) after the restart: see its log")
+            return ready()
 
-        wait_for(ready, timeout=120, what=f"{APISERVER} /readyz after the restart", interval=0.2)
+        wait_for(up, timeout=120, what=what, interval=0.2)
     finally:
-        if _pid(node, APISERVER) is None or not _readyz(api):
+        if _pid(node, name) is None or not ready():
             local_cluster.cluster_up(node)
     return time.monotonic() - started
+
+
+def restart_apiserver(api: client.ApiClient, node: LocalNode) -> float:
+    """SIGKILL the API server (a crash: no graceful shutdown of the watches) and start it again (its port free
+    first); returns the seconds it was not ready."""
+    return _relaunch(node, APISERVER, lambda: _readyz(api), f"{APISERVER} /readyz after the restart")
 
 
 # processes this module started (the API server after a restart): polled so that none stays a zombie
@@ -228,15 +237,22 @@ def kill_postgres(api: client.ApiClient, namespace: str, pod: str, probe: dict[s
 
 
 # ---------------------------------------------------------------------------------------------- 4. the kubelet
-def restart_kubelet(node: LocalNode) -> None:
-    """SIGKILL the kubelet and start it again (hack/cluster.sh up); the node is Ready again when this returns. If
-    the restart fails half-way, `hack/cluster.sh up` runs once more before the error goes up."""
-    try:
-        local_cluster.restart_kubelet(node)
-    except BaseException:
-        if local_cluster.kubelet_pid(node) is None:
-            local_cluster.cluster_up(node)
-        raise
+def _node_heartbeat(api: client.ApiClient, node: str) -> tuple[bool, Any]:
+    conditions = client.CoreV1Api(api).read_node(node, _request_timeout=5).status.conditions or []
+    ready = next((c for c in conditions if c.type == "Ready"), None)
+    return (ready is not None and ready.status == "True"), (ready.last_heartbeat_time if ready else None)
+
+
+def restart_kubelet(api: client.ApiClient, node: LocalNode) -> float:
+    """SIGKILL the kubelet (the running pods' containers live on: containerd keeps them) and start it again with
+    its command line; returns the seconds until the Node is Ready with a heartbeat newer than the kill."""
+    _, before = _node_heartbeat(api, local_cluster.NODE_NAME)
+
+    def ready() -> bool:
+        ok, beat = _node_heartbeat(api, local_cluster.NODE_NAME)
+        return ok and beat is not None and (before is None or beat > before)
+
+    return _relaunch(node, KUBELET, ready, "the Node Ready again after the kubelet restart")
 
 
 # ---------------------------------------------------------------------------------------------- 5. a full volume
