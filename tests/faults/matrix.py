@@ -210,9 +210,9 @@ def _summary() -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def render() -> str:
+def render(heading: str | None = None) -> str:
     title = f"{'phase x fault':<46} {'trials':>6} {'passed':>6} {'worst recover':>13}  {'log names it':>12}"
-    lines = [f"FAULT_SEED={seed()}", title + "  landed in"]
+    lines = [heading or f"FAULT_SEED={seed()}", title + "  landed in"]
     for row in _summary():
         worst = "-" if row["worst_recover_s"] is None else f"{row['worst_recover_s']:.1f} s"
         named = f"{row['named']}/{row['nameable']}" if row["nameable"] else "-"
@@ -249,4 +249,4 @@ if __name__ == "__main__":  # python -m tests.faults.matrix fault-results/trials
     import sys
 
     RESULTS.extend(load([Path(p) for p in sys.argv[1:]]))
-    print(render())
+    print(render(f"{len(RESULTS)} trials from {len(sys.argv) - 1} file(s)"))
