@@ -29,6 +29,8 @@ def test_a_migration_past_its_timeout_is_stopped_then_restored(parking: ParkingA
     )
     before = postgres.fingerprint(parking.database)
     parking.create_migration("slow", parking.spec(timeouts={"migrateSeconds": 20}))
+    # preflight, drain and backup first (minutes on a loaded machine), then the migrate Job's session in its 20 s
+    parking.wait_phase("slow", "Migrating", timeout=300)
     wait_for(lambda: _migrate_sessions(parking.database) > 0, timeout=120, what="flyway migrate running",
              describe=lambda: parking.describe("slow"))
     status = parking.wait_done("slow", timeout=300)
