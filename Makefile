@@ -9,6 +9,9 @@ CLUSTER_KUBECONFIG := $(MO_CACHE)/cluster/kubeconfig
 # The suite talks to whatever KUBECONFIG points at; by default, the local cluster.
 export KUBECONFIG ?= $(CLUSTER_KUBECONFIG)
 PYTEST_ARGS ?=
+# e2e in pytest-xdist workers, each with its own operator release and namespace prefix (tests/e2e/conftest.py);
+# 0 runs them in one process
+E2E_WORKERS ?= 0
 
 .PHONY: help
 help: ## list the targets
@@ -86,7 +89,7 @@ endef
 .PHONY: test-e2e
 test-e2e: ## end-to-end tests of the operator against $$KUBECONFIG (real PostgreSQL and Flyway)
 	$(build_local_images)
-	@$(PY) -m pytest tests/e2e -q $(PYTEST_ARGS)
+	@$(PY) -m pytest tests/e2e -q -n $(E2E_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 .PHONY: test-install
 test-install: ## the Helm chart on $$KUBECONFIG: operator as a pod, RBAC bounds, apply -k + wait, restricted Jobs
