@@ -30,7 +30,7 @@ GOOD_PHASES = ("Preflight", "EnteringMaintenance", "BackingUp", "Migrating", "Ve
 ORDER = ("Pending", "AwaitingApproval", *GOOD_PHASES, "RollingBack", "Succeeded", "RolledBack", "Failed")
 TERMINAL = frozenset({"Succeeded", "RolledBack", "Failed"})
 # faults the smoke slice runs alone, after the others (test_smoke_slice says why)
-RUN_ALONE = frozenset({"apiserver-restart", "postgres-kill"})
+RUN_ALONE = frozenset({"apiserver-restart", "postgres-kill", "database-unreachable"})
 # where a Job's pod runs (the kubelet fault needs one): validate, backup, migrate, restore/repair/compensate
 JOB_PHASES = frozenset({"Preflight", "BackingUp", "Migrating", "RollingBack"})
 
