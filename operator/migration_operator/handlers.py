@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,13 +29,22 @@ import kopf
 from kopf._cogs.clients import errors as kopf_errors
 from kopf._core.reactor import queueing as kopf_queueing
 
-from . import constants, jobs, kube, metrics, reconcile
+from . import constants, errors, jobs, kube, metrics, reconcile
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 # The wake-up of each run's daemon: process wiring between kopf's watch handlers and the daemons, not run state
 # (that lives in the resource's status).
 _triggers: dict[tuple[str, str], asyncio.Event] = {}
 ERROR_BACKOFF = (2.0, 5.0, 10.0, 30.0, 60.0)
+# Passes that failed for at least this long (an API server restart, the database gone) get a line in the run's log
+# once a pass gets through again; a single failed pass that the next one repairs does not.
+OUTAGE_NOTE_SECONDS = 5.0
+
+
+def first_error_line(error: BaseException) -> str:
+    """`Type: first line` of an exception, scrubbed, for the run's log."""
+    lines = errors.scrub(str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 FORBIDDEN_WATCH_RETRY = 15.0
 logger = logging.getLogger(__name__)
 
@@ -135,17 +145,23 @@ async def run_migration(
     first = True  # this process's first pass over the run: one found in flight is logged as resumed
     metrics.IN_FLIGHT.inc()
     try:
+        outage: tuple[float, str] | None = None  # since when passes fail, and the first failure
         while not stopped:
             trigger.clear()
+            note = None
+            if outage is not None and time.monotonic() - outage[0] >= OUTAGE_NOTE_SECONDS:
+                note = reconcile.outage_note(time.monotonic() - outage[0], failures, outage[1])
             try:
-                delay = await reconcile.reconcile_once(namespace, name, logger, first=first)
-                failures, first = 0, False
+                delay = await reconcile.reconcile_once(namespace, name, logger, first=first, note=note)
+                failures, first, outage = 0, False, None
             except kopf.TemporaryError as error:
                 logger.warning("%s; retrying in %ss", error, error.delay)
                 delay = float(error.delay or 10.0)
             except Exception as error:  # keep the run alive: the next pass starts from the API's truth
                 delay = ERROR_BACKOFF[min(failures, len(ERROR_BACKOFF) - 1)]
                 failures += 1
+                if outage is None:
+                    outage = (time.monotonic(), first_error_line(error))
                 logger.exception("reconcile failed (%s); retrying in %ss", type(error).__name__, delay)
             if delay is None:
                 return

@@ -178,10 +178,11 @@ def new_status(
     observed: Observations,
     now: str,
     action_error: LastError | None = None,
-    resumed: str | None = None,
+    notes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The status to write: the decision's typed fields plus the bookkeeping of every pass, serialised once.
-    `resumed`: the resume note of a process's first pass (logged under the phase it was found in)."""
+    `notes`: what happened between passes (a resume after another process, an outage the passes could not get through),
+    logged under the phase the run was found in, before the decision's own line."""
     patch = decision.status.model_copy()
     old = ctx.status
     generation = ctx.generation
@@ -204,7 +205,7 @@ def new_status(
     entries = [decision.log] if decision.log else []
     if action_error is not None and action_error.count == 1:
         entries.append(f"{action_error.action} failed: {action_error.message}")
-    added = [LogEntry(time=now, phase=ctx.phase.value, message=resumed[:1000])] if resumed else []
+    added = [LogEntry(time=now, phase=ctx.phase.value, message=note[:1000]) for note in notes]
     if entries or added:
         added += [LogEntry(time=now, phase=decision.phase.value, message=text[:1000]) for text in entries]
         patch.log = [*old.log, *added][-constants.LOG_LIMIT :]
@@ -308,9 +309,21 @@ async def _invalid_spec(body: dict[str, Any], error: pydantic.ValidationError, l
     )
 
 
-async def reconcile_once(namespace: str, name: str, logger: Logger, first: bool = False) -> float | None:
+def outage_note(seconds: float, failures: int, error: str) -> str:
+    """The log line of the first pass that got through after passes that failed (the API server or the database gone
+    for a while): the run's history shows the gap and its cause, not only the operator's log."""
+    return (
+        f"the operator's passes failed for {int(seconds)}s ({failures} in a row, first: {error}); got through again, "
+        "resuming from the status"
+    )
+
+
+async def reconcile_once(
+    namespace: str, name: str, logger: Logger, first: bool = False, note: str | None = None
+) -> float | None:
     """One pass. Returns seconds until the next pass (0: at once), or None when the run is finished. `first`: the
-    first pass of this process over the run (a run found in flight then gets a resume note in its log)."""
+    first pass of this process over the run (a run found in flight then gets a resume note in its log); `note`: a line
+    for the run's log about what happened before this pass (handlers.run_migration: an outage)."""
     body = await kube.get_migration(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
@@ -330,7 +343,8 @@ async def reconcile_once(namespace: str, name: str, logger: Logger, first: bool 
     resumed = resume_note(ctx.phase) if first else None
     if resumed:
         logger.info("%s", resumed)
-    update = new_status(ctx, decision, created, observed, now_iso(), action_error, resumed)
+    notes = tuple(n for n in (resumed, note) if n)
+    update = new_status(ctx, decision, created, observed, now_iso(), action_error, notes)
     if _changed(ctx.body.get("status") or {}, update):
         # No resourceVersion precondition: status is the operator's alone (one daemon per run, passes in sequence),
         # so a client writing labels or annotations meanwhile must not make every pass conflict (a livelock).

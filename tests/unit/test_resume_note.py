@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from migration_operator import reconcile
+from migration_operator import errors, handlers, reconcile
 from migration_operator.machine.context import Context
 from migration_operator.machine.core import Decision
 from migration_operator.models import Phase, parse_spec, parse_status
@@ -40,7 +40,8 @@ def test_the_first_pass_logs_the_resume_before_the_decision(monkeypatch: pytest.
     ctx = _ctx({"phase": "BackingUp", "log": [{"time": "t0", "phase": "BackingUp", "message": "backup: started"}]})
     decision = Decision(phase=Phase.MIGRATING, message="migrating", log="backup verified")
     note = reconcile.resume_note(ctx.phase)
-    status = reconcile.new_status(ctx, decision, {}, Observations(), "t1", resumed=note)
+    assert note is not None
+    status = reconcile.new_status(ctx, decision, {}, Observations(), "t1", notes=(note,))
     log = status["log"]
     assert [entry["message"] for entry in log[:1]] == ["backup: started"]
     assert log[1]["phase"] == "BackingUp" and "op-2 picked this run up in BackingUp" in log[1]["message"]
@@ -52,3 +53,19 @@ def test_a_later_pass_logs_only_its_decision() -> None:
     status = reconcile.new_status(ctx, Decision(phase=Phase.MIGRATING, message="still migrating"), {},
                                   Observations(), "t1")
     assert "log" not in status
+
+
+def test_an_outage_the_passes_got_through_is_logged_with_its_length_and_cause() -> None:
+    error = ConnectionRefusedError(111, "Connection refused")
+    note = reconcile.outage_note(12.7, 4, handlers.first_error_line(error))
+    assert note.startswith("the operator's passes failed for 12s (4 in a row, first: ConnectionRefusedError:")
+    ctx = _ctx({"phase": "Migrating"})
+    status = reconcile.new_status(ctx, Decision(phase=Phase.MIGRATING, message="m"), {}, Observations(), "t2",
+                                  notes=(note,))
+    assert status["log"] == [{"time": "t2", "phase": "Migrating", "message": note}]
+
+
+def test_the_outage_cause_is_scrubbed_of_the_runs_secrets() -> None:
+    errors.remember(["s3cret-Passw0rd"])  # what reconcile_once remembers for the daemon's task
+    line = handlers.first_error_line(RuntimeError("connect failed for s3cret-Passw0rd\nsecond line"))
+    assert "s3cret" not in line and line.startswith("RuntimeError: connect failed") and "second" not in line
