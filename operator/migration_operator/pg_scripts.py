@@ -23,7 +23,9 @@ ever pasted into a shell. Environment of backup and restore:
                    and that the dump does not hold makes it refuse.
 The restore must get the backup's DUMP_SCHEMAS, or the `schemas` the backup reported (those of them that existed):
 a dump does not say how it was scoped, and an empty DUMP_SCHEMAS means the whole database.
-The scripts also honour TMPDIR (their scratch directory is `mktemp -d`).
+The scripts also honour TMPDIR (their scratch directory is `mktemp -d`) and DB_WAIT_SECONDS (default 60: how long a
+server that does not accept connections yet - a restart, crash recovery, a failover - is waited for before the first
+statement; compensate then exits 2 having run nothing).
 
 Restore design: in place, in ONE transaction, and only in the schemas the dump holds. Restoring into a new
 database and swapping names (like Clone) was measured and ruled out by its constraints, not its speed (3 000 000
@@ -58,13 +60,34 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-# Both scripts: strict variables, no globbing, where the volume, the dump and the termination message are.
-_PRELUDE = r"""set -u
+# Every script: a restart of the server is waited out before its first statement.
+_WAIT_FOR_SERVER = r"""
+# A restart or failover of the server (crash recovery: "the database system is starting up", or nobody listening
+# for a few seconds) is waited out for DB_WAIT_SECONDS (default 60) before the first statement: nothing has been
+# sent yet, so waiting is always safe. pg_isready exits 0 when the server accepts connections, 1 while it refuses
+# them (starting up), 2 when nothing answers, 3 when the connection parameters are wrong (not worth waiting for).
+wait_for_server() {
+  until_s=$(( $(date +%s) + ${DB_WAIT_SECONDS:-60} ))
+  while :; do
+    pg_isready -q -t 2 >/dev/null 2>&1
+    case $? in 0) return 0 ;; 3) return 1 ;; esac
+    [ "$(date +%s)" -lt "$until_s" ] || return 1
+    sleep 1
+  done
+}
+"""
+
+_PRELUDE = (
+    r"""set -u
 set -f
 D="${BACKUP_DIR:-/backup}"
 TL="${TERMINATION_LOG:-/dev/termination-log}"
 F="$D/${BACKUP_FILE:-}"
 """
+    + _WAIT_FOR_SERVER
+)
+# Both backup and restore: strict variables, no globbing, where the volume, the dump and the termination message
+# are (above), and the wait for the server.
 
 # ---------------------------------------------------------------------------------------------------------------
 # backup
@@ -85,6 +108,7 @@ free_kib() { df -Pk "$D" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
 [ -n "${BACKUP_FILE:-}" ] || fail "BACKUP_FILE is not set"
 { [ -d "$D" ] && [ -w "$D" ]; } || fail "the backup volume $D is missing or not writable"
 rm -f "$F.partial"
+wait_for_server || fail "the database server did not accept connections within ${DB_WAIT_SECONDS:-60}s"
 set --
 dumped=""
 absent=""
@@ -590,6 +614,7 @@ lit() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/''/g")"; }
 [ -n "${BACKUP_FILE:-}" ] || fail "restore refused: BACKUP_FILE is not set"
 [ -s "$F" ] || fail "restore refused: backup file $BACKUP_FILE missing or empty on the backup volume"
 pg_restore --list "$F" >"$W/toc" 2>"$W/err" || fail "restore refused: pg_restore --list cannot read the backup"
+wait_for_server || fail "restore refused: the database server did not accept connections within ${DB_WAIT_SECONDS:-60}s"
 # the schemas the dump holds, and their owners
 awk '$4 == "SCHEMA" && $5 == "-" { if (NF != 7) { bad = 1; exit } print $6, $7 } END { exit bad }' \
   "$W/toc" >"$W/dumped" || fail "restore refused: the backup holds a schema or owner name with white space"
@@ -708,15 +733,24 @@ cat "$W/message"; head -c 4096 "$W/message" >"$TL"
     .replace("@PRE@", _RESTORE_PRE)
 )
 
-COMPENSATE_SCRIPT = r"""set -u
+COMPENSATE_SCRIPT = (
+    r"""set -u
 TL="${TERMINATION_LOG:-/dev/termination-log}"
 T="${TMPDIR:-/tmp}"
+"""
+    + _WAIT_FOR_SERVER
+    + r"""
 if [ -n "${COMPENSATE_FILE:-}" ]; then SQL=$(cat "$COMPENSATE_FILE") || exit 1; else SQL="${COMPENSATE_SQL:-}"; fi
 # psql --command sends SQL to the server as it is: no meta-command (\! \o \set ...) is ever run, except a string
 # that is one meta-command as a whole, which is refused here.
 if [ "$(printf '%s' "$SQL" | tr -d ' \t\r\n' | head -c 1)" = '\' ]; then
   printf 'compensating SQL refused: it starts with a psql meta-command\n' >"$T/message"
   cat "$T/message"; head -c 4096 "$T/message" >"$TL"; exit 1
+fi
+if ! wait_for_server; then
+  printf 'compensating SQL not run: the database server did not accept connections within %ss\n' \
+    "${DB_WAIT_SECONDS:-60}" >"$T/message"
+  cat "$T/message"; head -c 4096 "$T/message" >"$TL"; exit 2
 fi
 psql --no-psqlrc --set=ON_ERROR_STOP=1 --single-transaction --command="$SQL" >"$T/out" 2>"$T/err"
 rc=$?
@@ -729,6 +763,7 @@ fi
 cat "$T/message"; head -c 4096 "$T/message" >"$TL"
 exit $rc
 """
+)
 
 
 def parse_key_values(output: str | None) -> dict[str, str]:

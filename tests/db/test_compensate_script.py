@@ -31,7 +31,7 @@ def database() -> Iterator[str]:
             admin.execute(sql.SQL("drop database {}").format(sql.Identifier(name)))
 
 
-def run(database: str, tmp_path: Path, compensate_sql: str) -> subprocess.CompletedProcess[str]:
+def run(database: str, tmp_path: Path, compensate_sql: str, **extra: str) -> subprocess.CompletedProcess[str]:
     endpoint = postgres.test_endpoint()
     env = {
         **os.environ,
@@ -40,6 +40,7 @@ def run(database: str, tmp_path: Path, compensate_sql: str) -> subprocess.Comple
         "PGPASSWORD": os.environ.get("MO_E2E_PG_PASSWORD", "postgres"),
         "PGSSLMODE": "prefer", "COMPENSATE_SQL": compensate_sql,
         "TMPDIR": str(tmp_path), "TERMINATION_LOG": str(tmp_path / "termination"),
+        **extra,
     }
     return subprocess.run(["sh", "-c", pg_scripts.COMPENSATE_SCRIPT], env=env, capture_output=True, text=True)
 
@@ -72,3 +73,13 @@ def test_a_meta_command_at_the_start_is_refused(database: str, tmp_path: Path) -
     assert result.returncode != 0 and "refused" in result.stdout
     assert not marker.exists()
     assert (tmp_path / "termination").read_text().startswith("compensating SQL refused")
+
+
+def test_a_server_that_does_not_come_back_is_waited_for_then_nothing_is_run(database: str, tmp_path: Path) -> None:
+    """The script waits out a restart of the server (DB_WAIT_SECONDS) before its transaction; a server that stays
+    away ends it with exit 2 and a message saying the SQL was not run."""
+    done = run(database, tmp_path, "insert into t values (9);", PGPORT="1", DB_WAIT_SECONDS="2")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not run: the database server did not accept connections within 2s" in done.stdout
+    assert (tmp_path / "termination").read_text() == done.stdout
+    assert rows(database) == []

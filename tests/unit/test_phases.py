@@ -189,8 +189,27 @@ def test_wrong_password_fails_preflight_with_bad_credentials() -> None:
     assert "password authentication failed" in condition(decision, reasons.STALLED).message
 
 
-def test_unreachable_database_fails_preflight() -> None:
+def test_unreachable_database_is_retried_in_preflight_then_fails() -> None:
+    """A restart or failover of the database rides through preflight (said at once in status, logged once); one
+    that stays unreachable past timeouts.transientErrorSeconds fails it, the app untouched."""
     database = DatabaseCheck(reachable=False, reason=reasons.DATABASE_UNREACHABLE, message="connection refused")
+    spec = make_spec(timeouts={"transientErrorSeconds": 30})
+    decision = run(spec, make_status(Phase.PREFLIGHT, started_seconds_ago=10), observe(lock=LOCKED, database=database))
+    assert decision.phase == Phase.PREFLIGHT
+    assert "unreachable, retrying for up to 30s: connection refused" in decision.message
+    assert decision.log == decision.message and decision.warning
+    assert not any(isinstance(a, CreateJob) for a in decision.actions)
+    again = run(spec, make_status(Phase.PREFLIGHT, started_seconds_ago=12, message=decision.message),
+                observe(lock=LOCKED, database=database))
+    assert again.phase == Phase.PREFLIGHT and again.log is None
+    late = run(spec, make_status(Phase.PREFLIGHT, started_seconds_ago=31), observe(lock=LOCKED, database=database))
+    _assert_untouched_failure(late, reasons.DATABASE_UNREACHABLE)
+    assert "(unreachable for 31s)" in late.message
+
+
+def test_a_host_name_dns_does_not_know_fails_preflight_at_once() -> None:
+    database = DatabaseCheck(reachable=False, reason=reasons.DATABASE_UNREACHABLE,
+                             message='cannot connect: could not translate host name "postgress" to address')
     decision = run(make_spec(), make_status(Phase.PREFLIGHT), observe(lock=LOCKED, database=database))
     _assert_untouched_failure(decision, reasons.DATABASE_UNREACHABLE)
 

@@ -44,6 +44,7 @@ from .core import (
     elapsed,
     enter,
     fail,
+    first_line,
     next_phase,
     progress,
     restore_scope,
@@ -65,6 +66,11 @@ def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
     return dataclasses.replace(
         parts, volumes=[*parts.volumes, *claim["volumes"]], mounts=[*parts.mounts, *claim["mounts"]]
     )
+
+
+def _name_unresolvable(message: str) -> bool:
+    """A host name DNS does not know (a typo, a Service that does not exist): retrying will not help."""
+    return "could not translate host name" in message or "Name or service not known" in message
 
 
 def binds_backup_claim(spec: DatabaseMigrationSpec) -> str | None:
@@ -269,7 +275,19 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
     if database_check is None:
         return stay(PHASE, "preflight: connecting to the database", reasons.PREFLIGHT, POLL_RETRY)
     if not database_check.reachable:
-        return fail(spec, status, PHASE, database_check.reason or reasons.DATABASE_UNREACHABLE, database_check.message)
+        reason = database_check.reason or reasons.DATABASE_UNREACHABLE
+        waited, patience = elapsed(status, obs.now), spec.timeouts.transient_error_seconds
+        if reason == reasons.DATABASE_UNREACHABLE and not _name_unresolvable(database_check.message):
+            if waited < patience:
+                # a restart, a failover or a network blip: ride it out (the status says so at once), as the other
+                # phases do with errors that may go away; a port nobody listens on fails after the same wait
+                message = f"preflight: the database is unreachable, retrying for up to {patience}s: "
+                decision = stay(PHASE, message + first_line(database_check.message), reasons.RETRYING, POLL_RETRY)
+                if not (status.message or "").startswith(message):
+                    decision.log, decision.warning = decision.message, True
+                return decision
+            return fail(spec, status, PHASE, reason, f"{database_check.message} (unreachable for {int(waited)}s)")
+        return fail(spec, status, PHASE, reason, database_check.message)
     if database_check.failed_rows:
         rows = ", ".join(f"version {r.version} ({r.script})" for r in database_check.failed_rows)
         return fail(
