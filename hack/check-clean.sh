@@ -3,7 +3,7 @@
 #
 #   hack/check-clean.sh [--state DIR] [--bridge NAME]            after `hack/cluster.sh down` or `reset`: exits 1
 #                                                               and lists every leftover (processes, bridge and
-#                                                               veths, /run/netns/cni-*, mounts, KUBE-*/CNI-*
+#                                                               veths, /run/netns/cni-*, mounts, KUBE-*/CNI-*/MO-FAULT, the fault suite's tmpfs mounts
 #                                                               chains, kube-proxy nft tables, kubepods cgroups)
 #   hack/check-clean.sh listeners [--state DIR] [--bridge NAME]  while the cluster runs: exits 1 and lists every
 #                                                               listening TCP/UDP socket of the cluster's processes
@@ -115,7 +115,8 @@ check_all() {
   local m
   while read -r m; do
     problem "mount: $m"
-  done < <(awk -v s="$STATE/" '{gsub(/\\040/, " ", $2)} index($2, s) == 1 || $2 == "/var/lib/kubelet" ||
+  done < <(awk -v s="$STATE/" -v f="$MO_CACHE/faults/" '{gsub(/\\040/, " ", $2)} index($2, s) == 1 || index($2, f) == 1 ||
+    $2 == "/var/lib/kubelet" ||
     index($2, "/var/lib/kubelet/") == 1 || index($2, "/run/netns/cni-") == 1 {print $2}' /proc/self/mounts)
 
   # iptables chains (nft backend only) and kube-proxy's own nft tables
@@ -127,12 +128,12 @@ check_all() {
       continue
     fi
     for table in filter nat mangle raw; do
-      for chain in $("$cmd" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && ($2 ~ /^KUBE-/ || $2 ~ /^CNI-/) {print $2}'); do
+      for chain in $("$cmd" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && ($2 ~ /^KUBE-/ || $2 ~ /^CNI-/ || $2 == "MO-FAULT") {print $2}'); do
         problem "$cmd chain: $table/$chain"
       done
       while read -r rule; do
         problem "$cmd rule: $table: $rule"
-      done < <("$cmd" -t "$table" -S 2>/dev/null | awk '$1 == "-A" && $2 !~ /^(KUBE|CNI)-/ && /-j (KUBE|CNI)-/')
+      done < <("$cmd" -t "$table" -S 2>/dev/null | awk '$1 == "-A" && $2 !~ /^(KUBE|CNI)-/ && $2 != "MO-FAULT" && /-j (KUBE|CNI|MO)-/')
     done
   done
   if command -v nft >/dev/null; then
