@@ -322,8 +322,11 @@ def gateway_deployment(database: str, replicas: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def parking(api: client.ApiClient, operator: Operator | None, crd: None) -> Iterator[ParkingApp]:
+@contextlib.contextmanager
+def parking_world(api: client.ApiClient, operator: Operator | None) -> Iterator[ParkingApp]:
+    """One test's world (the `parking` fixture; the fault suite's concurrent trials build several): a namespace of
+    its own, a copy of the parking database, the login Secrets, the backup claim, the migrations ConfigMap and the
+    gateway at 3 replicas, all removed on the way out."""
     with postgres.cloned_database() as database, temporary_namespace(api, PREFIX) as namespace:
         app = ParkingApp(api=api, namespace=namespace, database=database, operator=operator)
         core = client.CoreV1Api(api)
@@ -347,6 +350,12 @@ def parking(api: client.ApiClient, operator: Operator | None, crd: None) -> Iter
             for name in app.created:
                 with contextlib.suppress(ApiException):
                     app.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+@pytest.fixture
+def parking(api: client.ApiClient, operator: Operator | None, crd: None) -> Iterator[ParkingApp]:
+    with parking_world(api, operator) as app:
+        yield app
 
 
 # ---------------------------------------------------------------------------------------------- secret scan

@@ -23,10 +23,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.e2e.conftest import ParkingApp, secret_hits
+from tests.e2e.conftest import ParkingApp, parking_world, secret_hits
 from tests.faults import matrix
 from tests.faults.matrix import ORDER, SCENARIOS, TERMINAL, Database, Result, Trial
-from tests.faults.world import parking_world
 from tests.support import faults, local_cluster, postgres
 from tests.support.operator import Operator, OperatorPod
 from tests.support.wait import WaitTimeout, wait_for

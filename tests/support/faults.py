@@ -138,15 +138,7 @@ KUBELET = "kubelet"
 
 
 def _pid(node: LocalNode, name: str) -> int | None:
-    try:
-        pid = int((node.state / "pids" / name).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return pid if name.encode() in cmdline and local_cluster.process_exists(pid) else None
+    return local_cluster.component_pid(node, name)
 
 
 def _readyz(api: client.ApiClient) -> bool:

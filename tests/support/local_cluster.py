@@ -136,16 +136,22 @@ def kill_container(node: LocalNode, container_id: str | None) -> None:
 # -- the kubelet ------------------------------------------------------------------------------------
 
 
-def kubelet_pid(node: LocalNode) -> int | None:
+def component_pid(node: LocalNode, name: str) -> int | None:
+    """The live pid of a host process hack/cluster.sh started (its pid file `<state>/pids/<name>`, checked against the
+    process's command line so a recycled pid is not taken for it), or None."""
     try:
-        pid = int(node.kubelet_pid_file.read_text().strip())
+        pid = int((node.state / "pids" / name).read_text().strip())
     except (OSError, ValueError):
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    return pid if b"kubelet" in cmdline and process_exists(pid) else None
+    return pid if name.encode() in cmdline and process_exists(pid) else None
+
+
+def kubelet_pid(node: LocalNode) -> int | None:
+    return component_pid(node, "kubelet")
 
 
 def kill_kubelet(node: LocalNode, timeout: float = 30) -> int:
