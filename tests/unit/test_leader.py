@@ -6,17 +6,15 @@ resourceVersion), the Leases being the client's own V1Lease objects."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kubernetes.client import V1Lease
-from kubernetes.client.exceptions import ApiException
 
 from migration_operator import kube, leader
 from migration_operator.leader import LeaseRecord, Observed, Timing
+from tests.unit import fake_leases
 
 TIMING = Timing(lease_duration=15, renew_deadline=10, retry_period=2)
 
@@ -122,37 +120,7 @@ def test_release_empties_the_holder() -> None:
 
 
 # ---- the elector against an in-memory API --------------------------------------------------------------------------
-class Coordination:
-    def __init__(self) -> None:
-        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
-        self.versions = itertools.count(1)
-        self.fail = False
-
-    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> V1Lease:
-        if self.fail:
-            raise ApiException(status=503, reason="Service Unavailable")
-        if (namespace, name) not in self.leases:
-            raise ApiException(status=404)
-        return V1Lease.from_dict(self.leases[(namespace, name)])
-
-    def _store(self, namespace: str, body: dict[str, Any]) -> V1Lease:
-        stored = {**body, "metadata": {**body["metadata"], "resourceVersion": str(next(self.versions))}}
-        self.leases[(namespace, body["metadata"]["name"])] = stored
-        return V1Lease.from_dict(stored)
-
-    def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> V1Lease:
-        if (namespace, body["metadata"]["name"]) in self.leases:
-            raise ApiException(status=409)
-        return self._store(namespace, body)
-
-    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> V1Lease:
-        current = self.leases.get((namespace, name))
-        if current is None:
-            raise ApiException(status=404)
-        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            raise ApiException(status=409)
-        return self._store(namespace, body)
-
+class Coordination(fake_leases.Coordination):
     def holder(self) -> str | None:
         return next(iter(self.leases.values()))["spec"]["holderIdentity"] if self.leases else None
 

@@ -5,7 +5,6 @@ V1Lease objects."""
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -14,45 +13,10 @@ from kubernetes.client.exceptions import ApiException
 
 from migration_operator import kube, lock
 from migration_operator.models import DatabaseMigrationSpec, parse_spec
-from tests.unit import specs
+from tests.unit import fake_leases, specs
 
 
-class Coordination:
-    def __init__(self) -> None:
-        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
-        self.versions = itertools.count(1)
-
-    def read_namespaced_lease(self, name: str, namespace: str) -> V1Lease:
-        if (namespace, name) not in self.leases:
-            raise ApiException(status=404)
-        return V1Lease.from_dict(self.leases[(namespace, name)])
-
-    def _store(self, namespace: str, body: dict[str, Any]) -> V1Lease:
-        stored = {**body, "metadata": {**body["metadata"], "resourceVersion": str(next(self.versions))}}
-        self.leases[(namespace, body["metadata"]["name"])] = stored
-        return V1Lease.from_dict(stored)
-
-    def create_namespaced_lease(self, namespace: str, body: dict[str, Any]) -> V1Lease:
-        if (namespace, body["metadata"]["name"]) in self.leases:
-            raise ApiException(status=409)
-        return self._store(namespace, body)
-
-    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any]) -> V1Lease:
-        current = self.leases.get((namespace, name))
-        if current is None:
-            raise ApiException(status=404)
-        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            raise ApiException(status=409)
-        return self._store(namespace, body)
-
-    def delete_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any]) -> None:
-        current = self.leases.get((namespace, name))
-        if current is None:
-            raise ApiException(status=404)
-        if body["preconditions"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
-            raise ApiException(status=409)
-        del self.leases[(namespace, name)]
-
+class Coordination(fake_leases.Coordination):
     def holders(self) -> dict[str, str]:
         """Lease annotation (what it guards) -> holder."""
         return {
