@@ -270,17 +270,24 @@ def backup_volume(spec: DatabaseMigrationSpec, name: str, uid: str) -> dict[str,
     }
 
 
+def dump_claim(spec: DatabaseMigrationSpec) -> str | None:
+    """The backup claim a Dump backup writes to, or None (no backup, Clone, or no volume)."""
+    backup = spec.backup
+    if backup.enabled and backup.method == BackupMethod.DUMP and backup.volume is not None:
+        return backup.volume.claim_name
+    return None
+
+
 def backup_claim_binding(spec: DatabaseMigrationSpec) -> dict[str, list[dict[str, Any]]]:
     """volumes/mounts that make a pod a consumer of the backup claim, read-only: the preflight's validate Job carries
     them so that a claim of a `WaitForFirstConsumer` StorageClass (local-path, most cloud disks) is provisioned and
     bound before the app is touched, not by the backup Job inside the maintenance window. Nothing without a Dump
     backup to a volume."""
-    backup = spec.backup
-    if not (backup.enabled and backup.method == BackupMethod.DUMP and backup.volume is not None):
+    claim = dump_claim(spec)
+    if claim is None:
         return {"volumes": [], "mounts": []}
-    claim = {"claimName": backup.volume.claim_name, "readOnly": True}
     return {
-        "volumes": [{"name": "backup", "persistentVolumeClaim": claim}],
+        "volumes": [{"name": "backup", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
         "mounts": [{"name": "backup", "mountPath": constants.BACKUP_MOUNT, "readOnly": True}],
     }
 

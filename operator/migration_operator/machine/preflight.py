@@ -73,14 +73,6 @@ def _name_unresolvable(message: str) -> bool:
     return "could not translate host name" in message or "Name or service not known" in message
 
 
-def binds_backup_claim(spec: DatabaseMigrationSpec) -> str | None:
-    """The backup claim the validate Job mounts (to bind it before maintenance), or None."""
-    volume = spec.backup.volume
-    if spec.backup.enabled and spec.backup.method == BackupMethod.DUMP and volume is not None:
-        return volume.claim_name
-    return None
-
-
 def claim_problem(
     claim: str, phase: str | None, storage_class: str | None, selected_node: str | None, waited_seconds: float
 ) -> tuple[str, str] | None:
@@ -163,12 +155,13 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
                 "spec.migrations.configMap",
             )
         )
-    if spec.backup.enabled and spec.backup.method == BackupMethod.DUMP and spec.backup.volume:
+    claim = jobs.dump_claim(spec)
+    if claim is not None:
         needed.append(
             (
                 clients.core.read_namespaced_persistent_volume_claim,
                 "PersistentVolumeClaim",
-                spec.backup.volume.claim_name,
+                claim,
                 reasons.BACKUP_VOLUME_NOT_FOUND,
                 "spec.backup.volume",
             )
@@ -177,7 +170,7 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
         found = await kube.get_or_none(reader, name, namespace)
         if found is None:
             missing.append((reason, f"{kind} {name} ({field}) not found"))
-        elif name == binds_backup_claim(spec) and kind == "PersistentVolumeClaim":
+        elif name == claim and kind == "PersistentVolumeClaim":
             annotations = found.metadata.annotations or {}
             problem = claim_problem(
                 name,
@@ -316,7 +309,7 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
 
     job = obs.job(Step.VALIDATE)
     if job.state == "Absent":
-        claim = binds_backup_claim(spec)
+        claim = jobs.dump_claim(spec)
         return Decision(
             phase=PHASE,
             message="preflight: running flyway info and validate",
