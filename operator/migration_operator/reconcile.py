@@ -12,8 +12,6 @@ observation too (`errors.py`, `machine/guards.py`): it reaches the status in the
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -28,6 +26,7 @@ from . import (
     errors,
     jobs,
     kube,
+    leader,
     lock,
     machine,
     maintenance,
@@ -155,18 +154,13 @@ def now_iso() -> str:
     return iso(datetime.now(UTC))
 
 
-def operator_identity() -> str:
-    """Who runs this process, for the deployment log: its pod (the chart sets POD_NAME), else host and pid."""
-    return os.environ.get("POD_NAME") or f"{socket.gethostname()}/{os.getpid()}"
-
-
 def resume_note(phase: Phase) -> str | None:
     """The log line of the first pass of a process over a run that another process left in flight (an operator
     restart, a crash, a leader change): a fault the user should see in the run's own history, not only in our logs."""
     if phase in TERMINAL_PHASES or phase == Phase.PENDING:
         return None
     return (
-        f"operator {operator_identity()} picked this run up in {phase.value} (the operator before it stopped, "
+        f"operator {leader.identity()} picked this run up in {phase.value} (the operator before it stopped, "
         "crashed or lost its leadership): resuming from the status and the run's Jobs"
     )
 
