@@ -29,7 +29,7 @@ import kopf
 from kopf._cogs.clients import errors as kopf_errors
 from kopf._core.reactor import queueing as kopf_queueing
 
-from . import constants, errors, jobs, kube, metrics, reconcile
+from . import constants, errors, jobs, kube, metrics, reconcile, tail
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 # The wake-up of each run's daemon: process wiring between kopf's watch handlers and the daemons, not run state
@@ -45,6 +45,8 @@ def first_error_line(error: BaseException) -> str:
     """`Type: first line` of an exception, scrubbed, for the run's log."""
     lines = errors.scrub(str(error)).strip().splitlines()
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
 FORBIDDEN_WATCH_RETRY = 15.0
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,11 @@ def tolerate_forbidden_watches(watcher: Callable[..., Awaitable[None]]) -> Calla
                     resource = kwargs.get("resource")
                     logger.warning(
                         "watching %s in namespace %s is forbidden (%s); retrying every %ss until it is allowed again "
-                        "or the namespace is gone", resource, namespace, error, FORBIDDEN_WATCH_RETRY,
+                        "or the namespace is gone",
+                        resource,
+                        namespace,
+                        error,
+                        FORBIDDEN_WATCH_RETRY,
                     )
                     warned = True
             await asyncio.sleep(FORBIDDEN_WATCH_RETRY)
@@ -84,8 +90,10 @@ if not getattr(kopf_queueing.watcher, "tolerates_forbidden", False):
 
 def quiet_handler_success(record: logging.LogRecord) -> bool:
     """Demote kopf's "Handler '...' succeeded." to DEBUG (dropped unless debug logging is on)."""
-    if record.levelno == logging.INFO and str(record.msg).startswith("Handler '") and str(record.msg).endswith(
-        " succeeded."
+    if (
+        record.levelno == logging.INFO
+        and str(record.msg).startswith("Handler '")
+        and str(record.msg).endswith(" succeeded.")
     ):
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger("kopf").isEnabledFor(logging.DEBUG)
@@ -128,6 +136,9 @@ async def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -
     # an app scales. Ours log what matters (phase changes, actions, errors); kopf's own lines go to debug.
     logging.getLogger("kopf.objects").addFilter(quiet_handler_success)
     kube.load()
+    loop = asyncio.get_running_loop()
+    # a followed step's log that ended (`tail`, in its own thread) wakes the run in the loop
+    tail.set_waker(lambda namespace, label: loop.call_soon_threadsafe(poke_labelled, namespace, label))
     port = int(os.environ.get("METRICS_PORT", "8080"))
     metrics.serve(port)
     logger.info("migration-operator started (metrics on :%s)", port or "disabled")
@@ -192,8 +203,10 @@ async def job_changed(namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
     labels={constants.MANAGED_BY_LABEL: constants.MANAGED_BY_VALUE, constants.MIGRATION_LABEL: kopf.PRESENT},
 )
 async def job_pod_changed(namespace: str | None, labels: kopf.Labels, status: kopf.Status, **_: Any) -> None:
-    """A Job's pod that ended wakes its run at once (`jobs.ended_pod_state` judges it)."""
-    if status.get("phase") in ENDED_POD_PHASES:
+    """A Job's pod that ended, or whose container ended (the kubelet reports that ~1 s before the pod's own phase),
+    wakes its run at once (`jobs.ended_pod_state` judges it)."""
+    containers = status.get("containerStatuses") or []
+    if status.get("phase") in ENDED_POD_PHASES or any((c.get("state") or {}).get("terminated") for c in containers):
         poke_labelled(namespace, labels.get(constants.MIGRATION_LABEL))
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from . import constants, flyway, kube
+from . import constants, flyway, kube, tail
 from .models import BackupMethod, DatabaseMigrationSpec
 from .observations import ABSENT, JobObservation, JobState
 from .reasons import Step
@@ -91,7 +91,9 @@ SCRUB_VARS = "DBOPS_SCRUB_VARS"
 # Every step's script runs in a subshell whose output (stdout and stderr, then the termination message) passes
 # through awk, which masks the values of the variables named in $DBOPS_SCRUB_VARS: the pod's log and its status carry
 # no login, whatever the tools print (Flyway's `installedBy`, a psql error, a compensating SQL's `\! printenv`). The
-# pod-side twin of `errors.scrub`; without awk in the image the output passes unchanged.
+# pod-side twin of `errors.scrub`; without awk in the image the output passes unchanged. The first and the last line
+# of the log are `tail`'s BEGIN and END marks: the operator sees the script's end in its log, ~1 s before the kubelet
+# reports the container's.
 _SCRUB_PRELUDE = r"""dbops_scrub='BEGIN { n = split(ENVIRON["DBOPS_SCRUB_VARS"], names, " ")
   for (i = 1; i <= n; i++) { v = ENVIRON[names[i]]; if (length(v) >= 3) { k++; s[k] = v } }
   for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++)
@@ -105,6 +107,8 @@ _SCRUB_PRELUDE = r"""dbops_scrub='BEGIN { n = split(ENVIRON["DBOPS_SCRUB_VARS"],
 END { if (mode == "detect") exit hit ? 0 : 1 }'
 command -v awk >/dev/null 2>&1 || dbops_scrub=''
 dbops_filter() { if [ -n "$dbops_scrub" ]; then awk "$dbops_scrub" "$@"; else cat "$@"; fi; }
+dbops_mark=$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$-$(date +%s)")
+echo "DBOPS-BEGIN $dbops_mark"
 { (
 """
 # The termination message is rewritten only when it holds a value: a step that writes its own scrubbed message (the
@@ -115,7 +119,9 @@ if [ -n "$dbops_scrub" ] && [ -s /dev/termination-log ] \
    && awk -v mode=detect "$dbops_scrub" /dev/termination-log 2>/dev/null; then
   dbops_filter /dev/termination-log >/tmp/.dbops-tl 2>/dev/null && cat /tmp/.dbops-tl >/dev/termination-log 2>/dev/null
 fi
-exit "$(cat /tmp/.dbops-rc 2>/dev/null || echo 1)"
+dbops_rc=$(cat /tmp/.dbops-rc 2>/dev/null || echo 1)
+echo "DBOPS-END $dbops_mark $dbops_rc"
+exit "$dbops_rc"
 """
 
 
@@ -399,15 +405,19 @@ def job_state(job: Any) -> tuple[JobState, Any]:
 DEADLINE_MARGIN_SECONDS = 5.0
 
 
-def ended_pod_state(job: Any, pods: list[Any], now: datetime) -> JobState | None:
+def ended_pod_state(job: Any, pods: list[Any], now: datetime, streamed_exit: int | None = None) -> JobState | None:
     """Succeeded or Failed when the Job's pod has ended and the Job's status does not say so yet; else None.
 
-    The Job controller reports a finished pod at its next batched sync (up to a second later), and the maintenance
-    window should not wait for that. The pod alone tells the outcome only when the Job can do nothing else with it:
-    one pod for one completion, no retry of a failed pod (backoffLimit 0, no podFailurePolicy that could ignore the
+    The Job controller reports a finished pod at its next batched sync (up to a second later), and the kubelet marks
+    the pod itself Succeeded or Failed only after it tore the pod's sandbox down (~1 s after the container's end is
+    reported, measured on the local node): the maintenance window should wait for neither. The pod alone tells the
+    outcome only when the Job can do nothing else with it: one pod for one completion, never restarted
+    (`restartPolicy: Never`), no retry of a failed pod (backoffLimit 0, no podFailurePolicy that could ignore the
     failure), nothing being deleted, and the Job's active deadline not near (past it, the Job fails with
-    DeadlineExceeded whatever the pod did). Success needs the main container's exit code 0. In every other case the
-    Job's own status decides, as it does whenever it already says Succeeded or Failed."""
+    DeadlineExceeded whatever the pod did). Then the main container's end decides, as soon as it is known (the
+    kubelet's report, or `streamed_exit`: the END line of its log, `tail`): exit code 0 is Succeeded, any other
+    Failed. In every other case the Job's own status decides, as it does whenever
+    it already says Succeeded or Failed."""
     spec = job.spec
     if spec is None or job.metadata.deletion_timestamp is not None or len(pods) != 1:
         return None
@@ -422,16 +432,29 @@ def ended_pod_state(job: Any, pods: list[Any], now: datetime) -> JobState | None
     status = pod.status
     if status is None or pod.metadata.deletion_timestamp is not None:
         return None
+    retried = spec.backoff_limit != 0 or spec.pod_failure_policy is not None
+    template = spec.template.spec if spec.template else None
+    main = template.containers[0].name if template and template.containers else None
+    exit_code = main_exit_code(pod, main)
     if status.phase == "Succeeded":
-        main = spec.template.spec.containers[0].name if spec.template and spec.template.spec else None
-        ended = [
-            c.state.terminated
-            for c in status.container_statuses or []
-            if c.name == main and c.state is not None and c.state.terminated is not None
-        ]
-        return "Succeeded" if ended and ended[0].exit_code == 0 else None
-    if status.phase == "Failed" and spec.backoff_limit == 0 and spec.pod_failure_policy is None:
-        return "Failed"
+        return "Succeeded" if exit_code == 0 else None
+    if status.phase == "Failed":
+        return None if retried else "Failed"
+    if exit_code is None:
+        exit_code = streamed_exit  # the END line of its log (`tail`): the container has ended, not yet reported
+    if exit_code is None or retried or template is None or template.restart_policy != "Never":
+        return None
+    # still Running (or Pending) on the API, but its one container ended for good
+    return "Succeeded" if exit_code == 0 else "Failed"
+
+
+def main_exit_code(pod: Any, main: str | None) -> int | None:
+    """The exit code of `pod`'s container `main` once the kubelet reported it terminated, else None."""
+    statuses = pod.status.container_statuses if pod.status else None
+    for container in statuses or []:
+        if container.name == main and container.state is not None and container.state.terminated is not None:
+            code: int = container.state.terminated.exit_code
+            return code
     return None
 
 
@@ -519,6 +542,22 @@ async def _read_log(namespace: str, pod: str, container: str, message: str | Non
         raise
 
 
+def _follow(namespace: str, job: Any, pods: list[Any]) -> None:
+    """Follow the log of the Job's one running pod's main container (`tail`), when nothing else can follow it."""
+    if len(pods) != 1 or job.spec is None or job.spec.backoff_limit != 0 or not job.spec.template.spec:
+        return
+    pod, main = pods[0], job.spec.template.spec.containers[0].name
+    if pod.metadata.deletion_timestamp is not None or pod.status is None:
+        return
+    running = any(
+        c.name == main and c.state is not None and c.state.running is not None
+        for c in pod.status.container_statuses or []
+    )
+    label = (pod.metadata.labels or {}).get(constants.MIGRATION_LABEL)
+    if running and label:
+        tail.follow(namespace, pod.metadata.name, pod.metadata.uid, main, label, LOG_LIMIT_BYTES)
+
+
 async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObservation:
     """The Job's state; while it runs, why its pod cannot start (if so); once it ended (its status says so, or its
     pod ended: `ended_pod_state`), its main container's complete output (log, or termination message as the
@@ -532,9 +571,16 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
         return ABSENT
     state, failed_condition = job_state(job)
     pods = await _job_pods(namespace, job.metadata.uid)
-    early = ended_pod_state(job, pods, datetime.now(UTC)) if state == "Running" else None
+    streamed = tail.ended(pods[0].metadata.uid) if state == "Running" and len(pods) == 1 else None
+    if state == "Running":
+        early = ended_pod_state(job, pods, datetime.now(UTC), streamed.exit_code if streamed else None)
+    else:
+        early = None
+        for pod in pods:
+            tail.forget(pod.metadata.uid)
     state = early or state
     if state == "Running":
+        _follow(namespace, job, pods)
         waiting = next((w for w in (pod_waiting(p) for p in reversed(pods)) if w is not None), None)
         if waiting is None:
             return JobObservation("Running")
@@ -563,8 +609,14 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
                 message, exit_code, pod_reason = terminated.message, terminated.exit_code, terminated.reason
                 ended_pod, main = pod, container.name
     log = None
-    if read_log and ended_pod is not None and main is not None:
+    if early and ended_pod is None and streamed is not None:  # ended by its log's END line: the kubelet has not said
+        ended_pod, exit_code = pods[0], streamed.exit_code
+        log = streamed.log
+    elif read_log and ended_pod is not None and main is not None:
         log = await _read_log(namespace, ended_pod.metadata.name, main, message)
+        if log is not None:
+            log = kube.PodLog(tail.without_marks(log.text) or "", log.truncated)
+    message = tail.without_marks(message)
     output, source, truncated = choose_output(message, log)
     failure = None
     if state == "Failed":

@@ -100,6 +100,14 @@ async def test_a_jobs_pod_that_ended_wakes_its_run_only(
     assert [key for key, trigger in triggers.items() if trigger.is_set()] == [("ns", LONG_NAME)]
 
 
+async def test_a_jobs_pod_whose_container_ended_wakes_its_run_before_the_pods_phase_says_so(
+    triggers: dict[tuple[str, str], asyncio.Event],
+) -> None:
+    ended = {"phase": "Running", "containerStatuses": [{"name": "migrate", "state": {"terminated": {"exitCode": 0}}}]}
+    await handlers.job_pod_changed(namespace="ns", labels=pod_labels(LONG_NAME), status=ended)
+    assert [key for key, trigger in triggers.items() if trigger.is_set()] == [("ns", LONG_NAME)]
+
+
 @pytest.mark.parametrize("phase", [None, "Pending", "Running"])
 async def test_a_jobs_pod_that_runs_wakes_nobody(triggers: dict[tuple[str, str], asyncio.Event], phase: str) -> None:
     await handlers.job_pod_changed(namespace="ns", labels=pod_labels(LONG_NAME), status={"phase": phase})

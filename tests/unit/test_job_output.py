@@ -14,7 +14,7 @@ import test_flyway
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from migration_operator import flyway, jobs, kube, machine
+from migration_operator import flyway, jobs, kube, machine, tail
 from migration_operator.models import parse_spec
 from migration_operator.observations import JobObservation
 
@@ -377,6 +377,7 @@ def our_job(
     found.spec.active_deadline_seconds = deadline
     found.status.start_time = datetime.now(UTC) if started == "now" else started
     found.metadata.deletion_timestamp = datetime.now(UTC) if deleting else None
+    found.spec.template.spec.restart_policy = "Never"
     return found
 
 
@@ -447,6 +448,104 @@ async def test_a_failed_init_container_fails_the_job_from_its_pod(api: Any) -> N
 async def test_otherwise_the_jobs_status_decides(api: Any, the_job: Any, pods: Any) -> None:
     api(the_job(), pods(), b"ok\n")
     assert (await jobs.observe("ns", "run-validate")).state == "Running"
+
+
+def container_ended(exit_code: int, message: str | None = None) -> client.V1Pod:
+    """The pod as the API shows it when the kubelet reported its container's end but not yet the pod's phase."""
+    return pod(
+        "Running",
+        [status("copy-migrations", **terminated(finished=5))],
+        [status("validate", **terminated(exit_code, message))],
+    )
+
+
+async def test_a_container_that_ended_ends_the_job_before_its_pods_phase_does(api: Any) -> None:
+    output = validate_output()
+    api(our_job(), [container_ended(0, termination_message(output))], output.encode())
+    observed = await jobs.observe("ns", "run-validate")
+    assert (observed.state, observed.exit_code, observed.output) == ("Succeeded", 0, output)
+    message = '==> migrate <==\n{"error": {"message": "relation already exists"}}\n'
+    api(our_job(), [container_ended(3, message)], message.encode())
+    observed = await jobs.observe("ns", "run-validate")
+    assert (observed.state, observed.exit_code) == ("Failed", 3)
+    assert observed.failure == "pod run-validate-abcde failed: exit code 3"
+
+
+def restarted_by_kubelet() -> client.V1Job:
+    found = our_job()
+    found.spec.template.spec.restart_policy = "OnFailure"
+    return found
+
+
+@pytest.mark.parametrize(
+    ("the_job", "the_pod"),
+    [
+        # the kubelet may start the container again
+        (restarted_by_kubelet, lambda: container_ended(1)),
+        # the Job may create another pod
+        (lambda: our_job(backoff_limit=1), lambda: container_ended(1)),
+        # only the init container ended
+        (
+            our_job,
+            lambda: pod(
+                "Running",
+                [status("copy-migrations", **terminated(finished=5))],
+                [status("validate", **waiting("PodInitializing"))],
+            ),
+        ),
+    ],
+)
+async def test_a_container_that_ended_decides_only_when_nothing_else_can_follow(
+    api: Any, the_job: Any, the_pod: Any
+) -> None:
+    api(the_job(), [the_pod()], b"ok\n")
+    assert (await jobs.observe("ns", "run-validate")).state == "Running"
+
+
+def followed_pod(uid: str) -> client.V1Pod:
+    found = running_pod()
+    found.metadata.uid, found.metadata.labels = uid, {"dbops.io/migration": "run"}
+    return found
+
+
+async def test_a_running_pods_log_is_followed(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    followed: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(tail, "follow", lambda *args: followed.append(args) or True)
+    api(our_job(), [followed_pod("pod-1")])
+    assert (await jobs.observe("ns", "run-validate")).state == "Running"
+    assert followed == [("ns", "run-validate-abcde", "pod-1", "validate", "run", jobs.LOG_LIMIT_BYTES)]
+
+
+async def test_the_end_line_of_its_log_ends_the_job_before_the_kubelet_says_so(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = validate_output()
+    monkeypatch.setitem(tail._ended, "pod-2", tail.Ended(0, kube.PodLog(output, False), 0.0))
+    fake = api(our_job(), [followed_pod("pod-2")])
+    observed = await jobs.observe("ns", "run-validate")
+    assert observed == JobObservation("Succeeded", output=output, exit_code=0, output_source="log")
+    assert not fake.log_calls
+    monkeypatch.setitem(tail._ended, "pod-3", tail.Ended(1, kube.PodLog("boom\n", False), 0.0))
+    api(our_job(), [followed_pod("pod-3")])
+    observed = await jobs.observe("ns", "run-validate")
+    assert (observed.state, observed.exit_code, observed.failure) == (
+        "Failed",
+        1,
+        "pod run-validate-abcde failed: exit code 1",
+    )
+    # the same guards as the kubelet's report: a Job that may retry decides itself
+    api(our_job(backoff_limit=1), [followed_pod("pod-3")])
+    assert (await jobs.observe("ns", "run-validate")).state == "Running"
+
+
+async def test_the_marks_never_reach_the_parsers(api: Any) -> None:
+    output = validate_output()
+    api(
+        our_job(succeeded=1),
+        [ended_pod(termination_message(output))],
+        f"DBOPS-BEGIN m\n{output}DBOPS-END m 0\n".encode(),
+    )
+    assert (await jobs.observe("ns", "run-validate")).output == output
 
 
 async def test_the_jobs_status_wins_over_its_pod(api: Any) -> None:

@@ -1,0 +1,58 @@
+"""`tail`: a step's end seen in its log (the BEGIN/END marks every step's script prints), before the kubelet says so."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from migration_operator import jobs, tail
+
+
+def chunks(text: str, size: int = 7) -> list[bytes]:
+    data = text.encode()
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_the_end_line_with_the_scripts_mark_ends_the_log() -> None:
+    log = "DBOPS-BEGIN m-1\n==> migrate <==\n{}\nDBOPS-END m-1 0\n"
+    assert tail.scan(chunks(log), 1024) == (0, tail.kube.PodLog("==> migrate <==\n{}\n", truncated=False))
+
+
+def test_an_end_line_with_another_mark_is_output() -> None:
+    """A tool that prints an END line (a copy of another run's log, a migration's RAISE NOTICE) does not end it."""
+    log = "DBOPS-BEGIN m-1\nDBOPS-END other 0\nDBOPS-END m-1 x\nstill running\n"
+    assert tail.scan(chunks(log), 1024) is None
+    ended = tail.scan(chunks(log + "DBOPS-END m-1 3\n"), 1024)
+    assert ended == (3, tail.kube.PodLog("DBOPS-END other 0\nDBOPS-END m-1 x\nstill running\n", truncated=False))
+
+
+def test_no_begin_line_no_end() -> None:
+    """A Job of an operator without the marks: the stream's end is not the container's, the kubelet decides."""
+    assert tail.scan(chunks("==> migrate <==\nDBOPS-END m-1 0\n"), 1024) is None
+
+
+def test_a_long_output_is_kept_up_to_the_bound() -> None:
+    log = "DBOPS-BEGIN m\n" + "".join(f"line {i}\n" for i in range(100)) + "DBOPS-END m 0\n"
+    code, kept = tail.scan(chunks(log, 13), 40) or (None, None)
+    assert code == 0 and kept is not None and kept.truncated
+    assert kept.text == "line 0\nline 1\nline 2\nline 3\nline 4\n" and len(kept.text) <= 40
+
+
+def test_the_marks_are_not_output() -> None:
+    assert tail.without_marks("DBOPS-BEGIN a\nx\nDBOPS-END a 0\n") == "x\n"
+    assert tail.without_marks("x\n") == "x\n" and tail.without_marks(None) is None
+
+
+def test_every_steps_script_prints_the_marks_around_its_output(tmp_path: Path) -> None:
+    """The script's first line is BEGIN, its last END with the step's exit code, after all of its output."""
+    termination = tmp_path / "termination-log"
+    termination.write_text("")
+    script = jobs.scrubbed("echo one\necho two 1>&2\nexit 4").replace("/dev/termination-log", str(termination))
+    result = subprocess.run(["sh", "-c", script], env=os.environ | {jobs.SCRUB_VARS: ""}, capture_output=True)
+    assert result.returncode == 4
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].startswith("DBOPS-BEGIN ") and lines[1:3] == ["one", "two"]
+    mark = lines[0].split()[1]
+    assert lines[3:] == [f"DBOPS-END {mark} 4"] and len(mark) >= 16
+    assert tail.scan([result.stdout], 1024) == (4, tail.kube.PodLog("one\ntwo\n", truncated=False))
