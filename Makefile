@@ -10,8 +10,9 @@ CLUSTER_KUBECONFIG := $(MO_CACHE)/cluster/kubeconfig
 export KUBECONFIG ?= $(CLUSTER_KUBECONFIG)
 PYTEST_ARGS ?=
 # e2e in pytest-xdist workers, each with its own operator release and namespace prefix (tests/e2e/conftest.py);
-# 0 runs them in one process
-E2E_WORKERS ?= 0
+# 0 runs them in one process. Two on this 2-core machine: 77 tests in 18.1 min against 26.3 min in one (measured
+# quiet, 2026-12-02); the tests wait on conditions, so a slower machine is slower, not flaky.
+E2E_WORKERS ?= 2
 
 .PHONY: help
 help: ## list the targets

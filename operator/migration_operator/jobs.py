@@ -285,15 +285,21 @@ def dump_claim(spec: DatabaseMigrationSpec) -> str | None:
 
 
 def backup_claim_binding(spec: DatabaseMigrationSpec) -> dict[str, list[dict[str, Any]]]:
-    """volumes/mounts that make a pod a consumer of the backup claim, read-only: the preflight's validate Job carries
+    """volumes/mounts that make a pod the first consumer of the backup claim: the preflight's validate Job carries
     them so that a claim of a `WaitForFirstConsumer` StorageClass (local-path, most cloud disks) is provisioned and
     bound before the app is touched, not by the backup Job inside the maintenance window. Nothing without a Dump
-    backup to a volume."""
+    backup to a volume.
+
+    The container mounts it read-only, the pod's volume is not: the kubelet gives a volume the pod's fsGroup only at
+    its first mount on the node and only when that mount is read-write (`local` and CSI volumes alike); a backup pod
+    that mounts it while the validate pod still holds it (the run moves on at the validate container's end, before
+    the kubelet tore its pod down) would otherwise find a fresh, root-owned directory it cannot write (measured:
+    event AlreadyMountedVolume "the requested fsGroup is 65532, but the volume has GID 0")."""
     claim = dump_claim(spec)
     if claim is None:
         return {"volumes": [], "mounts": []}
     return {
-        "volumes": [{"name": "backup", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+        "volumes": [{"name": "backup", "persistentVolumeClaim": {"claimName": claim}}],
         "mounts": [{"name": "backup", "mountPath": constants.BACKUP_MOUNT, "readOnly": True}],
     }
 

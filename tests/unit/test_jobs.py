@@ -201,9 +201,11 @@ def test_backup_job_dumps_at_the_spec_compression_level() -> None:
 
 
 def test_validate_job_mounts_the_backup_claim_read_only_to_bind_it_before_maintenance() -> None:
-    """A WaitForFirstConsumer claim is provisioned for its first pod: the validate Job's, in preflight."""
+    """A WaitForFirstConsumer claim is provisioned for its first pod: the validate Job's, in preflight. Its container
+    mounts it read-only; the pod's volume is read-write so that the kubelet gives it the pod's fsGroup at this first
+    mount (a read-only first mount never gets it, and a backup pod mounting it next could not write)."""
     validate = pod(machine.build_job(BODY, SPEC, "validate"))
-    claim = {"name": "backup", "persistentVolumeClaim": {"claimName": "db-backups", "readOnly": True}}
+    claim = {"name": "backup", "persistentVolumeClaim": {"claimName": "db-backups"}}
     assert claim in validate["volumes"]
     mounts = validate["containers"][0]["volumeMounts"]
     assert {"name": "backup", "mountPath": "/backup", "readOnly": True} in mounts
