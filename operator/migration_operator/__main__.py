@@ -124,10 +124,7 @@ def _on_renewal_ended(task: asyncio.Task[None]) -> None:
 async def run_elected(operator_kwargs: dict[str, Any], liveness: str | None) -> int:
     """Stand by until this replica holds the leader Lease, then run kopf while renewing it; release it on SIGTERM."""
     elector = leader.LeaderElector(
-        leader.lease_namespace(),
-        leader.lease_name(),
-        leader.identity(),
-        leader.Timing.from_env(),
+        leader.lease_namespace(), leader.lease_name(), leader.identity(), leader.Timing.from_env(),
         on_change=_leadership_changed,
     )
     metrics.LEADER.set(0)
@@ -179,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     namespaces = args.namespace
     if args.leader_elect:
         return asyncio.run(
-            run_elected(
-                {"clusterwide": not namespaces, "namespaces": namespaces, "standalone": True}, args.liveness or None
-            )
+            run_elected({"clusterwide": not namespaces, "namespaces": namespaces, "standalone": True},
+                        args.liveness or None)
         )
     metrics.LEADER.set(1)  # the only replica
     kopf.run(

@@ -537,7 +537,9 @@ def clone_statement(clone_name: str, source: str, strategy: CloneStrategy | None
     return statement + sql.SQL(" strategy ") + keyword
 
 
-async def create_clone(spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str) -> CloneStrategy | None:
+async def create_clone(
+    spec: DatabaseMigrationSpec, credentials: Credentials, clone_name: str
+) -> CloneStrategy | None:
     """CREATE DATABASE <clone> TEMPLATE <db> [STRATEGY `clone_strategy`]: needs the app drained (no session may use
     the source). An invalid clone left by an interrupted DROP DATABASE is dropped and made again. Returns the
     strategy used (None: the server's only one, or the clone was already there)."""

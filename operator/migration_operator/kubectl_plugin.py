@@ -53,58 +53,33 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
         f"Message:    {status.message or ''}",
     ]
     if status.started_at:
-        out.append(
-            f"Started:    {status.started_at}"
-            + (f"    Completed: {status.completed_at}" if status.completed_at else "")
-        )
+        out.append(f"Started:    {status.started_at}" + (f"    Completed: {status.completed_at}"
+                                                          if status.completed_at else ""))
     if status.conditions:
-        out += [
-            "",
-            "Conditions:",
-            _table(
-                ["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"],
-                [
-                    (c.type, c.status, c.reason, _age(c.last_transition_time, now), c.message[:100])
-                    for c in status.conditions
-                ],
-            ),
-        ]
+        out += ["", "Conditions:", _table(
+            ["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"],
+            [(c.type, c.status, c.reason, _age(c.last_transition_time, now), c.message[:100])
+             for c in status.conditions])]
     if status.before or status.after:
         before, after = status.before, status.after
 
         def pair(attribute: str) -> tuple[Any, Any]:
-            return (
-                getattr(before, attribute, None) if before else None,
-                getattr(after, attribute, None) if after else None,
-            )
+            return (getattr(before, attribute, None) if before else None,
+                    getattr(after, attribute, None) if after else None)
 
-        rows: list[Sequence[Any]] = [
-            ("version", *pair("version")),
-            ("tables", *pair("tables")),
-            ("foreign keys", *pair("foreign_keys")),
-            ("indexes", *pair("indexes")),
-        ]
+        rows: list[Sequence[Any]] = [("version", *pair("version")), ("tables", *pair("tables")),
+                                     ("foreign keys", *pair("foreign_keys")), ("indexes", *pair("indexes"))]
         tables = sorted(set(before.rows if before else {}) | set(after.rows if after else {}))
-        rows += [
-            (f"rows {t}", (before.rows.get(t) if before else None), (after.rows.get(t) if after else None))
-            for t in tables
-        ]
+        rows += [(f"rows {t}", (before.rows.get(t) if before else None), (after.rows.get(t) if after else None))
+                 for t in tables]
         out += ["", "Snapshots:", _table(["", "BEFORE", "AFTER"], rows)]
     if status.pending:
-        out += [
-            "",
-            "Pending:",
-            _table(["VERSION", "SCRIPT"], [(p.version, p.script or p.description) for p in status.pending]),
-        ]
+        out += ["", "Pending:", _table(["VERSION", "SCRIPT"], [(p.version, p.script or p.description)
+                                                                for p in status.pending])]
     if status.applied:
-        out += [
-            "",
-            "Applied:",
-            _table(
-                ["VERSION", "SCRIPT", "CHECKSUM", "TIME(ms)", "SUCCESS"],
-                [(a.version, a.script, a.checksum, a.execution_time_ms, a.success) for a in status.applied],
-            ),
-        ]
+        out += ["", "Applied:", _table(
+            ["VERSION", "SCRIPT", "CHECKSUM", "TIME(ms)", "SUCCESS"],
+            [(a.version, a.script, a.checksum, a.execution_time_ms, a.success) for a in status.applied])]
     if status.backup:
         b = status.backup
         where = b.clone_database or f"{b.pvc}:{b.path}"
@@ -135,9 +110,8 @@ def _namespace(args: argparse.Namespace) -> str:
 
 
 def _get(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
-    return dict(
-        custom.get_namespaced_custom_object(constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name)
-    )
+    return dict(custom.get_namespaced_custom_object(constants.GROUP, constants.VERSION, namespace,
+                                                    constants.PLURAL, name))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -145,22 +119,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.all_namespaces:
         items = custom.list_cluster_custom_object(constants.GROUP, constants.VERSION, constants.PLURAL)["items"]
     else:
-        items = custom.list_namespaced_custom_object(
-            constants.GROUP, constants.VERSION, _namespace(args), constants.PLURAL
-        )["items"]
+        items = custom.list_namespaced_custom_object(constants.GROUP, constants.VERSION, _namespace(args),
+                                                     constants.PLURAL)["items"]
     rows = []
     for obj in items:
         status = obj.get("status") or {}
-        rows.append(
-            (
-                obj["metadata"]["namespace"],
-                obj["metadata"]["name"],
-                status.get("phase", ""),
-                (obj["spec"].get("migrations") or {}).get("targetVersion", "latest"),
-                _age(obj["metadata"].get("creationTimestamp")),
-                (status.get("message") or "")[:80],
-            )
-        )
+        rows.append((obj["metadata"]["namespace"], obj["metadata"]["name"], status.get("phase", ""),
+                     (obj["spec"].get("migrations") or {}).get("targetVersion", "latest"),
+                     _age(obj["metadata"].get("creationTimestamp")), (status.get("message") or "")[:80]))
     print(_table(["NAMESPACE", "NAME", "PHASE", "TARGET", "AGE", "MESSAGE"], rows))
     return 0
 
@@ -177,20 +143,12 @@ def cmd_approve(args: argparse.Namespace) -> int:
     obj = _get(custom, namespace, args.name)
     phase = (obj.get("status") or {}).get("phase")
     if phase != Phase.AWAITING_APPROVAL and not args.force:
-        print(
-            f"{namespace}/{args.name} is in phase {phase or '(none)'}, not AwaitingApproval; "
-            "use --force to approve ahead of time",
-            file=sys.stderr,
-        )
+        print(f"{namespace}/{args.name} is in phase {phase or '(none)'}, not AwaitingApproval; "
+              "use --force to approve ahead of time", file=sys.stderr)
         return 1
     custom.patch_namespaced_custom_object(
-        constants.GROUP,
-        constants.VERSION,
-        namespace,
-        constants.PLURAL,
-        args.name,
-        {"metadata": {"annotations": {constants.APPROVED_ANNOTATION: "true"}}},
-    )
+        constants.GROUP, constants.VERSION, namespace, constants.PLURAL, args.name,
+        {"metadata": {"annotations": {constants.APPROVED_ANNOTATION: "true"}}})
     print(f"databasemigration.dbops.io/{args.name} approved")
     return 0
 
@@ -201,9 +159,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     selector = f"{constants.MIGRATION_LABEL}={args.name}"
     if args.step:
         selector += f",{constants.STEP_LABEL}={args.step}"
-    jobs = sorted(
-        batch.list_namespaced_job(namespace, label_selector=selector).items, key=lambda j: j.metadata.creation_timestamp
-    )
+    jobs = sorted(batch.list_namespaced_job(namespace, label_selector=selector).items,
+                  key=lambda j: j.metadata.creation_timestamp)
     if not jobs:
         print(f"no Jobs for {namespace}/{args.name}", file=sys.stderr)
         return 1
@@ -213,17 +170,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
             for container in pod.spec.containers:
                 print(f"==> job/{job.metadata.name} pod/{pod.metadata.name} container/{container.name} <==")
                 try:
-                    print(core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container.name), end="")
+                    print(core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container.name),
+                          end="")
                 except client.ApiException as error:
                     # no log endpoint (or the pod is gone): the termination message still holds the outcome
-                    message = next(
-                        (
-                            s.state.terminated.message
-                            for s in (pod.status.container_statuses or [])
-                            if s.name == container.name and s.state.terminated
-                        ),
-                        None,
-                    )
+                    message = next((s.state.terminated.message for s in (pod.status.container_statuses or [])
+                                    if s.name == container.name and s.state.terminated), None)
                     print(message or f"(no log: {error.reason})")
     return 0
 

@@ -233,9 +233,8 @@ class LeaderElector:
     async def _read(self, timeout: float) -> LeaseRecord | None:
         clients = kube.load()
         try:
-            lease = await self._api(
-                clients.coordination.read_namespaced_lease, self.name, self.namespace, timeout=timeout
-            )
+            lease = await self._api(clients.coordination.read_namespaced_lease, self.name, self.namespace,
+                                    timeout=timeout)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -253,13 +252,11 @@ class LeaderElector:
         body = lease_body(self.name, self.me, record, self.timing, datetime.now(UTC))
         try:
             if record is None:
-                written = await self._api(
-                    clients.coordination.create_namespaced_lease, self.namespace, body, timeout=timeout
-                )
+                written = await self._api(clients.coordination.create_namespaced_lease, self.namespace, body,
+                                          timeout=timeout)
             else:
-                written = await self._api(
-                    clients.coordination.replace_namespaced_lease, self.name, self.namespace, body, timeout=timeout
-                )
+                written = await self._api(clients.coordination.replace_namespaced_lease, self.name,
+                                          self.namespace, body, timeout=timeout)
         except ApiException as error:
             if error.status in (409, 422):  # another replica wrote it since we read it
                 return False
@@ -282,28 +279,17 @@ class LeaderElector:
             try:
                 if await self.try_acquire_or_renew(timeout=self.timing.retry_period * 2):
                     self.last_renewed = started
-                    logger.info(
-                        "leader election: %s now leads (Lease %s/%s, %s)",
-                        self.me,
-                        self.namespace,
-                        self.name,
-                        _taken(self.taken_from, self.me),
-                    )
+                    logger.info("leader election: %s now leads (Lease %s/%s, %s)", self.me, self.namespace,
+                                self.name, _taken(self.taken_from, self.me))
                     self._set_leading(True)
                     return True
                 if self.holder != waiting_for:
                     waiting_for = self.holder
-                    logger.info(
-                        "leader election: %s stands by, %s leads (Lease %s/%s)",
-                        self.me,
-                        waiting_for,
-                        self.namespace,
-                        self.name,
-                    )
+                    logger.info("leader election: %s stands by, %s leads (Lease %s/%s)", self.me, waiting_for,
+                                self.namespace, self.name)
             except Exception as error:  # an API server away: keep standing by
-                logger.warning(
-                    "leader election: cannot read or write Lease %s/%s: %s", self.namespace, self.name, _why(error)
-                )
+                logger.warning("leader election: cannot read or write Lease %s/%s: %s", self.namespace, self.name,
+                               _why(error))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.timing.retry_period)
         return False
@@ -319,9 +305,8 @@ class LeaderElector:
             try:
                 renewed = remaining > 0 and await self.try_acquire_or_renew(timeout=remaining)
             except Exception as error:  # whatever failed, only the deadline decides
-                logger.warning(
-                    "leader election: renewing Lease %s/%s failed: %s", self.namespace, self.name, _why(error)
-                )
+                logger.warning("leader election: renewing Lease %s/%s failed: %s", self.namespace, self.name,
+                               _why(error))
             if renewed:
                 self.last_renewed = started
                 continue
@@ -345,18 +330,9 @@ class LeaderElector:
             if record is None or record.holder != self.me:
                 return
             body = lease_body(self.name, self.me, record, self.timing, datetime.now(UTC), release=True)
-            await self._api(
-                clients.coordination.replace_namespaced_lease,
-                self.name,
-                self.namespace,
-                body,
-                timeout=self.timing.retry_period * 2,
-            )
+            await self._api(clients.coordination.replace_namespaced_lease, self.name, self.namespace, body,
+                            timeout=self.timing.retry_period * 2)
             logger.info("leader election: %s released Lease %s/%s", self.me, self.namespace, self.name)
         except Exception as error:  # exiting anyway
-            logger.warning(
-                "leader election: releasing Lease %s/%s failed (a standby takes over when it expires): %s",
-                self.namespace,
-                self.name,
-                _why(error),
-            )
+            logger.warning("leader election: releasing Lease %s/%s failed (a standby takes over when it expires): %s",
+                           self.namespace, self.name, _why(error))

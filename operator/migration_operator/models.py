@@ -227,8 +227,8 @@ class MigrationsSpec(ApiModel):
 
     config_map: ConfigMapSource | None = Field(None, description="Migrations from a ConfigMap (max 1 MiB).")
     image: ImageSource | None = Field(None, description="Migrations from a directory of an image.")
-    target_version: Annotated[str, Field(max_length=64, pattern=r"^(latest|[0-9]+([._][0-9]+)*)$")] | None = Field(
-        None, description='Flyway target version (e.g. "6" or "2.1"); default: the latest.'
+    target_version: Annotated[str, Field(max_length=64, pattern=r"^(latest|[0-9]+([._][0-9]+)*)$")] | None = (
+        Field(None, description='Flyway target version (e.g. "6" or "2.1"); default: the latest.')
     )
     table: PgName = Field("flyway_schema_history", description="Flyway schema history table.")
     schemas: list[PgName] = Field(
@@ -272,7 +272,8 @@ class BackupSpec(ApiModel):
 
     enabled: bool = Field(
         True,
-        description="Take a backup. Disabling it emits a warning event and rules out rollback.strategy Restore.",
+        description="Take a backup. Disabling it emits a warning event and rules "
+        "out rollback.strategy Restore.",
     )
     method: BackupMethod = Field(
         BackupMethod.DUMP,
@@ -468,7 +469,8 @@ class RollbackSpec(ApiModel):
 class ApprovalSpec(ApiModel):
     required: bool = Field(
         False,
-        description=f'Wait in AwaitingApproval until the annotation {constants.APPROVED_ANNOTATION}: "true" is set.',
+        description="Wait in AwaitingApproval until the annotation "
+        f'{constants.APPROVED_ANNOTATION}: "true" is set.',
     )
 
 
@@ -579,7 +581,8 @@ class DatabaseMigrationSpec(ApiModel):
     approval: ApprovalSpec = Field(default_factory=ApprovalSpec, description="The only mutable part of spec.")
     dry_run: bool = Field(
         False,
-        description="Preflight only (flyway info + validate, pending list), then Succeeded; nothing is written.",
+        description="Preflight only (flyway info + validate, pending list), then "
+        "Succeeded; nothing is written.",
         json_schema_extra=immutable("spec.dryRun"),
     )
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec, json_schema_extra=immutable("spec.timeouts"))
@@ -705,7 +708,7 @@ class RollbackStatus(ApiModel):
     failure: str | None = None
     database_unchanged: bool | None = Field(
         None,
-        description='After the failure the database equals the "before" snapshot (history, catalog, rows): '
+        description="After the failure the database equals the \"before\" snapshot (history, catalog, rows): "
         "nothing to put back.",
     )
     drop_schemas: list[str] = Field(

@@ -380,8 +380,7 @@ _DEFACL_KEYWORD = (
 _DEFACL_DEFAULT = "acldefault(CASE {t} WHEN 'S' THEN 's' ELSE {t} END::\"char\", {role})"
 
 # Which schemas the restore keeps, creates and drops; what it must leave to the extensions. Lines `kind name`.
-_RESTORE_PLAN = (
-    """WITH p AS (
+_RESTORE_PLAN = """WITH p AS (
   SELECT btrim(:'dump_schemas') = '' AS whole,
          regexp_split_to_array(btrim(:'dump_schemas'), '\\s+') AS listed,
          regexp_split_to_array(btrim(:'dumped'), '\\s+') AS dumped,
@@ -389,9 +388,7 @@ _RESTORE_PLAN = (
 ), now AS (
   SELECT n.oid, n.nspname FROM pg_namespace n
   WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
-    AND """
-    + _NOT_EXTENSION_MEMBER.format(c="'pg_namespace'::regclass", o="n.oid")
-    + """
+    AND """ + _NOT_EXTENSION_MEMBER.format(c="'pg_namespace'::regclass", o="n.oid") + """
 )
 SELECT 'problem', format('schema %I is listed in DROP_SCHEMAS, but the backup holds it', d)
 FROM p, unnest(p.dropping) d WHERE d <> '' AND d = ANY (p.dumped)
@@ -413,11 +410,8 @@ UNION ALL
 SELECT 'member', rolname FROM pg_roles WHERE pg_has_role(current_user, oid, 'MEMBER')
 UNION ALL
 SELECT 'extrel', n.nspname || ' ' || c.relname FROM pg_class c JOIN now n ON n.oid = c.relnamespace
-WHERE NOT """
-    + _NOT_EXTENSION_MEMBER.format(c="'pg_class'::regclass", o="c.oid")
-    + """;
+WHERE NOT """ + _NOT_EXTENSION_MEMBER.format(c="'pg_class'::regclass", o="c.oid") + """;
 """
-)
 
 # Opens the restore's transaction: drops DROP_SCHEMAS, sets the role's global default privileges aside (saved in
 # a transaction-local setting), clears the default privileges and the objects of the kept schemas.
@@ -731,7 +725,8 @@ fi
     "$(cat "$W/keep" "$W/create" | tr '\n' ' ' | sed 's/ $//')" "$(printf '%s' "$drop" | sed 's/ $//')"
 } >"$W/message"
 cat "$W/message"; head -c 4096 "$W/message" >"$TL"
-""".replace("@PLAN@", _RESTORE_PLAN)
+"""
+    .replace("@PLAN@", _RESTORE_PLAN)
     .replace("@PROBLEMS@", _psql(RESTORE_PROBLEMS_QUERY))
     .replace("@META@", _SCHEMA_META)
     .replace("@POST@", _RESTORE_POST)

@@ -141,7 +141,7 @@ def deployment_problem(name: str, labels: Mapping[str, str] | None) -> Problem |
     if (labels or {}).get(MAINTENANCE_LABEL) == MAINTENANCE_LABEL_VALUE:
         return None
     return reasons.DEPLOYMENT_NOT_OPTED_IN, (
-        f"Deployment {name} (spec.maintenance) has not opted in to be scaled down: label it {MAINTENANCE_LABEL}="
+        f'Deployment {name} (spec.maintenance) has not opted in to be scaled down: label it {MAINTENANCE_LABEL}='
         f'"{MAINTENANCE_LABEL_VALUE}"'
     )
 
