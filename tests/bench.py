@@ -14,8 +14,9 @@ On a cluster ($KUBECONFIG, the local one by default), issue 13's benchmark, for 
    available again, from a watch of the Deployment) and the phases side by side, the ratio operator/script, and
    where inside the window the operator's time goes. Then the same with backup.method Clone.
 5. backup and restore throughput per method (a run whose verification fails on purpose times the Restore).
-6. reaction latencies p50/p95 over every operator run: created -> first Job; a Job's pod finished -> the next status
-   step (and from the Job's status, which comes up to a second after the pod's end).
+6. reaction latencies p50/p95 over every operator run: created -> first Job; a Job's container ended (as the API first
+   shows it; negative when the operator saw the end in the step's log first) -> the next phase (and from the Job's
+   status, which comes up to a second after the pod's end).
 7. operator RSS with 100 DatabaseMigrations in 20 namespaces (95 finished, 5 migrating).
 Everything also goes to bench-results/<UTC time>.json (and the operators' logs to bench-results/<UTC time>/).
 
@@ -502,7 +503,7 @@ def print_latencies(figures: dict[str, Any], runs: int) -> None:
 
     print(f"\noperator reaction latencies over {runs} runs (seen by watches; goals: <= 200 ms and <= 500 ms p50):")
     print(line("DatabaseMigration created -> first Job", figures["created_to_first_job"]))
-    print(line("a Job's pod finished -> the next status step", figures["pod_to_next_step"]))
+    print(line("a Job's container ended (API) -> next phase", figures["pod_to_next_step"]))
     for step, s in figures["by_step"].items():
         print(line(f"  after the {step} Job's pod", s))
     print(line("the Job's status finished -> that step", figures.get("job_status_to_next_step") or {}))

@@ -360,7 +360,8 @@ def job_figures(run: Run) -> dict[str, dict[str, Any]]:
         finished = rec.job_finished(job)
         pod = rec.job_pod(job)
         ends = [at for at in (pod["done"], finished[0] if finished else None) if at is not None]
-        step_event = rec.next_status_step(run.name, min(ends)) if ends else None
+        # the phase change that followed the Job: the operator may move on before the API shows the pod's end
+        step_event = rec.next_phase_change(run.name, created) if created is not None and ends else None
         figures[event.step or job] = {
             "job": job,
             "created": created,
@@ -381,8 +382,10 @@ def job_figures(run: Run) -> dict[str, dict[str, Any]]:
             # from the Job's status (the Job controller reports a finished pod in batches, up to a second later):
             # negative when the run moved on before it, on the pod's end
             "reaction": _span(finished[0], step_event.at) if finished and step_event else None,
-            # from the pod's end: what the app's window sees
+            # from the pod's end (its container's, as the API first shows it): what the app's window sees; negative
+            # when the run moved on first (the operator saw the END line of the step's log: migration_operator.tail)
             "reaction_from_pod": _span(pod["done"], step_event.at) if step_event else None,
+            "pod_phase_done": pod["phase done"],
             "reaction_to": step_event.phase if step_event else None,
         }
     return figures
@@ -457,7 +460,8 @@ def operator_timeline(run: Run, entered: dict[str, float], down: tuple[float, fl
         points.append((job["created"], f"{step} Job created"))
         points.append((job["pod_created"], f"{step} pod created"))
         points.append((job["pod_running"], f"{step} pod Running"))
-        points.append((job["pod_done"], f"{step} pod {job['state']}"))
+        points.append((job["pod_done"], f"{step} container ended (API)"))
+        points.append((job.get("pod_phase_done"), f"{step} pod {job['state']}"))
         points.append((job["finished"], f"{step} Job {job['state'].lower()} (Job {_fmt(job['seconds'])})"))
     back = entered.get("ExitingMaintenance") or entered.get("RollingBack")
     if back:

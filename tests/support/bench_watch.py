@@ -52,6 +52,8 @@ class JobPodEvent:
     name: str
     job: str | None
     phase: str | None  # Pending | Running | Succeeded | Failed
+    # its (main) container reported terminated: the kubelet says so ~1 s before the pod's phase
+    container_ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,14 +134,16 @@ class Recording:
         return next((e for e in self.jobs if e.migration == migration and e.at >= after), None)
 
     def job_pod(self, job: str) -> dict[str, float | None]:
-        """When the Job's (first) pod was created, first seen Running, first seen Succeeded or Failed."""
+        """When the Job's (first) pod was created, first seen Running, its container first seen terminated ("done":
+        the earliest the API tells the step's end) and the pod first seen Succeeded or Failed."""
         events = [e for e in self.job_pods if e.job == job]
         first = events[0].name if events else None
         mine = [e for e in events if e.name == first]
         return {
             "created": mine[0].at if mine else None,
             "running": next((e.at for e in mine if e.phase in ("Running", "Succeeded", "Failed")), None),
-            "done": next((e.at for e in mine if e.phase in ("Succeeded", "Failed")), None),
+            "done": next((e.at for e in mine if e.container_ended or e.phase in ("Succeeded", "Failed")), None),
+            "phase done": next((e.at for e in mine if e.phase in ("Succeeded", "Failed")), None),
         }
 
     def job_names(self, migration: str) -> list[str]:
@@ -159,6 +163,18 @@ class Recording:
                 before = event
                 continue
             if before is None or event.phase != before.phase or event.log_length > before.log_length:
+                return event
+        return None
+
+    def next_phase_change(self, name: str, after: float) -> MigrationEvent | None:
+        """The first status write after `after` whose phase differs from the phase at `after`."""
+        current = None
+        for event in self.migrations:
+            if event.name != name:
+                continue
+            if event.at <= after or current is None:
+                current = event.phase
+            elif event.phase != current:
                 return event
         return None
 
@@ -254,8 +270,10 @@ def record(api: client.ApiClient, namespace: str, deployment: str | None = "api-
 
     def on_job_pod(kind: str, pod: Any, at: float) -> None:
         labels = pod.metadata.labels or {}
+        ended = any(c.state is not None and c.state.terminated is not None
+                    for c in (pod.status.container_statuses if pod.status else None) or [])
         rec.job_pods.append(JobPodEvent(at, kind, pod.metadata.name, labels.get("job-name"),
-                                        pod.status.phase if pod.status else None))
+                                        pod.status.phase if pod.status else None, ended))
 
     def on_migration(kind: str, obj: Any, at: float) -> None:
         status = dict(obj.get("status") or {})
