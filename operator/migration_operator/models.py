@@ -644,6 +644,11 @@ class Snapshot(ApiModel):
         "functions, enums, sequences and their last values, owners, ACLs, default privileges, extensions), keyed like "
         "the checksums (HMAC-SHA256 under the run's key).",
     )
+    drained: bool = Field(
+        False,
+        description="Taken with the app drained, while the pg_dump Job ran: the migration's \"before\", not taken "
+        "again when Migrating starts (the count(*) of big tables ran beside the dump instead of inside the window).",
+    )
 
 
 class PendingMigration(ApiModel):

@@ -419,6 +419,22 @@ def test_backing_up_waits_for_running_dump() -> None:
     assert decision.phase == Phase.BACKING_UP and not decision.actions
 
 
+def test_the_before_snapshot_is_taken_beside_the_dump_once_the_app_is_drained() -> None:
+    """Maintenance first, then the dump: the "before" is recorded while pg_dump runs, and Migrating does not take it
+    again; with the backup before maintenance (the app still writes) or without maintenance, Migrating takes it."""
+    from migration_operator.machine import backup
+
+    drained = BEFORE.model_copy(update={"drained": True})
+    running = observe(jobs={"backup": JobObservation("Running")}, snapshot=drained)
+    decision = run(make_spec(), make_status(Phase.BACKING_UP), running)
+    assert written(decision)["before"]["drained"] is True and not decision.actions
+    assert backup.snapshot_beside_the_dump(make_spec(), make_status(Phase.BACKING_UP))
+    assert not backup.snapshot_beside_the_dump(make_spec(), make_status(Phase.BACKING_UP, before={"drained": True}))
+    assert not backup.snapshot_beside_the_dump(make_spec(maintenance=None), make_status(Phase.BACKING_UP))
+    early = make_spec(backup={"volume": {"claimName": "b"}, "timing": "BeforeMaintenance"})
+    assert not backup.snapshot_beside_the_dump(early, make_status(Phase.BACKING_UP))
+
+
 def test_verified_dump_completes_backup_and_starts_migrating() -> None:
     output = "verified=true\nsizeBytes=4096\ntocEntries=37\npath=x.dump\n"
     status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE)

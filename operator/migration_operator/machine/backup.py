@@ -47,6 +47,7 @@ from .core import (
     rollback_job_step,
     stay,
     timed_out,
+    work_phases,
 )
 
 PHASE = Phase.BACKING_UP
@@ -78,6 +79,20 @@ def backup_complete(spec: DatabaseMigrationSpec, message: str, backup: BackupSta
 
 
 # ---------------------------------------------------------------------------------------------------- Dump
+def snapshot_beside_the_dump(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus) -> bool:
+    """Take the migration's "before" snapshot while the pg_dump Job runs, not when Migrating starts: the app is
+    drained already (maintenance comes before the backup) and nothing but the read-only dump touches the database
+    until the migrate Job, so it is the same "before", and its count(*) of big tables leaves the window's critical
+    path. Once per run (`Snapshot.drained`). Not without maintenance (the app still writes: the latest moment is the
+    most faithful) nor with the backup before maintenance."""
+    phases = work_phases(spec)
+    drained_first = (
+        Phase.ENTERING_MAINTENANCE in phases
+        and phases.index(Phase.ENTERING_MAINTENANCE) < phases.index(Phase.BACKING_UP)
+    )
+    return drained_first and not (status.before is not None and status.before.drained)
+
+
 class DumpBackup:
     def pods(self) -> dict[Step, PodBuilder]:
         return {Step.BACKUP: self.backup_pod, Step.RESTORE: self.restore_pod}
@@ -96,7 +111,13 @@ class DumpBackup:
         )
 
     async def observe(self, ctx: Context) -> dict[str, Any]:
-        return {"jobs": await context.job(ctx, Step.BACKUP)}
+        fields: dict[str, Any] = {"jobs": await context.job(ctx, Step.BACKUP)}
+        if fields["jobs"][Step.BACKUP].state == "Running" and snapshot_beside_the_dump(ctx.spec, ctx.status):
+            login = await context.credentials(ctx)
+            fields["snapshot"] = (await database.take_snapshot(ctx.spec, login, ctx.uid)).model_copy(
+                update={"drained": True}
+            )
+        return fields
 
     def decide(self, at: Situation) -> Decision:
         spec, status, obs, run = at
@@ -124,7 +145,10 @@ class DumpBackup:
         if job.state == "Running":
             if timed_out(status, obs, spec.timeouts.backup_seconds):
                 return backup_failed(spec, status, f"backup took longer than {spec.timeouts.backup_seconds}s")
-            return stay(PHASE, running, reasons.BACKING_UP)
+            decision = stay(PHASE, running, reasons.BACKING_UP)
+            if obs.snapshot is not None and obs.snapshot.drained:
+                decision.record(before=obs.snapshot)
+            return decision
         summary = pg_scripts.parse_backup_output(job.output)
         if job.state == "Failed" or summary is None or not summary.get("verified"):
             error = (summary or {}).get("error") or job.failure or "the backup Job failed without output"

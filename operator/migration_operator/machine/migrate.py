@@ -1,7 +1,8 @@
 """Migrating: `flyway migrate` by the `migrate` Job, with the runbook's safety flags (`flyway.command_line`).
 
 Observes: the `migrate` Job; before creating it, the "before" snapshot (the app is drained now: the most
-faithful one, taken once); while it runs, blocked locks and other sessions (monitoring only).
+faithful one, taken once), unless it was taken beside the pg_dump Job already (`backup.snapshot_beside_the_dump`);
+while it runs, blocked locks and other sessions (monitoring only).
 Actions: create the `migrate` Job (again when someone deleted it mid-run: Flyway resumes from its history).
 """
 
@@ -43,9 +44,10 @@ async def observe(ctx: Context) -> dict[str, Any]:
     fields: dict[str, Any] = {"jobs": await context.job(ctx, Step.MIGRATE)}
     state = fields["jobs"][Step.MIGRATE].state
     login = await context.credentials(ctx)
-    if state == "Absent" and not database_changed(ctx.status):
+    drained = ctx.status.before is not None and ctx.status.before.drained
+    if state == "Absent" and not database_changed(ctx.status) and not drained:
         # not when a deleted Job is re-created: its Flyway may still hold or wait for locks, and count(*) would
-        # queue behind them
+        # queue behind them; not when it was taken beside the dump (backup.snapshot_beside_the_dump)
         fields["snapshot"] = await database.take_snapshot(ctx.spec, login, ctx.uid)
     elif state == "Running":
         try:
