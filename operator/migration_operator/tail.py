@@ -25,8 +25,9 @@ from . import kube
 
 BEGIN = "DBOPS-BEGIN"
 END = "DBOPS-END"
-# Followers at once (each is a thread blocked on one HTTP stream); beyond, the kubelet's report decides.
-MAX_FOLLOWERS = 16
+# Followers at once (each is a thread blocked on one HTTP stream, a connection of the API client's pool, whose size is
+# 5 x the CPUs); beyond, the kubelet's report decides.
+MAX_FOLLOWERS = 8
 # A follower gives up after this long without a byte (a connection that died silently); the next pass of its run
 # starts another one if the container still runs.
 READ_TIMEOUT_SECONDS = 300

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from migration_operator import jobs, tail
 
@@ -56,3 +59,46 @@ def test_every_steps_script_prints_the_marks_around_its_output(tmp_path: Path) -
     mark = lines[0].split()[1]
     assert lines[3:] == [f"DBOPS-END {mark} 4"] and len(mark) >= 16
     assert tail.scan([result.stdout], 1024) == (4, tail.kube.PodLog("one\ntwo\n", truncated=False))
+
+
+class FakeStream:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.closed = data, False
+
+    def stream(self, size: int, decode_content: bool = True) -> list[bytes]:
+        return [self.data[i : i + 5] for i in range(0, len(self.data), 5)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeCore:
+    def __init__(self, data: bytes) -> None:
+        self.response = FakeStream(data)
+        self.calls: list[dict[str, object]] = []
+
+    def read_namespaced_pod_log(self, pod: str, namespace: str, **kwargs: object) -> FakeStream:
+        self.calls.append({"pod": pod, "namespace": namespace, **kwargs})
+        return self.response
+
+
+def test_a_follower_records_the_end_wakes_the_run_and_closes_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    core = FakeCore(b"DBOPS-BEGIN k\nout\nDBOPS-END k 0\n")
+    monkeypatch.setattr(tail.kube, "load", lambda: SimpleNamespace(core=core))
+    woken: list[tuple[str, str]] = []
+    monkeypatch.setattr(tail, "_waker", lambda namespace, label: woken.append((namespace, label)))
+    monkeypatch.setattr(tail, "_ended", {})
+    tail._following.add("uid-1")
+    tail._follow("ns", "run-migrate-x", "uid-1", "migrate", "run", 1024)
+    assert woken == [("ns", "run")] and core.response.closed and tail.following() == 0
+    ended = tail.ended("uid-1")
+    assert ended is not None and (ended.exit_code, ended.log.text) == (0, "out\n")
+    assert core.calls[0]["follow"] is True and core.calls[0]["container"] == "migrate"
+    # an ended pod is not followed again
+    assert tail.follow("ns", "run-migrate-x", "uid-1", "migrate", "run", 1024) is False
+
+
+def test_followers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tail, "_following", {f"uid-{i}" for i in range(tail.MAX_FOLLOWERS)})
+    assert tail.follow("ns", "pod", "one-more", "c", "run", 1024) is False
+    assert tail.follow("ns", "pod", "uid-0", "c", "run", 1024) is True  # followed already
