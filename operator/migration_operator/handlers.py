@@ -45,8 +45,6 @@ def first_error_line(error: BaseException) -> str:
     """`Type: first line` of an exception, scrubbed, for the run's log."""
     lines = errors.scrub(str(error)).strip().splitlines()
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
-
-
 FORBIDDEN_WATCH_RETRY = 15.0
 logger = logging.getLogger(__name__)
 
@@ -71,11 +69,7 @@ def tolerate_forbidden_watches(watcher: Callable[..., Awaitable[None]]) -> Calla
                     resource = kwargs.get("resource")
                     logger.warning(
                         "watching %s in namespace %s is forbidden (%s); retrying every %ss until it is allowed again "
-                        "or the namespace is gone",
-                        resource,
-                        namespace,
-                        error,
-                        FORBIDDEN_WATCH_RETRY,
+                        "or the namespace is gone", resource, namespace, error, FORBIDDEN_WATCH_RETRY,
                     )
                     warned = True
             await asyncio.sleep(FORBIDDEN_WATCH_RETRY)
@@ -90,10 +84,8 @@ if not getattr(kopf_queueing.watcher, "tolerates_forbidden", False):
 
 def quiet_handler_success(record: logging.LogRecord) -> bool:
     """Demote kopf's "Handler '...' succeeded." to DEBUG (dropped unless debug logging is on)."""
-    if (
-        record.levelno == logging.INFO
-        and str(record.msg).startswith("Handler '")
-        and str(record.msg).endswith(" succeeded.")
+    if record.levelno == logging.INFO and str(record.msg).startswith("Handler '") and str(record.msg).endswith(
+        " succeeded."
     ):
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger("kopf").isEnabledFor(logging.DEBUG)

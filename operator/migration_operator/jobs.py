@@ -454,14 +454,17 @@ def ended_pod_state(job: Any, pods: list[Any], now: datetime, streamed_exit: int
     return "Succeeded" if exit_code == 0 else "Failed"
 
 
+def main_state(pod: Any, main: str | None) -> Any:
+    """The state (V1ContainerState) of `pod`'s container `main` as the kubelet last reported it, or None."""
+    statuses = pod.status.container_statuses if pod.status else None
+    return next((c.state for c in statuses or [] if c.name == main and c.state is not None), None)
+
+
 def main_exit_code(pod: Any, main: str | None) -> int | None:
     """The exit code of `pod`'s container `main` once the kubelet reported it terminated, else None."""
-    statuses = pod.status.container_statuses if pod.status else None
-    for container in statuses or []:
-        if container.name == main and container.state is not None and container.state.terminated is not None:
-            code: int = container.state.terminated.exit_code
-            return code
-    return None
+    state = main_state(pod, main)
+    code: int | None = state.terminated.exit_code if state is not None and state.terminated is not None else None
+    return code
 
 
 def _created(pod: Any) -> datetime:
@@ -555,10 +558,8 @@ def _follow(namespace: str, job: Any, pods: list[Any]) -> None:
     pod, main = pods[0], job.spec.template.spec.containers[0].name
     if pod.metadata.deletion_timestamp is not None or pod.status is None:
         return
-    running = any(
-        c.name == main and c.state is not None and c.state.running is not None
-        for c in pod.status.container_statuses or []
-    )
+    state = main_state(pod, main)
+    running = state is not None and state.running is not None
     label = (pod.metadata.labels or {}).get(constants.MIGRATION_LABEL)
     if running and label:
         tail.follow(namespace, pod.metadata.name, pod.metadata.uid, main, label, LOG_LIMIT_BYTES)

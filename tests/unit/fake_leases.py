@@ -35,18 +35,18 @@ class Coordination:
             raise ApiException(status=409)
         return self._store(namespace, body)
 
-    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> V1Lease:
+    def _check_version(self, namespace: str, name: str, version: str | None) -> None:
+        """404 when the Lease does not exist, 409 when `version` is not its resourceVersion (the API's answers)."""
         current = self.leases.get((namespace, name))
         if current is None:
             raise ApiException(status=404)
-        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+        if version != current["metadata"]["resourceVersion"]:
             raise ApiException(status=409)
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> V1Lease:
+        self._check_version(namespace, name, body["metadata"].get("resourceVersion"))
         return self._store(namespace, body)
 
     def delete_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> None:
-        current = self.leases.get((namespace, name))
-        if current is None:
-            raise ApiException(status=404)
-        if body["preconditions"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
-            raise ApiException(status=409)
+        self._check_version(namespace, name, body["preconditions"]["resourceVersion"])
         del self.leases[(namespace, name)]

@@ -37,6 +37,7 @@ from .core import (
     Run,
     Situation,
     SwapCloneBack,
+    before_drained,
     clone_names,
     enter,
     fail,
@@ -90,7 +91,7 @@ def snapshot_beside_the_dump(spec: DatabaseMigrationSpec, status: DatabaseMigrat
         Phase.ENTERING_MAINTENANCE in phases
         and phases.index(Phase.ENTERING_MAINTENANCE) < phases.index(Phase.BACKING_UP)
     )
-    return drained_first and not (status.before is not None and status.before.drained)
+    return drained_first and not before_drained(status)
 
 
 class DumpBackup:

@@ -214,6 +214,11 @@ def database_changed(status: DatabaseMigrationStatus) -> bool:
     return Step.MIGRATE in status.jobs
 
 
+def before_drained(status: DatabaseMigrationStatus) -> bool:
+    """The migration's "before" snapshot was taken beside the pg_dump Job, the app drained (`Snapshot.drained`)."""
+    return status.before is not None and status.before.drained
+
+
 def expected_version(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus) -> str | None:
     target = spec.migrations.target_version
     if target and target != "latest":

@@ -23,6 +23,7 @@ from .core import (
     CreateJob,
     Decision,
     Run,
+    before_drained,
     database_changed,
     enter,
     expected_version,
@@ -44,8 +45,7 @@ async def observe(ctx: Context) -> dict[str, Any]:
     fields: dict[str, Any] = {"jobs": await context.job(ctx, Step.MIGRATE)}
     state = fields["jobs"][Step.MIGRATE].state
     login = await context.credentials(ctx)
-    drained = ctx.status.before is not None and ctx.status.before.drained
-    if state == "Absent" and not database_changed(ctx.status) and not drained:
+    if state == "Absent" and not database_changed(ctx.status) and not before_drained(ctx.status):
         # not when a deleted Job is re-created: its Flyway may still hold or wait for locks, and count(*) would
         # queue behind them; not when it was taken beside the dump (backup.snapshot_beside_the_dump)
         fields["snapshot"] = await database.take_snapshot(ctx.spec, login, ctx.uid)
