@@ -153,6 +153,7 @@ async def run_elected(operator_kwargs: dict[str, Any], liveness: str | None) -> 
         await kopf.operator(**operator_kwargs, liveness_endpoint=liveness)
     finally:
         holding.cancel()
+        await asyncio.wait([holding])  # no renewal starts after this (one already on the wire: release reads again)
         await elector.release()  # after kopf stopped: the next leader never overlaps with us
     return 0
 

@@ -196,6 +196,9 @@ def _why(error: BaseException) -> str:
     return type(error).__name__
 
 
+RELEASE_ATTEMPTS = 3  # a release that meets a write of our own in flight reads again, at most this many times
+
+
 class LeadershipLost(Exception):
     """The Lease could not be renewed before the deadline, or another replica holds it now."""
 
@@ -325,14 +328,24 @@ class LeaderElector:
             return
         self._set_leading(False)
         clients = kube.load()
+        timeout = self.timing.retry_period * 2
         try:
-            record = await self._read(self.timing.retry_period * 2)
-            if record is None or record.holder != self.me:
+            for attempt in range(RELEASE_ATTEMPTS):
+                record = await self._read(timeout)
+                if record is None or record.holder != self.me:
+                    return
+                body = lease_body(self.name, self.me, record, self.timing, datetime.now(UTC), release=True)
+                try:
+                    await self._api(clients.coordination.replace_namespaced_lease, self.name, self.namespace, body,
+                                    timeout=timeout)
+                except ApiException as error:
+                    # a renewal already on the wire when hold() was cancelled (its request runs in a thread that a
+                    # cancel cannot stop) lands between our read and our write: read again and release that one
+                    if error.status == 409 and attempt + 1 < RELEASE_ATTEMPTS:
+                        continue
+                    raise
+                logger.info("leader election: %s released Lease %s/%s", self.me, self.namespace, self.name)
                 return
-            body = lease_body(self.name, self.me, record, self.timing, datetime.now(UTC), release=True)
-            await self._api(clients.coordination.replace_namespaced_lease, self.name, self.namespace, body,
-                            timeout=self.timing.retry_period * 2)
-            logger.info("leader election: %s released Lease %s/%s", self.me, self.namespace, self.name)
         except Exception as error:  # exiting anyway
             logger.warning("leader election: releasing Lease %s/%s failed (a standby takes over when it expires): %s",
                            self.namespace, self.name, _why(error))

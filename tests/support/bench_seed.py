@@ -101,8 +101,7 @@ def _sizes(name: str) -> tuple[int, int]:
 
 
 def drop_database(conn: Any, name: str) -> None:
-    postgres.terminate_sessions(conn, name)
-    conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+    postgres.drop_database(conn, name)
 
 
 def ensure_seed(rows: int) -> Seed:

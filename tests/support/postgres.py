@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,6 +112,21 @@ def terminate_sessions(conn: psycopg.Connection[Any], dbname: str) -> None:
     )
 
 
+def drop_database(conn: psycopg.Connection[Any], dbname: str, deadline: float = 30.0) -> None:
+    """DROP DATABASE ... WITH (FORCE): it ends the sessions itself, in the same statement (a terminate-then-drop lets
+    a client that reconnects in between, an app pod still going, make the drop fail). Retried until `deadline`
+    seconds while the server still reports the database in use (a session that did not end in time)."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(0.5)
+
+
 @contextmanager
 def cloned_database(prefix: str = "e2e") -> Iterator[str]:
     """A database per test, a copy of the seeded parking_template (V1..V5 applied), dropped afterwards."""
@@ -129,8 +145,7 @@ def cloned_database(prefix: str = "e2e") -> Iterator[str]:
                 for like in (name, f"{name}_pre_%", f"{name}_failed_%"):
                     rows = conn.execute("select datname from pg_database where datname like %s", (like,)).fetchall()
                     for (db,) in rows:
-                        terminate_sessions(conn, db)
-                        conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(db)))
+                        drop_database(conn, db)
 
 
 def fingerprint(dbname: str) -> dict[str, Any]:
@@ -405,6 +420,5 @@ def app_owned_database(prefix: str) -> Iterator[str]:
         with connect() as conn:
             rows = conn.execute("select datname from pg_database where datname like %s", (f"{name}%",)).fetchall()
             for (db,) in rows:
-                terminate_sessions(conn, db)
-                conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(db)))
+                drop_database(conn, db)
 

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from migration_operator import kube, leader
 from migration_operator.leader import LeaseRecord, Observed, Timing
@@ -219,6 +220,46 @@ async def test_release_lets_the_standby_take_over_at_once(api: Coordination) -> 
     assert api.holder() is None and changes == [False]
     assert await b.try_acquire_or_renew(timeout=5)
     assert api.holder() == "pod-b" and b.taken_from == ""  # released
+
+
+async def test_release_reads_again_when_a_renewal_in_flight_lands_first(api: Coordination) -> None:
+    """hold() cancelled while its renewal's request was on the wire (a thread a cancel cannot stop): the renewal lands
+    between release's read and its write, whose resourceVersion is then stale (409). Release reads again and wins."""
+    clock = Clock()
+    a, b = elector("pod-a", clock), elector("pod-b", clock)
+    assert await a.try_acquire_or_renew(timeout=5)
+    a.leading = True
+    original = api.replace_namespaced_lease
+    landed: list[str] = []
+
+    def renewal_lands_first(name: str, namespace: str, body: dict[str, Any], **kwargs: Any) -> Any:
+        if not landed:
+            current = api.read_namespaced_lease(name, namespace)
+            renewal = leader.lease_body(name, "pod-a", LeaseRecord.from_api(current), TIMING, datetime.now(UTC))
+            landed.append(original(name, namespace, renewal).metadata.resource_version)
+        return original(name, namespace, body, **kwargs)
+
+    api.replace_namespaced_lease = renewal_lands_first  # type: ignore[method-assign]
+    await a.release()
+    assert landed and api.holder() is None
+    assert await b.try_acquire_or_renew(timeout=5)
+    assert b.taken_from == ""
+
+
+async def test_release_gives_up_after_its_attempts_when_every_write_conflicts(api: Coordination) -> None:
+    clock = Clock()
+    a = elector("pod-a", clock)
+    assert await a.try_acquire_or_renew(timeout=5)
+    a.leading = True
+    writes: list[int] = []
+
+    def always_stale(*_: Any, **__: Any) -> Any:
+        writes.append(1)
+        raise ApiException(status=409, reason="Conflict")
+
+    api.replace_namespaced_lease = always_stale  # type: ignore[method-assign]
+    await a.release()  # logs, never raises: the process is exiting anyway
+    assert len(writes) == leader.RELEASE_ATTEMPTS and api.holder() == "pod-a"
 
 
 async def test_release_leaves_a_lease_someone_else_holds(api: Coordination) -> None:

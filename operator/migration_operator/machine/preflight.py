@@ -120,6 +120,19 @@ def _login_problems(
     return []
 
 
+async def _claim_asked_for(ctx: Context, phase: str | None) -> float:
+    """How long the backup claim has been asked for: since the validate Job that mounts it was created (a claim of a
+    WaitForFirstConsumer class binds only then). 0 while there is no such Job (a database preflight cannot reach yet
+    creates none): the claim is not to blame for that wait."""
+    if phase in ("Bound", "Lost"):
+        return 0.0
+    validate = await kube.get_or_none(
+        kube.load().batch.read_namespaced_job, jobs.job_name(ctx.name, Step.VALIDATE), ctx.namespace
+    )
+    created = validate.metadata.creation_timestamp if validate is not None else None
+    return max(0.0, (datetime.now(UTC) - created).total_seconds()) if created is not None else 0.0
+
+
 async def _missing(ctx: Context) -> list[tuple[str, str]]:
     """What preflight cannot find or may not use: (reason, message) each. Nothing here sends a credential anywhere."""
     clients = kube.load()
@@ -177,7 +190,7 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
                 found.status.phase if found.status else None,
                 found.spec.storage_class_name if found.spec else None,
                 annotations.get("volume.kubernetes.io/selected-node"),
-                elapsed(ctx.status, datetime.now(UTC)),
+                await _claim_asked_for(ctx, found.status.phase if found.status else None),
             )
             missing += [problem] if problem else []
     compensate = spec.rollback.compensate
