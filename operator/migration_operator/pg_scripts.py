@@ -1,8 +1,9 @@
 """The shell scripts the PostgreSQL Jobs run (`sh -c`, postgres image), and the parsing of what they report.
 
 Each script reports on stdout and in the termination message (at most 4 KiB):
-  backup      pg_dump -Fc to the backup volume, then a verification that reads the whole file back, before anything
-              changes. `key=value` lines: verified, sizeBytes, tocEntries, path, freeBytes, and with DUMP_SCHEMAS
+  backup      pg_dump -Fc to the backup volume and a verification that reads the whole file back (as it is written,
+              or after), before anything changes. `key=value` lines: verified, sizeBytes, tocEntries, path,
+              readBack (streamed or file), freeBytes, and with DUMP_SCHEMAS
               schemas / absentSchemas; on failure verified=false and error=<why>: <stderr tail>.
   restore     the dump put back in place of what the failed migration left. restored=true, path, schemas,
               droppedSchemas; on failure a message whose first line says why (and that nothing was changed).
@@ -131,8 +132,28 @@ EOF
 fi
 # gzip level: 1 by default (about twice pg_dump's own default's speed for a file ~11% bigger: issue 13)
 case "${BACKUP_COMPRESSION:-1}" in [0-9]) ;; *) fail "BACKUP_COMPRESSION must be a digit 0-9" ;; esac
-if ! pg_dump --format=custom --compress="${BACKUP_COMPRESSION:-1}" --no-password --file="$F.partial" "$@" \
-  2>"$W/err"; then
+set -- --format=custom --compress="${BACKUP_COMPRESSION:-1}" --no-password --file="$F.partial" "$@"
+# The full read-back (every data block decompressed: what catches a dump cut short, which `pg_restore --list`
+# accepts) follows the file as pg_dump writes it, on the other CPU, instead of starting after it: GNU tail follows
+# the growing file until pg_dump exits, dd counts the bytes it passed on. That read counts only if it read exactly
+# the file as it is now (the same size; pg_dump's last write rewrites the table of contents in place, read again by
+# --list below); otherwise - no GNU tail (busybox), a follower that failed, a file changed after - the whole file is
+# read back after the dump, as before.
+streamed=""
+if tail --version 2>/dev/null | grep -q GNU; then
+  pg_dump "$@" 2>"$W/err" &
+  dump=$!
+  if tail -F --pid="$dump" -s 0.1 -c +1 "$F.partial" 2>/dev/null | dd bs=65536 2>"$W/dd" \
+    | pg_restore --file=/dev/null 2>/dev/null; then
+    streamed=$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "$W/dd" | tail -n 1)
+  fi
+  wait "$dump"
+  dumped_rc=$?
+else
+  pg_dump "$@" 2>"$W/err"
+  dumped_rc=$?
+fi
+if [ "$dumped_rc" -ne 0 ]; then
   rm -f "$F.partial"
   if grep -qi 'no space left on device' "$W/err"; then
     fail "the backup volume is full ($(free_kib) KiB free once the partial dump is removed): pg_dump failed"
@@ -140,15 +161,19 @@ if ! pg_dump --format=custom --compress="${BACKUP_COMPRESSION:-1}" --no-password
   fail "pg_dump failed"
 fi
 pg_restore --list "$F.partial" >"$W/toc" 2>"$W/err" || fail "pg_restore --list cannot read the dump"
-# every data block decompressed and turned into SQL: proves the whole archive reads back, not only its table of
-# contents
-pg_restore --file=/dev/null "$F.partial" 2>"$W/err" || fail "the dump does not read back whole (pg_restore)"
 size=$(wc -c <"$F.partial" | tr -d ' ')
+if [ -n "$streamed" ] && [ "$streamed" = "$size" ]; then
+  read_back=streamed
+else
+  pg_restore --file=/dev/null "$F.partial" 2>"$W/err" || fail "the dump does not read back whole (pg_restore)"
+  read_back=file
+fi
 entries=$(grep -c '^[0-9][0-9]*;' "$W/toc" || true)
 [ "$size" -gt 0 ] || fail "the dump is empty"
 mv -f "$F.partial" "$F" 2>"$W/err" || fail "cannot rename the dump"
 free=$(free_kib)
-{ printf 'verified=true\nsizeBytes=%s\ntocEntries=%s\npath=%s\n' "$size" "$entries" "$BACKUP_FILE"
+{ printf 'verified=true\nsizeBytes=%s\ntocEntries=%s\npath=%s\nreadBack=%s\n' "$size" "$entries" "$BACKUP_FILE" \
+    "$read_back"
   if [ -n "$(printf '%s' "${DUMP_SCHEMAS:-}" | tr -d ' \t\n')" ]; then
     printf 'schemas=%s\nabsentSchemas=%s\n' "$dumped" "$absent"
   fi
@@ -785,7 +810,8 @@ def parse_key_values(output: str | None) -> dict[str, str]:
 
 def parse_backup_output(output: str | None) -> dict[str, Any] | None:
     """The backup Job's result: verified, sizeBytes, tocEntries, path, error; and when reported freeBytes (free
-    space left on the backup volume), schemas and absentSchemas (lists; DUMP_SCHEMAS dumped / not there yet)."""
+    space left on the backup volume), readBack (how the whole dump was read back: "streamed" as pg_dump wrote it, or
+    "file" after it), schemas and absentSchemas (lists; DUMP_SCHEMAS dumped / not there yet)."""
     values = parse_key_values(output)
     if not values:
         return None
@@ -793,8 +819,9 @@ def parse_backup_output(output: str | None) -> dict[str, Any] | None:
     for key in ("sizeBytes", "tocEntries", "freeBytes"):
         if values.get(key, "").isdigit():
             result[key] = int(values[key])
-    if "path" in values:
-        result["path"] = values["path"]
+    for key in ("path", "readBack"):
+        if key in values:
+            result[key] = values[key]
     for key in ("schemas", "absentSchemas"):
         if key in values:
             result[key] = values[key].split()

@@ -208,7 +208,9 @@ def _fake_pg_dump(work: Path, body: str) -> str:
 
 def test_truncated_dump_fails_the_backup(work: Path) -> None:
     """A dump cut short on the volume (pg_dump killed, a full or failing disk) keeps a readable table of contents:
-    `pg_restore --list` accepts it, the full read does not."""
+    `pg_restore --list` accepts it, the full read does not. Here the file is cut after pg_dump wrote it whole, so the
+    read that followed pg_dump saw a complete archive: it must not count for the file that is left (its size
+    differs), and the read of the file itself fails the backup."""
     with scratch_database(work) as db:
         db.run("app", "CREATE TABLE public.t AS SELECT i, md5(i::text) AS h FROM generate_series(1, 20000) i")
         keep = work / "truncated.dump"
@@ -221,6 +223,41 @@ def test_truncated_dump_fails_the_backup(work: Path) -> None:
         assert not list(db.backup_dir.iterdir()), "the broken dump must not stay on the volume"
         listed = subprocess.run(["pg_restore", "--list", str(keep)], capture_output=True, check=False)
         assert listed.returncode == 0, "the table of contents alone would have passed this dump"
+
+
+def test_the_read_back_follows_the_dump_as_it_is_written(work: Path) -> None:
+    """With GNU tail the full read-back runs beside pg_dump (streamed), and it counts only because it read exactly
+    the file that is on the volume now: the dump restores."""
+    if subprocess.run(["tail", "--version"], capture_output=True, text=True, check=False).stdout.find("GNU") < 0:
+        pytest.skip("needs GNU tail on the host (the postgres image has it)")
+    with scratch_database(work) as db:
+        db.run("app", "CREATE TABLE public.t AS SELECT i, md5(i::text) AS h FROM generate_series(1, 200000) i")
+        result = db.backup()
+        summary = pg_scripts.parse_backup_output(result.termination)
+        assert result.returncode == 0 and summary is not None and summary["verified"] is True, result.stdout
+        assert summary["readBack"] == "streamed", result.stdout
+        assert summary["sizeBytes"] == db.dump.stat().st_size
+        restored = subprocess.run(["pg_restore", "--file=-", str(db.dump)], capture_output=True, check=False)
+        assert restored.returncode == 0 and restored.stdout.count(b"\n") > 200000
+
+
+def test_without_gnu_tail_the_whole_file_is_read_back_after_the_dump(work: Path) -> None:
+    """An image whose tail cannot follow a writer (busybox): the read-back of the finished file, as before."""
+    bin_dir = work / "busybox-bin"
+    bin_dir.mkdir()
+    real = shutil.which("tail")
+    assert real is not None
+    fake = bin_dir / "tail"
+    fake.write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "tail (BusyBox) v1.36"; exit 0; }}\nexec "{real}" "$@"\n'
+    )
+    fake.chmod(0o755)
+    with scratch_database(work) as db:
+        db.run("app", "CREATE TABLE public.t AS SELECT i, md5(i::text) AS h FROM generate_series(1, 20000) i")
+        result = db.backup(PATH=f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+        summary = pg_scripts.parse_backup_output(result.termination)
+        assert result.returncode == 0 and summary is not None and summary["verified"] is True, result.stdout
+        assert summary["readBack"] == "file", result.stdout
 
 
 def test_failed_pg_dump_leaves_no_partial_file(work: Path) -> None:

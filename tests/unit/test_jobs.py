@@ -178,7 +178,7 @@ def test_backup_output_parsing() -> None:
     # an empty database's dump: a valid backup with no entry; keys added by DUMP_SCHEMAS and the free space
     scoped = pg_scripts.parse_backup_output(
         "verified=true\nsizeBytes=1300\ntocEntries=0\npath=y.dump\nschemas=public Sales\nabsentSchemas=\n"
-        "freeBytes=4096\n"
+        "freeBytes=4096\nreadBack=streamed\n"
     )
     assert scoped == {
         "verified": True,
@@ -186,6 +186,7 @@ def test_backup_output_parsing() -> None:
         "tocEntries": 0,
         "freeBytes": 4096,
         "path": "y.dump",
+        "readBack": "streamed",
         "schemas": ["public", "Sales"],
         "absentSchemas": [],
     }

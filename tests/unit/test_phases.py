@@ -442,6 +442,9 @@ def test_verified_dump_completes_backup_and_starts_migrating() -> None:
     assert decision.phase == Phase.MIGRATING
     assert written(decision)["backup"]["sizeBytes"] == 4096 and written(decision)["backup"]["verified"] is True
     assert condition(decision, reasons.BACKUP_COMPLETE).status == "True"
+    assert decision.message.endswith("read back whole with pg_restore")
+    streamed = observe(jobs={"backup": JobObservation("Succeeded", output=output + "readBack=streamed\n")})
+    assert run(make_spec(), status, streamed).message.endswith("read back whole with pg_restore as pg_dump wrote it")
 
 
 def test_failed_dump_before_maintenance_fails_with_app_untouched() -> None:

@@ -167,9 +167,10 @@ class DumpBackup:
             backup.path = jobs.backup_file(run.name, run.uid)
         if backup.pvc is None and spec.backup.volume:
             backup.pvc = spec.backup.volume.claim_name
+        how = " as pg_dump wrote it" if summary.get("readBack") == "streamed" else ""
         message = (
             f"backup complete: {backup.size_bytes} bytes in {backup.pvc}:{backup.path}, "
-            f"{summary.get('tocEntries', '?')} entries, read back whole with pg_restore"
+            f"{summary.get('tocEntries', '?')} entries, read back whole with pg_restore{how}"
         )
         return backup_complete(spec, message, backup)
 
