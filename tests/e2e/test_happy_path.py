@@ -81,6 +81,10 @@ def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(
 
     # the backup exists and was verified before anything changed
     assert status["backup"]["verified"] is True and status["backup"]["sizeBytes"] > 0
+    # read back whole while pg_dump wrote it (the default postgres image's GNU tail follows the file), and counted:
+    # what was read is the file on the volume
+    backed_up = [entry["message"] for entry in status["log"] if "backup complete" in entry["message"]]
+    assert backed_up and backed_up[-1].endswith("read back whole with pg_restore as pg_dump wrote it"), backed_up
     assert status["maintenance"]["originalReplicas"] == 3
     conditions = {c["type"]: c for c in status["conditions"]}
     for type_ in ("Ready", "BackupComplete", "Migrated", "Verified"):
