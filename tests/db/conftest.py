@@ -139,8 +139,7 @@ class Database:
 
 def _drop(name: str, roles: list[str]) -> None:
     with postgres.connect() as conn:
-        postgres.terminate_sessions(conn, name)
-        conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+        postgres.drop_database(conn, name)
         for role in roles:
             conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
 

@@ -27,8 +27,7 @@ def database() -> Iterator[str]:
         yield name
     finally:
         with postgres.connect() as admin:
-            postgres.terminate_sessions(admin, name)
-            admin.execute(sql.SQL("drop database {}").format(sql.Identifier(name)))
+            postgres.drop_database(admin, name)
 
 
 def run(database: str, tmp_path: Path, compensate_sql: str, **extra: str) -> subprocess.CompletedProcess[str]:
