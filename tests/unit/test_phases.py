@@ -880,3 +880,36 @@ def test_backup_claim_problem_fails_preflight_without_touching_the_app() -> None
     decision = run(make_spec(), make_status(Phase.PREFLIGHT, started_seconds_ago=75), obs)
     _assert_untouched_failure(decision, reasons.BACKUP_VOLUME_NOT_FOUND)
     assert "db-backups" in condition(decision, reasons.STALLED).message
+
+
+async def test_a_backup_claim_waits_from_the_validate_job_that_asks_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WaitForFirstConsumer claim binds only once the validate Job mounts it, and that Job is created only once the
+    database answers: before it exists (a database nobody listens on), the claim's wait does not run, so the run
+    fails as DatabaseUnreachable, not BackupVolumeNotFound, however long preflight has waited."""
+    import logging
+    from types import SimpleNamespace
+
+    from kubernetes.client import V1Job, V1ObjectMeta
+    from kubernetes.client.exceptions import ApiException
+
+    from migration_operator import jobs, kube
+    from migration_operator.machine import preflight
+    from migration_operator.machine.context import Context
+
+    created: dict[str, V1Job] = {}
+
+    def read_job(name: str, namespace: str, **_: Any) -> V1Job:
+        if name not in created:
+            raise ApiException(status=404)
+        return created[name]
+
+    monkeypatch.setattr(kube, "load", lambda: SimpleNamespace(batch=SimpleNamespace(read_namespaced_job=read_job)))
+    ctx = Context(body={"metadata": {"name": "run", "namespace": "ns", "uid": "u"}}, spec=make_spec(),
+                  status=make_status(Phase.PREFLIGHT, started_seconds_ago=600), logger=logging.getLogger("test"))
+    assert await preflight._claim_asked_for(ctx, "Pending") == 0.0
+    asked = datetime.now(UTC) - timedelta(seconds=75)
+    created[jobs.job_name("run", "validate")] = V1Job(metadata=V1ObjectMeta(creation_timestamp=asked))
+    waited = await preflight._claim_asked_for(ctx, "Pending")
+    assert 75 <= waited < 90
+    assert preflight.claim_problem("db-backups", "Pending", "local", None, waited) is not None
+    assert await preflight._claim_asked_for(ctx, "Bound") == 0.0
