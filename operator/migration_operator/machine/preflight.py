@@ -185,12 +185,13 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
             missing.append((reason, f"{kind} {name} ({field}) not found"))
         elif name == claim and kind == "PersistentVolumeClaim":
             annotations = found.metadata.annotations or {}
+            claim_phase = found.status.phase if found.status else None
             problem = claim_problem(
                 name,
-                found.status.phase if found.status else None,
+                claim_phase,
                 found.spec.storage_class_name if found.spec else None,
                 annotations.get("volume.kubernetes.io/selected-node"),
-                await _claim_asked_for(ctx, found.status.phase if found.status else None),
+                await _claim_asked_for(ctx, claim_phase),
             )
             missing += [problem] if problem else []
     compensate = spec.rollback.compensate
