@@ -61,11 +61,17 @@ def jdbc_url(spec: DatabaseMigrationSpec, step: str, ca_file: str | None = None)
 
 
 def command_line(
-    spec: DatabaseMigrationSpec, command: str, *, preflight: bool = False, callbacks: bool = True
+    spec: DatabaseMigrationSpec,
+    command: str,
+    *,
+    preflight: bool = False,
+    callbacks: bool = True,
+    init_sql: str | None = None,
 ) -> list[str]:
     """`flyway ...` for one command, safety flags first. The URL and login come from the environment.
     `preflight`: the preflight's `validate` (pending migrations allowed, no callbacks); `callbacks=False`: another
-    command of the preflight (its `info`), which must not run the user's SQL callbacks either."""
+    command of the preflight (its `info`), which must not run the user's SQL callbacks either; `init_sql`: what
+    Flyway runs first on its session (the pre-started migrate Job's wait for its go, gosignal.wait_sql)."""
     assert command != "clean", "flyway clean is never run"
     if command not in ALLOWED_COMMANDS:
         raise ValueError(f"unsupported flyway command {command!r}")
@@ -88,6 +94,8 @@ def command_line(
         args.append("-schemas=" + ",".join(migrations.schemas))
     if migrations.target_version and command in ("info", "validate", "migrate"):
         args.append(f"-target={migrations.target_version}")
+    if init_sql:
+        args.append(f"-initSql={init_sql}")
     args.append(command)
     return args
 
@@ -124,9 +132,10 @@ COPY_MIGRATIONS = (
 )
 
 
-def job_script(spec: DatabaseMigrationSpec, step: str) -> str:
+def job_script(spec: DatabaseMigrationSpec, step: str, init_sql: str | None = None) -> str:
     """The `sh -c` script of the Flyway Job for `step` (validate, migrate, repair). The `validate` step is the
-    preflight (and all of a dry run): neither of its commands runs SQL callbacks."""
+    preflight (and all of a dry run): neither of its commands runs SQL callbacks. `init_sql`: see `command_line`
+    (migrate only: the pre-started migrate Job)."""
     copy = COPY_MIGRATIONS if spec.migrations.config_map else ""
     if step == "validate":
         body = (
@@ -135,7 +144,8 @@ def job_script(spec: DatabaseMigrationSpec, step: str) -> str:
             "emit validate info\n"
         )
     elif step in ("migrate", "repair"):
-        body = f"run {step} {shlex.join(command_line(spec, step))}\nemit {step}\n"
+        command = command_line(spec, step, init_sql=init_sql if step == "migrate" else None)
+        body = f"run {step} {shlex.join(command)}\nemit {step}\n"
     else:
         raise ValueError(f"no flyway script for step {step!r}")
     return SCRIPT_PRELUDE + copy + body + "exit $rc\n"

@@ -208,9 +208,17 @@ TMP_VOLUME: dict[str, Any] = {"name": "tmp", "emptyDir": {}}
 TMP_MOUNT: dict[str, Any] = {"name": "tmp", "mountPath": "/tmp"}
 
 
-def flyway_pod(spec: DatabaseMigrationSpec, step: Step, deadline_seconds: int) -> PodParts:
+def flyway_pod(
+    spec: DatabaseMigrationSpec,
+    step: Step,
+    deadline_seconds: int,
+    *,
+    command: Step | None = None,
+    init_sql: str | None = None,
+) -> PodParts:
     """A Flyway step: the migrations copied into an emptyDir (from the ConfigMap, or by an init container running
-    the migrations image), the fixed safety flags of `flyway.job_script`."""
+    the migrations image), the fixed safety flags of `flyway.job_script`. `command`: the Flyway step the pod runs
+    when it is not `step` itself (the armed migrate Job runs `migrate`), `init_sql`: see `flyway.command_line`."""
     volumes: list[dict[str, Any]] = [{"name": "migrations", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "migrations", "mountPath": constants.MIGRATIONS_MOUNT}]
     init_containers: list[dict[str, Any]] = []
@@ -234,7 +242,7 @@ def flyway_pod(spec: DatabaseMigrationSpec, step: Step, deadline_seconds: int) -
     ca_volumes, ca_mounts = ca_volume(spec)
     return PodParts(
         image=spec.job_template.flyway_image,
-        script=flyway.job_script(spec, step),
+        script=flyway.job_script(spec, command or step, init_sql),
         env=flyway_env(spec, step),
         deadline_seconds=deadline_seconds,
         volumes=[*volumes, *ca_volumes],

@@ -319,6 +319,15 @@ class MaintenanceSpec(ApiModel):
 
     deployment: DeploymentRef
     app_session_filter: AppSessionFilter = Field(default_factory=AppSessionFilter)
+    prestart_migration: bool = Field(
+        False,
+        description="Create the flyway migrate Job when the app starts draining, so that its pod and Flyway's JVM "
+        "start while the app drains and the backup runs: Flyway connects and waits in its initSql (one database "
+        "session, application_name migration-operator-armed-migrate) until the operator gives the go, once the "
+        "backup is verified and Migrating starts. About 1-2 s less downtime. If that pod ends before its go, a "
+        "migrate Job is created as usual. Not with backup.method Clone (a clone needs the database free of "
+        "sessions).",
+    )
 
 
 class VerifyCheck(ApiModel):
@@ -564,6 +573,12 @@ class DatabaseMigrationSpec(ApiModel):
                 _cel(
                     "self.backup.method != 'Clone' || has(self.maintenance)",
                     "backup.method Clone needs spec.maintenance (the copy is taken once the app is stopped)",
+                ),
+                _cel(
+                    "!has(self.maintenance) || !has(self.maintenance.prestartMigration) "
+                    "|| !self.maintenance.prestartMigration || self.backup.method != 'Clone'",
+                    "maintenance.prestartMigration cannot be used with backup.method Clone (its waiting Flyway "
+                    "session would keep CREATE DATABASE ... TEMPLATE from copying the database)",
                 ),
             ]
         }

@@ -18,6 +18,10 @@ class Step(StrEnum):
     VALIDATE = "validate"
     BACKUP = "backup"
     MIGRATE = "migrate"
+    # The migrate Job created when the app starts draining (spec.maintenance.prestartMigration): its pod and Flyway's
+    # JVM start while the app drains and the backup runs; Flyway waits in its initSql for the operator's go
+    # (gosignal.py). When Migrating starts it becomes the migrate step (status.jobs.migrate names it).
+    ARMED_MIGRATE = "armed-migrate"
     RESTORE = "restore"
     REPAIR = "repair"
     COMPENSATE = "compensate"
@@ -132,6 +136,8 @@ ACTION_SWAP_BACK: Final = "renaming the clone back"
 ACTION_RELEASE_LOCK: Final = "releasing the Lease"
 ACTION_STOP_JOB: Final = "stopping a Job"
 ACTION_END_SESSIONS: Final = "terminating the sessions of a step"
+ACTION_ADOPT_JOB: Final = "adopting the pre-started migrate Job"
+ACTION_GIVE_GO: Final = "giving the go to the pre-started migrate Job"
 ERROR_REASONS: Final = {
     ACTION_OBSERVE: OBSERVE_FAILED,
     ACTION_CREATE_JOB: JOB_REFUSED,

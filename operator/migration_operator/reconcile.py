@@ -24,6 +24,7 @@ from . import (
     constants,
     database,
     errors,
+    gosignal,
     jobs,
     kube,
     leader,
@@ -38,10 +39,12 @@ from .machine import context, guards
 from .machine.context import Context, Logger
 from .machine.core import (
     Action,
+    AdoptJob,
     ClearMaintenanceRecord,
     CloneDatabase,
     CreateJob,
     Decision,
+    GiveGo,
     ReleaseLock,
     ScaleDeployment,
     StopJob,
@@ -66,12 +69,15 @@ from .models import (
     status_patch_document,
 )
 from .observations import ConditionChange, Observations
+from .reasons import Step
 
 
 # ---------------------------------------------------------------------------------------------- acting
 def _action_name(action: Action) -> str:
     return {
         CreateJob: reasons.ACTION_CREATE_JOB,
+        AdoptJob: reasons.ACTION_ADOPT_JOB,
+        GiveGo: reasons.ACTION_GIVE_GO,
         ScaleDeployment: reasons.ACTION_SCALE,
         ClearMaintenanceRecord: reasons.ACTION_CLEAR_RECORD,
         CloneDatabase: reasons.ACTION_CLONE,
@@ -93,6 +99,11 @@ async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
             if failure.status != 409:  # 409: created by an earlier pass (the name is deterministic)
                 raise
         created[action.step] = manifest["metadata"]["name"]
+    elif isinstance(action, AdoptJob):
+        created[action.step] = context.job_name(ctx, action.job)
+    elif isinstance(action, GiveGo):
+        if await gosignal.give(ctx.spec, await context.credentials(ctx), ctx.uid):
+            ctx.logger.info("gave the go to the pre-started migrate Job %s", context.job_name(ctx, Step.MIGRATE))
     elif isinstance(action, ScaleDeployment):
         assert ctx.spec.maintenance is not None
         await maintenance.scale(
@@ -117,7 +128,7 @@ async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
     elif isinstance(action, ReleaseLock):
         await lock.release(ctx.body, ctx.spec)
     elif isinstance(action, StopJob):
-        await stopping.stop_job(ctx.namespace, jobs.job_name(ctx.name, action.step))
+        await stopping.stop_job(ctx.namespace, context.job_name(ctx, action.step))
         ended = await stopping.terminate_sessions(ctx.spec, await context.credentials(ctx), action.step)
         ctx.logger.info("stopping the %s Job (%d database session(s) terminated)", action.step, ended)
     elif isinstance(action, TerminateSessions):
@@ -191,7 +202,7 @@ def new_status(
     ]
     known_jobs = dict(old.jobs)
     for step, observation in observed.jobs.items():
-        if observation.state != "Absent":
+        if observation.state != "Absent" and step not in known_jobs:
             known_jobs[step] = jobs.job_name(ctx.name, step)
     known_jobs.update(created_jobs)
     if known_jobs != old.jobs:
@@ -320,6 +331,8 @@ async def reconcile_once(
     for the run's log about what happened before this pass (handlers.run_migration: an outage)."""
     body = await kube.get_migration(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
+        if body is not None:
+            await gosignal.withdraw(str(body["metadata"].get("uid", "")))
         return None
     try:
         spec = parse_spec(body.get("spec") or {})
@@ -329,11 +342,14 @@ async def reconcile_once(
     ctx = Context(body=body, spec=spec, status=parse_status(body.get("status")), logger=logger)
     errors.remember(await context.values_to_scrub(ctx))  # what every text of this pass is scrubbed of
     if ctx.phase in TERMINAL_PHASES:
+        await gosignal.withdraw(ctx.uid)
         await lock.release(body, spec)
         return None
     observed = await observe(ctx, now_iso())
     decision = machine.decide(spec, ctx.status, observed, ctx.name, ctx.uid)
     created, action_error = await execute(ctx, decision, now_iso())
+    if not any(isinstance(action, GiveGo) for action in decision.actions):
+        await gosignal.withdraw(ctx.uid)  # the migrate Job ended, or the run left Migrating: no go held any more
     resumed = resume_note(ctx.phase) if first else None
     if resumed:
         logger.info("%s", resumed)
@@ -369,6 +385,7 @@ async def on_delete(body: dict[str, Any], logger: Logger) -> None:
     except pydantic.ValidationError:
         return
     status = parse_status(body.get("status"))
+    await gosignal.withdraw(str(body["metadata"].get("uid", "")))
     phase = Phase(status.phase) if status.phase else Phase.PENDING
     if phase not in TERMINAL_PHASES and spec.maintenance and maintenance_touched(status):
         namespace = body["metadata"]["namespace"]

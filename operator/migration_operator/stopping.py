@@ -13,6 +13,7 @@ from kubernetes.client import V1DeleteOptions
 from . import constants, database, jobs, kube
 from .database import Credentials
 from .models import DatabaseMigrationSpec
+from .reasons import Step
 
 
 async def stop_job(namespace: str, name: str) -> None:
@@ -54,13 +55,21 @@ def application_name(step: str) -> str:
     return f"{constants.APPLICATION_NAME}-{step}"
 
 
+def application_names(step: str) -> list[str]:
+    """The application_names of the sessions of `step`: the migrate step's may be the pre-started migrate Job's."""
+    names = [application_name(step)]
+    if step == Step.MIGRATE:
+        names.append(application_name(Step.ARMED_MIGRATE))
+    return names
+
+
 async def terminate_sessions(spec: DatabaseMigrationSpec, credentials: Credentials, step: str) -> int:
     """Terminate the step's sessions on the run's database; returns how many were asked to end."""
     async with await database.connect(spec, credentials, read_only=False) as conn:
         cursor = await conn.execute(
             "select count(*) filter (where pg_terminate_backend(pid)) as ended from pg_stat_activity "
-            "where datname = %s and application_name = %s and pid <> pg_backend_pid()",
-            [spec.database.name, application_name(step)],
+            "where datname = %s and application_name = any(%s) and pid <> pg_backend_pid()",
+            [spec.database.name, application_names(step)],
         )
         row = await cursor.fetchone()
     return int(row["ended"]) if row else 0

@@ -18,7 +18,7 @@ BASE: dict[str, Any] = specs.parking(
 )
 SPEC = parse_spec(BASE)
 STEPS = sorted(Step)
-FLYWAY_STEPS = {Step.VALIDATE, Step.MIGRATE, Step.REPAIR}
+FLYWAY_STEPS = {Step.VALIDATE, Step.MIGRATE, Step.ARMED_MIGRATE, Step.REPAIR}
 
 
 def pod(job: dict[str, Any]) -> dict[str, Any]:

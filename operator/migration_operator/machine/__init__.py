@@ -75,6 +75,7 @@ PHASES: dict[Phase, PhaseEntry] = {
 JOB_PODS: dict[Step, PodBuilder] = {
     Step.VALIDATE: preflight.pod,
     Step.MIGRATE: migrate.pod,
+    Step.ARMED_MIGRATE: migrate.armed_pod,
     **{step: build for method in backup.BACKUP_METHODS.values() for step, build in method.pods().items()},
     **{step: build for plan in rollback.ROLLBACK_STRATEGIES.values() for step, build in plan.pods().items()},
 }

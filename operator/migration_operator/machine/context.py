@@ -64,7 +64,13 @@ class Context:
 
 async def job(ctx: Context, step: Step, *, read_log: bool = True) -> dict[str, JobObservation]:
     """{step: what its Job is doing}, for `Observations.jobs` (`read_log=False`: the state only, not its output)."""
-    return {step: await jobs.observe(ctx.namespace, jobs.job_name(ctx.name, step), read_log=read_log)}
+    return {step: await jobs.observe(ctx.namespace, job_name(ctx, step), read_log=read_log)}
+
+
+def job_name(ctx: Context, step: Step) -> str:
+    """The name of the step's Job: as status.jobs records it (the migrate step may be the pre-started migrate Job),
+    else the deterministic `<run>-<step>`."""
+    return ctx.status.jobs.get(step) or jobs.job_name(ctx.name, step)
 
 
 async def credentials_secret(ctx: Context) -> kube.SecretRead | None:

@@ -111,8 +111,26 @@ class TerminateSessions:
     step: Step
 
 
+@dataclass(frozen=True)
+class AdoptJob:
+    """Make the Job of `job` the Job of `step` (status.jobs[step] names it): the pre-started migrate Job becomes the
+    migrate step. Recorded in one pass, its go given in the next: a restart in between never starts a second migrate
+    Job beside one that may be migrating already."""
+
+    step: Step
+    job: Step
+
+
+@dataclass(frozen=True)
+class GiveGo:
+    """Hold the go of the run's pre-started migrate Job (gosignal.give): asked on every pass while it runs; any pass
+    without it withdraws the go."""
+
+
 Action = (
     CreateJob
+    | AdoptJob
+    | GiveGo
     | ScaleDeployment
     | ClearMaintenanceRecord
     | CloneDatabase
@@ -212,6 +230,24 @@ def maintenance_touched(status: DatabaseMigrationStatus) -> bool:
 def database_changed(status: DatabaseMigrationStatus) -> bool:
     """The migrate Job was created (so Flyway may have changed the database)."""
     return Step.MIGRATE in status.jobs
+
+
+def prestarts_migration(spec: DatabaseMigrationSpec) -> bool:
+    """The migrate Job is created when the app starts draining and waits for its go (maintenance.prestartMigration;
+    never with a Clone backup, which needs the database free of sessions: the CRD refuses that pair)."""
+    return bool(spec.maintenance and spec.maintenance.prestart_migration and spec.backup.method != BackupMethod.CLONE)
+
+
+def migrate_adopted(status: DatabaseMigrationStatus) -> bool:
+    """The migrate step is the pre-started migrate Job (status.jobs names the same Job for both)."""
+    armed = status.jobs.get(Step.ARMED_MIGRATE)
+    return armed is not None and status.jobs.get(Step.MIGRATE) == armed
+
+
+def armed_wait_seconds(spec: DatabaseMigrationSpec) -> int:
+    """How long a pre-started migrate Job waits for its go at most: the drain and the backup with their slack."""
+    t = spec.timeouts
+    return t.drain_seconds + (t.backup_seconds if spec.backup.enabled else 0) + 2 * (DEADLINE_SLACK + HARD_MARGIN)
 
 
 def before_drained(status: DatabaseMigrationStatus) -> bool:

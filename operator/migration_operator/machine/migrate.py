@@ -3,7 +3,9 @@
 Observes: the `migrate` Job; before creating it, the "before" snapshot (the app is drained now: the most
 faithful one, taken once), unless it was taken beside the pg_dump Job already (`backup.snapshot_beside_the_dump`);
 while it runs, blocked locks and other sessions (monitoring only).
-Actions: create the `migrate` Job (again when someone deleted it mid-run: Flyway resumes from its history).
+Actions: create the `migrate` Job (again when someone deleted it mid-run: Flyway resumes from its history); or,
+with maintenance.prestartMigration, adopt the `armed-migrate` Job created when the app started draining
+(`arm`, called by EnteringMaintenance) and give it the go (gosignal.py) on every pass while it runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from .. import database, flyway, jobs, reasons
+from .. import database, flyway, gosignal, jobs, reasons
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase
 from ..observations import ConditionChange, Observations
 from ..reasons import Step
@@ -20,16 +22,21 @@ from . import context
 from .context import Context
 from .core import (
     POLL_JOB,
+    AdoptJob,
     CreateJob,
     Decision,
+    GiveGo,
     Run,
+    armed_wait_seconds,
     before_drained,
     database_changed,
     enter,
     expected_version,
     fail,
     first_line,
+    migrate_adopted,
     next_phase,
+    prestarts_migration,
     stay,
     timed_out,
 )
@@ -41,8 +48,34 @@ def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
     return jobs.flyway_pod(spec, Step.MIGRATE, spec.timeouts.migrate_seconds)
 
 
+def armed_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
+    """The pre-started migrate Job's pod: `flyway migrate` as in `pod`, Flyway waiting for its go in its initSql.
+    Its deadline covers the wait and the migration."""
+    wait = armed_wait_seconds(spec)
+    return jobs.flyway_pod(
+        spec,
+        Step.ARMED_MIGRATE,
+        wait + spec.timeouts.migrate_seconds,
+        command=Step.MIGRATE,
+        init_sql=gosignal.wait_sql(run.uid, wait),
+    )
+
+
+def arm(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, decision: Decision) -> Decision:
+    """With maintenance.prestartMigration: create the pre-started migrate Job along `decision` (EnteringMaintenance's),
+    once per run (status.jobs records it; its name is deterministic, so a pass that created it already finds it)."""
+    if not prestarts_migration(spec) or Step.ARMED_MIGRATE in status.jobs or Step.MIGRATE in status.jobs:
+        return decision
+    decision.actions.append(CreateJob(Step.ARMED_MIGRATE))
+    line = "created the pre-started flyway migrate Job: it waits for its go once the backup is verified"
+    decision.log = f"{decision.log}; {line}" if decision.log else line
+    return decision
+
+
 async def observe(ctx: Context) -> dict[str, Any]:
     fields: dict[str, Any] = {"jobs": await context.job(ctx, Step.MIGRATE)}
+    if Step.MIGRATE not in ctx.status.jobs and Step.ARMED_MIGRATE in ctx.status.jobs:
+        fields["jobs"].update(await context.job(ctx, Step.ARMED_MIGRATE, read_log=False))
     state = fields["jobs"][Step.MIGRATE].state
     login = await context.credentials(ctx)
     if state == "Absent" and not database_changed(ctx.status) and not before_drained(ctx.status):
@@ -69,11 +102,23 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
     if job.state == "Absent":
         message = f"migrating: flyway migrate to version {target}"
         again = database_changed(status)  # created before: someone deleted the Job mid-run
+        armed = obs.jobs.get(Step.ARMED_MIGRATE)
+        if not again and armed is not None and armed.state == "Running" and armed.exit_code is None:
+            log = "the pre-started flyway migrate Job is the migrate step: giving it the go"
+            decision = stay(PHASE, message, reasons.MIGRATING, 0.0, log=log)
+            decision.actions.append(AdoptJob(Step.MIGRATE, Step.ARMED_MIGRATE))
+            decision.conditions.append(ConditionChange(reasons.MIGRATED, "False", reasons.MIGRATING, message))
+            if obs.snapshot is not None:
+                decision.record(before=obs.snapshot)
+            return decision
         log = (
             "the flyway migrate Job disappeared (deleted?): created it again; Flyway resumes from its history"
             if again
             else "created the flyway migrate Job"
         )
+        if not again and armed is not None and Step.ARMED_MIGRATE in status.jobs:
+            why = armed.failure or (f"exit code {armed.exit_code}" if armed.exit_code is not None else armed.state)
+            log = f"the pre-started flyway migrate Job ended before its go ({first_line(why, 200)}): {log}"
         decision = stay(PHASE, message, reasons.MIGRATING, log=log)
         decision.warning = again
         decision.actions.append(CreateJob(Step.MIGRATE))
@@ -89,7 +134,10 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
             message += f"; {len(obs.app_sessions)} other session(s)"
         if timed_out(status, obs, spec.timeouts.migrate_seconds):
             return migration_failed(spec, status, f"flyway migrate exceeded {spec.timeouts.migrate_seconds}s")
-        return stay(PHASE, message, reasons.MIGRATING, POLL_JOB)
+        decision = stay(PHASE, message, reasons.MIGRATING, POLL_JOB)
+        if migrate_adopted(status):
+            decision.actions.append(GiveGo())
+        return decision
     result = flyway.parse_migrate_output(job.output)
     if job.state == "Failed" or not result.success:
         return migration_failed(spec, status, result.error or job.failure or "flyway migrate failed without output")

@@ -1,0 +1,102 @@
+"""The go of a pre-started migrate Job (spec.maintenance.prestartMigration).
+
+The Job is created when the app starts draining, so that its pod and Flyway's JVM start outside the critical path
+of the window. Flyway connects and, before anything else on its session, runs `wait_sql` as its `initSql`: a loop
+that sleeps until a PostgreSQL advisory lock keyed by the run's uid is held by someone, and fails after its budget.
+The operator takes that lock (`give`) only when Migrating starts, i.e. once the app is drained and the backup
+verified, and keeps its session until the migrate Job has ended (`withdraw`; every pass of the operator that does
+not give the go withdraws it).
+
+Why a lock held in a session, and not a row or a file: a positive signal that cannot outlive its giver. Nothing is
+written to the database before its backup; an operator that dies takes its go with it (the kernel closes its socket,
+PostgreSQL releases the lock), so a pod that has not seen the go by then keeps waiting until a new leader gives it
+again. Flyway opens one session for PostgreSQL (checked with Flyway 12: one backend for the whole `migrate`), so
+once its initSql has returned, withdrawing the go changes nothing for it.
+
+The waiting statement sets its own statement_timeout to 0 and resets it afterwards (to the role's and database's
+setting): the migration runs with the session the user configured. The loop's own deadline ends it when no go comes,
+because PostgreSQL does not notice a vanished client while a statement sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Any
+
+import psycopg
+
+from . import database
+from .database import Credentials
+from .models import DatabaseMigrationSpec
+
+# pg_advisory_lock(int4, int4): the first key says "migration-operator go signal" ("dbop" in ASCII), the second is
+# derived from the run's uid. Both below 2**31: pg_locks shows them as oid (unsigned), and a literal compares as is.
+NAMESPACE_KEY = 0x64626F70
+POLL_SECONDS = 0.05
+
+_held: dict[str, psycopg.AsyncConnection[dict[str, Any]]] = {}
+
+
+def key(uid: str) -> tuple[int, int]:
+    return NAMESPACE_KEY, int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def wait_sql(uid: str, budget_seconds: int) -> str:
+    """Flyway's initSql for the pre-started migrate Job of run `uid`: wait for the go, at most `budget_seconds`."""
+    first, second = key(uid)
+    budget = int(budget_seconds)
+    return (
+        "SET statement_timeout = 0; "
+        "DO $dbops$ BEGIN "
+        "WHILE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted "
+        f"AND classid = {first} AND objid = {second} AND objsubid = 2 "
+        "AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())) LOOP "
+        f"IF clock_timestamp() > statement_timestamp() + interval '{budget} seconds' THEN "
+        f"RAISE EXCEPTION 'migration-operator: no go for this pre-started migrate Job within {budget} s'; "
+        "END IF; "
+        f"PERFORM pg_catalog.pg_sleep({POLL_SECONDS}); "
+        "END LOOP; END $dbops$; "
+        "RESET statement_timeout"
+    )
+
+
+def given(uid: str) -> bool:
+    """Whether this process holds the go of run `uid` on a live session."""
+    conn = _held.get(uid)
+    return conn is not None and not conn.closed and not conn.broken
+
+
+async def give(spec: DatabaseMigrationSpec, credentials: Credentials, uid: str) -> bool:
+    """Hold the go of run `uid` (idempotent). Returns True when this call took it; False when this process held it
+    already, or another session does (an earlier leader whose session is still open: the go is given either way;
+    the next pass takes it over once that session is gone)."""
+    if given(uid):
+        return False
+    await withdraw(uid)
+    conn = await database.connect(spec, credentials)
+    try:
+        first, second = key(uid)
+        cursor = await conn.execute("select pg_try_advisory_lock(%s, %s) as taken", [first, second])
+        row = await cursor.fetchone()
+    except BaseException:
+        await conn.close()
+        raise
+    if not (row and row["taken"]):
+        await conn.close()
+        return False
+    _held[uid] = conn
+    return True
+
+
+async def withdraw(uid: str) -> None:
+    """Release the go of run `uid` (closing its session); nothing when this process does not hold it."""
+    conn = _held.pop(uid, None)
+    if conn is not None and not conn.closed:
+        with contextlib.suppress(psycopg.Error):  # a broken session is gone already, and its lock with it
+            await conn.close()
+
+
+async def withdraw_all() -> None:
+    for uid in list(_held):
+        await withdraw(uid)
