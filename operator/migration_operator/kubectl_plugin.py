@@ -158,7 +158,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     namespace = _namespace(args)
     selector = f"{constants.MIGRATION_LABEL}={args.name}"
     if args.step:
-        selector += f",{constants.STEP_LABEL}={args.step}"
+        # the migrate step's Job may be the pre-started one (maintenance.prestartMigration)
+        steps = [args.step, "armed-migrate"] if args.step == "migrate" else [args.step]
+        selector += f",{constants.STEP_LABEL} in ({','.join(steps)})"
     jobs = sorted(batch.list_namespaced_job(namespace, label_selector=selector).items,
                   key=lambda j: j.metadata.creation_timestamp)
     if not jobs:

@@ -25,7 +25,14 @@ from test_phases import (
 
 from migration_operator import gosignal, machine, stopping
 from migration_operator.machine import core
-from migration_operator.machine.core import AdoptJob, CreateJob, GiveGo, ScaleDeployment, StopJob
+from migration_operator.machine.core import (
+    AdoptJob,
+    CreateJob,
+    GiveGo,
+    ScaleDeployment,
+    StopJob,
+    TerminateSessions,
+)
 from migration_operator.models import Phase, parse_spec
 from migration_operator.observations import JobObservation
 from migration_operator.reasons import Step
@@ -111,7 +118,7 @@ def test_an_ordinary_migrate_job_never_gets_a_go() -> None:
 def test_an_armed_job_that_ended_before_its_go_is_replaced_by_an_ordinary_one(armed: JobObservation) -> None:
     obs = observe(jobs={"migrate": JobObservation("Absent"), "armed-migrate": armed})
     decision = run(prestart_spec(), armed_status(), obs)
-    assert decision.actions == [CreateJob(Step.MIGRATE)]
+    assert decision.actions == [TerminateSessions(Step.ARMED_MIGRATE), CreateJob(Step.MIGRATE)]
     assert "ended before its go" in (decision.log or "")
     assert not decision.warning
 

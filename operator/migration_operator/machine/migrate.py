@@ -27,6 +27,7 @@ from .core import (
     Decision,
     GiveGo,
     Run,
+    TerminateSessions,
     armed_wait_seconds,
     before_drained,
     database_changed,
@@ -116,11 +117,17 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
             if again
             else "created the flyway migrate Job"
         )
-        if not again and armed is not None and Step.ARMED_MIGRATE in status.jobs:
+        lost = not again and armed is not None and Step.ARMED_MIGRATE in status.jobs
+        if lost:
+            assert armed is not None
             why = armed.failure or (f"exit code {armed.exit_code}" if armed.exit_code is not None else armed.state)
             log = f"the pre-started flyway migrate Job ended before its go ({first_line(why, 200)}): {log}"
         decision = stay(PHASE, message, reasons.MIGRATING, log=log)
         decision.warning = again
+        if lost:
+            # a killed pod's waiting statement outlives it (PostgreSQL notices a vanished client only when it writes
+            # to it): its open snapshot would hold back a CREATE INDEX CONCURRENTLY of the migration
+            decision.actions.append(TerminateSessions(Step.ARMED_MIGRATE))
         decision.actions.append(CreateJob(Step.MIGRATE))
         decision.conditions.append(ConditionChange(reasons.MIGRATED, "False", reasons.MIGRATING, message))
         if obs.snapshot is not None and not again:
