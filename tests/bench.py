@@ -27,7 +27,8 @@ BENCH_SCRIPT_COMPRESSION (the script's pg_dump level, default the operator's bac
 pg_dump's own), BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs),
 BENCH_JOB_CPU (the operator's Jobs' CPU request, default 250m; empty: none, BestEffort pods: bench_runs.JOB_CPU),
 BENCH_REACTION_RUNS (extra small runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides'
-sslmode, default require),
+sslmode, default require), BENCH_PRESTART (1, the default: the operator's Dump runs pre-start their migrate Job,
+maintenance.prestartMigration; 0: they do not; both: each round adds an operator run without it, paired),
 BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only),
 BENCH_WAIT_QUIET=<seconds> (before each timed run, wait up to that long for other sessions' tests to end),
 BENCH_OPERATOR_REV=<commit> (benchmark the operator of that commit, exported with `git archive` and put first on
@@ -308,6 +309,13 @@ def script_case(api: Any, seed: bench_seed.Seed, label: str, timeout: float, cop
         bench_seed.drop_copies(name)
 
 
+def prestart_modes() -> tuple[bool, bool]:
+    """BENCH_PRESTART: 1 (default) the operator's Dump runs use maintenance.prestartMigration; 0 they do not; both:
+    each round adds an operator run without it, right after the one with it (what the pre-start buys, paired)."""
+    mode = os.environ.get("BENCH_PRESTART", "1").strip().lower()
+    return mode in ("1", "both"), mode == "both"
+
+
 def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
     rounds = _env_int("BENCH_ROUNDS", 2)
     timeout = 600 + rows * 100e-6  # 20M rows: ~40 min, a bound, not an expectation
@@ -328,14 +336,20 @@ def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
     print(f"   the operator's Jobs request cpu {cpu}; the script runs on the host", flush=True)
     print(f"   the script dumps with --compress={bench_runs.script_compression() or '(pg_dump default)'}, the operator "
           f"with backup.compression {BackupSpec().compression} (its default)", flush=True)
+    prestart, plain_too = prestart_modes()
+    print(f"   the operator's Dump runs {'pre-start' if prestart else 'do not pre-start'} their migrate Job "
+          f"(maintenance.prestartMigration){'; each round adds one without it' if plain_too else ''}", flush=True)
     for index in range(rounds):
         script_first = index % 2 == 1
-        pair: dict[str, Any] = {"script_first": script_first}
+        pair: dict[str, Any] = {"script_first": script_first, "prestart": prestart}
         order = ["script", "operator"] if script_first else ["operator", "script"]
         for who in order:
             if who == "operator":
                 pair["operator"] = operator_case(api, seed, "dump", f"operator (Dump), round {index + 1}",
-                                                 timeout, copies)
+                                                 timeout, copies, prestart=prestart)
+                if plain_too:
+                    pair["operator_plain"] = operator_case(
+                        api, seed, "plain", f"operator (Dump, no pre-start), round {index + 1}", timeout, copies)
             else:
                 pair["script"] = script_case(api, seed, f"script, round {index + 1}", timeout, copies, workdir)
         result["rounds"].append(pair)
@@ -344,7 +358,7 @@ def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
                                         strategy="file_copy", method="Clone")
     if os.environ.get("BENCH_RESTORE", "1") != "0":
         result["restore_dump"] = operator_case(api, seed, "rdump", "operator (Dump), check fails", timeout,
-                                               copies, failing_check=True)
+                                               copies, failing_check=True, prestart=prestart)
         result["restore_clone"] = operator_case(api, seed, "rclone", "operator (Clone), check fails", timeout,
                                                 copies, method="Clone", failing_check=True)
     result["copies"] = copies
@@ -363,6 +377,8 @@ def print_size(result: dict[str, Any]) -> None:
         suffix = f" r{index + 1}" if len(result["rounds"]) > 1 else ""
         columns += [(f"operator{suffix}", pair.get("operator")), (f"script{suffix}", pair.get("script")),
                     ("ratio", None)]
+        if pair.get("operator_plain"):
+            columns.append((f"no pre-st.{suffix}", pair["operator_plain"]))
     if result.get("clone"):
         columns.append(("op. Clone", result["clone"]))
     width = 12
@@ -388,6 +404,11 @@ def print_size(result: dict[str, Any]) -> None:
     if ratios:
         print(f"   downtime ratio operator/script: {', '.join(f'{r:.2f}' for r in ratios)}"
               + (f" (mean {statistics.mean(ratios):.2f})" if len(ratios) > 1 else "") + "; goal <= 1.05")
+    paired = [(pair["operator"]["downtime"], pair["operator_plain"]["downtime"]) for pair in result["rounds"]
+              if (pair.get("operator") or {}).get("downtime") and (pair.get("operator_plain") or {}).get("downtime")]
+    if paired:
+        print("   downtime with / without the pre-started migrate Job: "
+              + ", ".join(f"{a:.1f} / {b:.1f} s ({a / b:.2f})" for a, b in paired))
     sql_times = [f"{title} {run['flyway_sql']:.2f} s" for title, run in columns
                  if run is not None and run.get("flyway_sql") is not None]
     print(f"   the migration's own SQL time (flyway_schema_history.execution_time): {'; '.join(sql_times) or '-'}")
@@ -452,7 +473,7 @@ def print_throughput(result: dict[str, Any]) -> None:
 
 def size_runs(size: dict[str, Any]) -> list[dict[str, Any]]:
     """Every run of one size, the script's included."""
-    runs = [pair[who] for pair in size["rounds"] for who in ("operator", "script") if pair.get(who)]
+    runs = [pair[who] for pair in size["rounds"] for who in ("operator", "operator_plain", "script") if pair.get(who)]
     return runs + [size[key] for key in ("clone", "restore_dump", "restore_clone") if size.get(key)]
 
 
@@ -460,8 +481,7 @@ def all_operator_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for size in results.get("sizes", []):
         for pair in size["rounds"]:
-            if pair.get("operator"):
-                runs.append(pair["operator"])
+            runs += [pair[who] for who in ("operator", "operator_plain") if pair.get(who)]
         runs += [size[key] for key in ("clone", "restore_dump", "restore_clone") if size.get(key)]
     runs += results.get("reaction_runs", [])
     return runs

@@ -1,7 +1,8 @@
 """What the fault suite runs and what it reports.
 
 A cell is (fault, phase, strategy); a trial is one run of a cell. The plan:
-- `make test-faults`: every cell, FAULT_TRIALS times each (default 1);
+- `make test-faults`: every cell, FAULT_TRIALS times each (default 1); FAULT_KINDS / FAULT_PHASES (comma lists)
+  narrow it; FAULT_PRESTART=1 runs every trial with maintenance.prestartMigration (its cells say "+prestart");
 - the smoke slice (FAULT_SMOKE=1, in `make test`): one trial per fault kind, in a cell drawn at random.
 FAULT_SEED fixes the draws (which cell the smoke slice takes, the delay inside the phase); unset, one is drawn and
 printed in the header and in the results, so a failing session can be replayed.
@@ -77,11 +78,13 @@ class Cell:
     fault: str
     phase: str
     scenario: str
+    # the run pre-starts its migrate Job (maintenance.prestartMigration: FAULT_PRESTART=1)
+    prestart: bool = False
 
     @property
     def key(self) -> str:
         where = self.phase if self.scenario == "good" else f"{self.phase}[{self.scenario}]"
-        return f"{where} x {self.fault}"
+        return f"{where}{'+prestart' if self.prestart else ''} x {self.fault}"
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,16 @@ class Trial:
     @property
     def id(self) -> str:
         scenario = "" if self.cell.scenario == "good" else f"-{self.cell.scenario}"
-        return f"{self.cell.fault}-{self.cell.phase}{scenario}-{self.number}"
+        prestarted = "-prestart" if self.cell.prestart else ""
+        return f"{self.cell.fault}-{self.cell.phase}{scenario}{prestarted}-{self.number}"
 
     def rng(self) -> random.Random:
         return random.Random(f"{self.seed}/{self.id}")
+
+
+def prestart() -> bool:
+    """FAULT_PRESTART=1: every trial's run pre-starts its migrate Job (maintenance.prestartMigration)."""
+    return os.environ.get("FAULT_PRESTART") == "1"
 
 
 def cells() -> list[Cell]:
@@ -105,7 +114,7 @@ def cells() -> list[Cell]:
         for scenario in SCENARIOS.values():
             for phase in scenario.phases:
                 if applies(fault, phase):
-                    found.append(Cell(fault, phase, scenario.name))
+                    found.append(Cell(fault, phase, scenario.name, prestart()))
     return found
 
 
@@ -135,13 +144,16 @@ def plan() -> list[Trial]:
             picked.append(rng.choice([c for c in candidates if c.phase == phase]))
         return [Trial(cell, 1, chosen) for cell in picked]
     only = {f.strip() for f in os.environ.get("FAULT_KINDS", "").split(",") if f.strip()}
-    return [Trial(cell, n, chosen) for cell in every if not only or cell.fault in only
+    phases = {p.strip() for p in os.environ.get("FAULT_PHASES", "").split(",") if p.strip()}
+    return [Trial(cell, n, chosen) for cell in every
+            if (not only or cell.fault in only) and (not phases or cell.phase in phases)
             for n in range(1, trials_per_cell() + 1)]
 
 
 def header() -> str:
     kind = "smoke slice (one trial per fault kind)" if smoke() else f"{trials_per_cell()} trial(s) per cell"
-    return f"fault suite: FAULT_SEED={seed()} - {kind}"
+    prestarted = "; runs pre-start their migrate Job (FAULT_PRESTART=1)" if prestart() else ""
+    return f"fault suite: FAULT_SEED={seed()} - {kind}{prestarted}"
 
 
 # ---------------------------------------------------------------------------------------------- results

@@ -101,7 +101,7 @@ class Place:
         return client.CustomObjectsApi(self.api)
 
     def spec(self, database: str, *, method: str = "Dump", maintenance: bool = True,
-             failing_check: bool = False, **overrides: Any) -> dict[str, Any]:
+             failing_check: bool = False, prestart: bool = False, **overrides: Any) -> dict[str, Any]:
         endpoint = postgres.cluster_endpoint()
         backup: dict[str, Any] = {"method": method}
         if method == "Dump":
@@ -116,6 +116,8 @@ class Place:
         }
         if maintenance:
             spec["maintenance"] = {"deployment": {"name": "api-gateway"}}
+            if prestart:  # the migrate Job's pod and JVM started while the app drains (maintenance.prestartMigration)
+                spec["maintenance"]["prestartMigration"] = True
         if failing_check:  # the migration succeeds, the verification fails: the run restores its backup
             spec["verify"]["checks"] = [{"name": "fails-on-purpose", "sql": "select false"}]
         if JOB_CPU:
