@@ -35,16 +35,18 @@ from .models import DatabaseMigrationSpec
 NAMESPACE_KEY = 0x64626F70
 POLL_SECONDS = 0.05
 
-_held: dict[str, psycopg.AsyncConnection[dict[str, Any]]] = {}
+_held: dict[tuple[str, str], psycopg.AsyncConnection[dict[str, Any]]] = {}
 
 
-def key(uid: str) -> tuple[int, int]:
-    return NAMESPACE_KEY, int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+def key(uid: str, step: str) -> tuple[int, int]:
+    """The advisory lock of the go of run `uid`'s pre-started `step` Job."""
+    return NAMESPACE_KEY, int(hashlib.sha256(f"{uid}/{step}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
-def wait_sql(uid: str, budget_seconds: int) -> str:
-    """Flyway's initSql for the pre-started migrate Job of run `uid`: wait for the go, at most `budget_seconds`."""
-    first, second = key(uid)
+def wait_sql(uid: str, step: str, budget_seconds: int) -> str:
+    """The statement a pre-started `step` Job of run `uid` runs first (Flyway's initSql, the backup's psql): wait for
+    the go, at most `budget_seconds`."""
+    first, second = key(uid, step)
     budget = int(budget_seconds)
     return (
         "SET statement_timeout = 0; "
@@ -53,7 +55,7 @@ def wait_sql(uid: str, budget_seconds: int) -> str:
         f"AND classid = {first} AND objid = {second} AND objsubid = 2 "
         "AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())) LOOP "
         f"IF clock_timestamp() > statement_timestamp() + interval '{budget} seconds' THEN "
-        f"RAISE EXCEPTION 'migration-operator: no go for this pre-started migrate Job within {budget} s'; "
+        f"RAISE EXCEPTION 'migration-operator: no go for this pre-started {step} Job within {budget} s'; "
         "END IF; "
         f"PERFORM pg_catalog.pg_sleep({POLL_SECONDS}); "
         "END LOOP; END $dbops$; "
@@ -61,22 +63,27 @@ def wait_sql(uid: str, budget_seconds: int) -> str:
     )
 
 
-def given(uid: str) -> bool:
-    """Whether this process holds the go of run `uid` on a live session."""
-    conn = _held.get(uid)
+def given(uid: str, step: str) -> bool:
+    """Whether this process holds the go of run `uid`'s `step` on a session it has not seen fail."""
+    conn = _held.get((uid, step))
     return conn is not None and not conn.closed and not conn.broken
 
 
-async def give(spec: DatabaseMigrationSpec, credentials: Credentials, uid: str) -> bool:
-    """Hold the go of run `uid` (idempotent). Returns True when this call took it; False when this process held it
-    already, or another session does (an earlier leader whose session is still open: the go is given either way;
-    the next pass takes it over once that session is gone)."""
-    if given(uid):
-        return False
-    await withdraw(uid)
+async def give(spec: DatabaseMigrationSpec, credentials: Credentials, uid: str, step: str) -> bool:
+    """Hold the go of run `uid`'s pre-started `step` Job (idempotent: a held session is checked with one round trip,
+    and taken again when it died, e.g. with a server restart). Returns True when this call took it; False when this
+    process held it already, or another session does (an earlier leader whose session is still open: the go is given
+    either way; a later pass takes it over once that session is gone)."""
+    if given(uid, step):
+        try:
+            await _held[(uid, step)].execute("select 1")
+            return False
+        except psycopg.Error:
+            pass
+    await withdraw(uid, step)
     conn = await database.connect(spec, credentials)
     try:
-        first, second = key(uid)
+        first, second = key(uid, step)
         cursor = await conn.execute("select pg_try_advisory_lock(%s, %s) as taken", [first, second])
         row = await cursor.fetchone()
     except BaseException:
@@ -85,18 +92,25 @@ async def give(spec: DatabaseMigrationSpec, credentials: Credentials, uid: str) 
     if not (row and row["taken"]):
         await conn.close()
         return False
-    _held[uid] = conn
+    _held[(uid, step)] = conn
     return True
 
 
-async def withdraw(uid: str) -> None:
-    """Release the go of run `uid` (closing its session); nothing when this process does not hold it."""
-    conn = _held.pop(uid, None)
-    if conn is not None and not conn.closed:
-        with contextlib.suppress(psycopg.Error):  # a broken session is gone already, and its lock with it
-            await conn.close()
+async def withdraw(uid: str, step: str | None = None) -> None:
+    """Release the go of run `uid`'s `step` (every step: None), closing its session; nothing when none is held."""
+    for held in [k for k in _held if k[0] == uid and (step is None or k[1] == step)]:
+        conn = _held.pop(held)
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):  # a broken session is gone already, and its lock with it
+                await conn.close()
+
+
+async def withdraw_except(uid: str, keep: set[str]) -> None:
+    """Release every go of run `uid` but those of the steps in `keep` (what this pass asked to hold)."""
+    for held in [k for k in _held if k[0] == uid and k[1] not in keep]:
+        await withdraw(*held)
 
 
 async def withdraw_all() -> None:
-    for uid in list(_held):
-        await withdraw(uid)
+    for uid, step in list(_held):
+        await withdraw(uid, step)

@@ -400,17 +400,21 @@ _SAME_OUTPUT_PREFIX = 256
 
 
 def job_state(job: Any) -> tuple[JobState, Any]:
-    """(Succeeded | Failed | Running, the Failed condition) of a batch/v1 Job read from the API."""
+    """(Succeeded | Failed | Running, the Failed condition) of a batch/v1 Job read from the API. A Job the
+    controller has decided to fail is Failed already: its `FailureTarget` condition (set while its pods terminate,
+    before `Failed`), or a failed pod where no retry is allowed (backoffLimit 0, no podFailurePolicy)."""
     status = job.status
-    failed = (
-        next((c for c in (status.conditions or []) if c.type == "Failed" and c.status == "True"), None)
-        if status
-        else None
-    )
+    conditions = (status.conditions or []) if status else []
+    failed = next((c for c in conditions if c.type == "Failed" and c.status == "True"), None)
+    failed = failed or next((c for c in conditions if c.type == "FailureTarget" and c.status == "True"), None)
     if status and (status.succeeded or 0) >= 1:
         return "Succeeded", failed
     if failed is not None:
         return "Failed", failed
+    spec = job.spec
+    no_retry = spec is not None and spec.backoff_limit == 0 and spec.pod_failure_policy is None
+    if status and (status.failed or 0) >= 1 and no_retry:
+        return "Failed", None
     return "Running", None
 
 

@@ -158,8 +158,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     namespace = _namespace(args)
     selector = f"{constants.MIGRATION_LABEL}={args.name}"
     if args.step:
-        # the migrate step's Job may be the pre-started one (maintenance.prestartMigration)
-        steps = [args.step, "armed-migrate"] if args.step == "migrate" else [args.step]
+        # a backup's or migration's Job may be the pre-started one (maintenance.prestartMigration)
+        steps = [args.step, f"armed-{args.step}"] if args.step in ("backup", "migrate") else [args.step]
         selector += f",{constants.STEP_LABEL} in ({','.join(steps)})"
     jobs = sorted(batch.list_namespaced_job(namespace, label_selector=selector).items,
                   key=lambda j: j.metadata.creation_timestamp)

@@ -321,12 +321,12 @@ class MaintenanceSpec(ApiModel):
     app_session_filter: AppSessionFilter = Field(default_factory=AppSessionFilter)
     prestart_migration: bool = Field(
         False,
-        description="Create the flyway migrate Job when the app starts draining, so that its pod and Flyway's JVM "
-        "start while the app drains and the backup runs: Flyway connects and waits in its initSql (one database "
-        "session, application_name migration-operator-armed-migrate) until the operator gives the go, once the "
-        "backup is verified and Migrating starts. About 1-2 s less downtime. If that pod ends before its go, a "
-        "migrate Job is created as usual. Not with backup.method Clone (a clone needs the database free of "
-        "sessions).",
+        description="Create the backup (Dump after the drain) and flyway migrate Jobs when the app starts draining, so "
+        "that their pods and Flyway's JVM start while the app drains: about 1-3 s less downtime. Each connects and "
+        "waits (one database session, application_name migration-operator-armed-backup / -armed-migrate) until the "
+        "operator gives it the go: the backup's once the app is drained, the migration's once the backup is "
+        "verified. A pre-started Job that ends before its go is replaced by an ordinary one. Not with backup.method "
+        "Clone (a clone needs the database free of sessions).",
     )
 
 

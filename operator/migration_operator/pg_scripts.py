@@ -24,6 +24,8 @@ ever pasted into a shell. Environment of backup and restore:
                    and that the dump does not hold makes it refuse.
 The restore must get the backup's DUMP_SCHEMAS, or the `schemas` the backup reported (those of them that existed):
 a dump does not say how it was scoped, and an empty DUMP_SCHEMAS means the whole database.
+Backup only, optional: GO_SQL and GO_WAIT_SECONDS, the statement a pre-started backup runs first to wait for the
+operator's go, and how long it keeps trying (gosignal.py).
 The scripts also honour TMPDIR (their scratch directory is `mktemp -d`) and DB_WAIT_SECONDS (default 60: how long a
 server that does not accept connections yet - a restart, crash recovery, a failover - is waited for before the first
 statement; compensate then exits 2 having run nothing).
@@ -110,6 +112,17 @@ free_kib() { df -Pk "$D" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
 { [ -d "$D" ] && [ -w "$D" ]; } || fail "the backup volume $D is missing or not writable"
 rm -f "$F.partial"
 wait_for_server || fail "the database server did not accept connections within ${DB_WAIT_SECONDS:-60}s"
+if [ -n "${GO_SQL:-}" ]; then
+  # a pre-started backup (maintenance.prestartMigration): nothing is read before the operator's go (gosignal.py);
+  # the wait is one statement, tried again while the server restarts, until GO_WAIT_SECONDS
+  go_until=$(( $(date +%s) + ${GO_WAIT_SECONDS:-600} ))
+  until psql -X -q -v ON_ERROR_STOP=1 -c "$GO_SQL" >/dev/null 2>"$W/err"; do
+    [ "$(date +%s)" -lt "$go_until" ] || fail "no go for this pre-started backup within ${GO_WAIT_SECONDS:-600}s"
+    sleep 1
+    wait_for_server || :
+  done
+  : >"$W/err"
+fi
 set --
 dumped=""
 absent=""

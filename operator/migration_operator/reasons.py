@@ -18,9 +18,10 @@ class Step(StrEnum):
     VALIDATE = "validate"
     BACKUP = "backup"
     MIGRATE = "migrate"
-    # The migrate Job created when the app starts draining (spec.maintenance.prestartMigration): its pod and Flyway's
-    # JVM start while the app drains and the backup runs; Flyway waits in its initSql for the operator's go
-    # (gosignal.py). When Migrating starts it becomes the migrate step (status.jobs.migrate names it).
+    # The backup and migrate Jobs created when the app starts draining (spec.maintenance.prestartMigration): their
+    # pods (and Flyway's JVM) start while the app drains; each waits for the operator's go (gosignal.py) and, when its
+    # phase starts, becomes that phase's step (status.jobs.backup / status.jobs.migrate name it).
+    ARMED_BACKUP = "armed-backup"
     ARMED_MIGRATE = "armed-migrate"
     RESTORE = "restore"
     REPAIR = "repair"
@@ -29,6 +30,8 @@ class Step(StrEnum):
 
 # The steps that put the database back (RollingBack runs them; every other step is stopped before).
 ROLLBACK_STEPS: Final = frozenset({Step.RESTORE, Step.REPAIR, Step.COMPENSATE})
+# The pre-started Job of a step (maintenance.prestartMigration), by the step it becomes once its phase adopts it.
+ARMED: Final = {Step.BACKUP: Step.ARMED_BACKUP, Step.MIGRATE: Step.ARMED_MIGRATE}
 
 
 # Condition types.
@@ -136,8 +139,8 @@ ACTION_SWAP_BACK: Final = "renaming the clone back"
 ACTION_RELEASE_LOCK: Final = "releasing the Lease"
 ACTION_STOP_JOB: Final = "stopping a Job"
 ACTION_END_SESSIONS: Final = "terminating the sessions of a step"
-ACTION_ADOPT_JOB: Final = "adopting the pre-started migrate Job"
-ACTION_GIVE_GO: Final = "giving the go to the pre-started migrate Job"
+ACTION_ADOPT_JOB: Final = "adopting a pre-started Job"
+ACTION_GIVE_GO: Final = "giving the go to a pre-started Job"
 ERROR_REASONS: Final = {
     ACTION_OBSERVE: OBSERVE_FAILED,
     ACTION_CREATE_JOB: JOB_REFUSED,

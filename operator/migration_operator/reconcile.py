@@ -69,7 +69,6 @@ from .models import (
     status_patch_document,
 )
 from .observations import ConditionChange, Observations
-from .reasons import Step
 
 
 # ---------------------------------------------------------------------------------------------- acting
@@ -102,8 +101,8 @@ async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
     elif isinstance(action, AdoptJob):
         created[action.step] = context.job_name(ctx, action.job)
     elif isinstance(action, GiveGo):
-        if await gosignal.give(ctx.spec, await context.credentials(ctx), ctx.uid):
-            ctx.logger.info("gave the go to the pre-started migrate Job %s", context.job_name(ctx, Step.MIGRATE))
+        if await gosignal.give(ctx.spec, await context.credentials(ctx), ctx.uid, action.step):
+            ctx.logger.info("gave the go to the pre-started %s Job %s", action.step, context.job_name(ctx, action.step))
     elif isinstance(action, ScaleDeployment):
         assert ctx.spec.maintenance is not None
         await maintenance.scale(
@@ -348,8 +347,8 @@ async def reconcile_once(
     observed = await observe(ctx, now_iso())
     decision = machine.decide(spec, ctx.status, observed, ctx.name, ctx.uid)
     created, action_error = await execute(ctx, decision, now_iso())
-    if not any(isinstance(action, GiveGo) for action in decision.actions):
-        await gosignal.withdraw(ctx.uid)  # the migrate Job ended, or the run left Migrating: no go held any more
+    # a go this pass did not ask for is released: its Job ended, or the run left its phase
+    await gosignal.withdraw_except(ctx.uid, {str(a.step) for a in decision.actions if isinstance(a, GiveGo)})
     resumed = resume_note(ctx.phase) if first else None
     if resumed:
         logger.info("%s", resumed)

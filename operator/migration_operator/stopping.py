@@ -13,7 +13,7 @@ from kubernetes.client import V1DeleteOptions
 from . import constants, database, jobs, kube
 from .database import Credentials
 from .models import DatabaseMigrationSpec
-from .reasons import Step
+from .reasons import ARMED, Step
 
 
 async def stop_job(namespace: str, name: str) -> None:
@@ -56,10 +56,10 @@ def application_name(step: str) -> str:
 
 
 def application_names(step: str) -> list[str]:
-    """The application_names of the sessions of `step`: the migrate step's may be the pre-started migrate Job's."""
+    """The application_names of the sessions of `step`: a backup's or migration's may be its pre-started Job's."""
     names = [application_name(step)]
-    if step == Step.MIGRATE:
-        names.append(application_name(Step.ARMED_MIGRATE))
+    if step in ARMED:
+        names.append(application_name(ARMED[Step(step)]))
     return names
 
 

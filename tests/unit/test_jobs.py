@@ -230,3 +230,25 @@ def test_validate_job_holds_no_claim_without_a_dump_to_a_volume(backup: dict[str
     validate = pod(machine.build_job(BODY, spec, "validate"))
     assert not any("persistentVolumeClaim" in v for v in validate["volumes"])
     assert all(m["mountPath"] != "/backup" for m in validate["containers"][0]["volumeMounts"])
+
+
+def _job(conditions: list[tuple[str, str]] = (), failed: int = 0, backoff: int = 0, policy: object = None) -> object:
+    from types import SimpleNamespace
+
+    status = SimpleNamespace(
+        succeeded=0, failed=failed, conditions=[SimpleNamespace(type=t, status=s) for t, s in conditions]
+    )
+    return SimpleNamespace(status=status, spec=SimpleNamespace(backoff_limit=backoff, pod_failure_policy=policy))
+
+
+def test_a_job_the_controller_decided_to_fail_is_failed_already() -> None:
+    from migration_operator.jobs import job_state
+
+    assert job_state(_job())[0] == "Running"
+    assert job_state(_job([("Failed", "True")]))[0] == "Failed"
+    # FailureTarget: the Job will fail, its pods are terminating (the Failed condition comes after them)
+    assert job_state(_job([("FailureTarget", "True")]))[0] == "Failed"
+    # a failed pod with no retry allowed (e.g. the pod deleted while it waited) fails the Job
+    assert job_state(_job(failed=1))[0] == "Failed"
+    assert job_state(_job(failed=1, backoff=2))[0] == "Running"
+    assert job_state(_job(failed=1, policy=object()))[0] == "Running"

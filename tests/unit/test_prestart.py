@@ -1,6 +1,6 @@
-"""The pre-started migrate Job (spec.maintenance.prestartMigration): created when the app starts draining, adopted as
-the migrate step when Migrating starts, given its go only on the pass after its adoption is recorded, and replaced by
-an ordinary migrate Job when it ended before its go."""
+"""The pre-started backup and migrate Jobs (spec.maintenance.prestartMigration): created when the app starts draining,
+adopted as their step when their phase starts, given their go only on the pass after the adoption is recorded, and
+replaced by ordinary Jobs when they ended before their go."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ from migration_operator.observations import JobObservation
 from migration_operator.reasons import Step
 
 ARMED_NAME = f"{NAME}-armed-migrate"
+ARMED_BACKUP_NAME = f"{NAME}-armed-backup"
+BOTH = [CreateJob(Step.ARMED_BACKUP, (("DUMP_SCHEMAS", "public"),)), CreateJob(Step.ARMED_MIGRATE)]
 
 
 def prestart_spec(**overrides: Any) -> Any:
@@ -45,24 +47,35 @@ def prestart_spec(**overrides: Any) -> Any:
 
 
 def armed_status(**fields: Any) -> Any:
-    jobs = {"validate": f"{NAME}-validate", "backup": f"{NAME}-backup", "armed-migrate": ARMED_NAME}
+    jobs = {"validate": f"{NAME}-validate", "backup": ARMED_BACKUP_NAME, "armed-backup": ARMED_BACKUP_NAME,
+            "armed-migrate": ARMED_NAME}
     return _migrating_status(jobs={**jobs, **fields.pop("jobs", {})}, **fields)
 
 
-def test_the_armed_job_is_created_with_the_scale_down_and_only_once() -> None:
-    decision = run(prestart_spec(), make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=DEPLOYMENT_UP))
-    assert decision.actions == [ScaleDeployment(0, record_original=3), CreateJob(Step.ARMED_MIGRATE)]
-    assert "pre-started flyway migrate Job" in (decision.log or "")
-    status = make_status(Phase.ENTERING_MAINTENANCE, maintenance=MAINTENANCE, jobs={"armed-migrate": ARMED_NAME})
+def test_the_armed_jobs_are_created_with_the_scale_down_and_only_once() -> None:
+    status = make_status(Phase.ENTERING_MAINTENANCE, before=BEFORE.model_dump(by_alias=True))
+    decision = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP))
+    assert decision.actions == [ScaleDeployment(0, record_original=3), *BOTH]
+    assert "pre-started pg_dump and flyway migrate Job(s)" in (decision.log or "")
+    status = make_status(Phase.ENTERING_MAINTENANCE, maintenance=MAINTENANCE,
+                         jobs={"armed-migrate": ARMED_NAME, "armed-backup": ARMED_BACKUP_NAME})
     again = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_DOWN, app_sessions=()))
     assert not any(isinstance(a, CreateJob) for a in again.actions)
 
 
-def test_a_pass_whose_creation_failed_creates_the_armed_job_while_draining() -> None:
-    status = make_status(Phase.ENTERING_MAINTENANCE, maintenance=MAINTENANCE)
+def test_a_pass_whose_creation_failed_creates_the_armed_jobs_while_draining() -> None:
+    status = make_status(Phase.ENTERING_MAINTENANCE, maintenance=MAINTENANCE, before=BEFORE.model_dump(by_alias=True))
     decision = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_DOWN, app_sessions=()))
     assert decision.phase == Phase.BACKING_UP
-    assert decision.actions == [CreateJob(Step.ARMED_MIGRATE)]
+    assert decision.actions == BOTH
+
+
+def test_a_backup_before_the_drain_is_not_pre_started_the_migration_is() -> None:
+    spec = prestart_spec(backup={"volume": {"claimName": "db-backups"}, "timing": "BeforeMaintenance"})
+    assert core.prestarted_steps(spec) == [Step.MIGRATE]
+    assert core.prestarted_steps(prestart_spec(backup={"enabled": False})) == [Step.MIGRATE]
+    assert core.prestarted_steps(prestart_spec()) == [Step.BACKUP, Step.MIGRATE]
+    assert core.prestarted_steps(make_spec()) == []
 
 
 def test_no_armed_job_without_the_opt_in_nor_with_a_failing_drain() -> None:
@@ -74,7 +87,7 @@ def test_no_armed_job_without_the_opt_in_nor_with_a_failing_drain() -> None:
 
 def test_clone_backups_never_arm_and_the_crd_refuses_the_pair() -> None:
     spec = prestart_spec(backup={"method": "Clone"})
-    assert not core.prestarts_migration(spec)
+    assert not core.prestarts_migration(spec) and core.prestarted_steps(spec) == []
     decision = run(spec, make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=DEPLOYMENT_UP))
     assert CreateJob(Step.ARMED_MIGRATE) not in decision.actions
     from migration_operator import crd
@@ -98,12 +111,15 @@ def test_the_adopted_job_gets_the_go_on_every_pass_while_it_runs() -> None:
     status = armed_status(jobs={"migrate": ARMED_NAME})
     assert core.migrate_adopted(status) and core.database_changed(status)
     decision = run(prestart_spec(), status, observe(jobs={"migrate": JobObservation("Running")}))
-    assert decision.actions == [GiveGo()]
+    assert decision.actions == [GiveGo(Step.MIGRATE)]
 
 
 def test_an_ordinary_migrate_job_never_gets_a_go() -> None:
     status = _migrating_status(jobs={"migrate": f"{NAME}-migrate"})
     decision = run(prestart_spec(), status, observe(jobs={"migrate": JobObservation("Running")}))
+    assert decision.actions == []
+    backing_up = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE, jobs={"backup": f"{NAME}-backup"})
+    decision = run(prestart_spec(), backing_up, observe(jobs={"backup": JobObservation("Running")}))
     assert decision.actions == []
 
 
@@ -148,14 +164,14 @@ def test_the_armed_pod_runs_flyway_migrate_waiting_for_the_go_within_its_deadlin
     body = {"metadata": {"name": NAME, "namespace": "apps", "uid": UID}}
     job = machine.build_job(body, spec, Step.ARMED_MIGRATE)
     assert job["metadata"]["name"] == ARMED_NAME
-    wait = core.armed_wait_seconds(spec)
+    wait = core.go_wait_seconds(spec, Step.MIGRATE)
     assert job["spec"]["activeDeadlineSeconds"] == wait + spec.timeouts.migrate_seconds
     container = job["spec"]["template"]["spec"]["containers"][0]
     script = container["command"][2]
     migrate_line = next(line for line in script.splitlines() if line.startswith("run migrate "))
     args = shlex.split(migrate_line)
     assert args[-1] == "migrate"
-    assert f"-initSql={gosignal.wait_sql(UID, wait)}" in args
+    assert f"-initSql={gosignal.wait_sql(UID, Step.MIGRATE, wait)}" in args
     plain = machine.build_job(body, spec, Step.MIGRATE)["spec"]["template"]["spec"]["containers"][0]["command"][2]
     plain_args = shlex.split(next(line for line in plain.splitlines() if line.startswith("run migrate ")))
     assert [a for a in args if not a.startswith("-initSql=")] == plain_args  # the same safety flags
@@ -163,22 +179,69 @@ def test_the_armed_pod_runs_flyway_migrate_waiting_for_the_go_within_its_deadlin
     assert "ApplicationName=migration-operator-armed-migrate" in url
 
 
+def test_the_armed_backup_pod_is_the_backup_pod_waiting_for_its_go() -> None:
+    spec = prestart_spec()
+    body = {"metadata": {"name": NAME, "namespace": "apps", "uid": UID}}
+    armed = machine.build_job(body, spec, Step.ARMED_BACKUP, (("DUMP_SCHEMAS", "public"),))
+    plain = machine.build_job(body, spec, Step.BACKUP, (("DUMP_SCHEMAS", "public"),))
+    assert armed["metadata"]["name"] == ARMED_BACKUP_NAME
+    wait = core.go_wait_seconds(spec, Step.BACKUP)
+    assert wait < core.go_wait_seconds(spec, Step.MIGRATE)  # the migration also waits for the backup
+    assert armed["spec"]["activeDeadlineSeconds"] == wait + spec.timeouts.backup_seconds
+    container, ordinary = (j["spec"]["template"]["spec"]["containers"][0] for j in (armed, plain))
+    assert container["command"] == ordinary["command"]  # the same script, the same dump file
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    plain_env = {e["name"]: e.get("value") for e in ordinary["env"]}
+    assert env["GO_SQL"] == gosignal.wait_sql(UID, Step.BACKUP, wait) and env["GO_WAIT_SECONDS"] == str(wait)
+    assert env["PGAPPNAME"] == "migration-operator-armed-backup"
+    assert {k: v for k, v in env.items() if k not in ("GO_SQL", "GO_WAIT_SECONDS", "PGAPPNAME")} == {
+        k: v for k, v in plain_env.items() if k != "PGAPPNAME"
+    }
+
+
+def test_backing_up_adopts_the_armed_backup_then_gives_its_go_and_takes_the_snapshot_next() -> None:
+    spec = prestart_spec()
+    jobs = {"armed-backup": ARMED_BACKUP_NAME, "armed-migrate": ARMED_NAME}
+    status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE, before=BEFORE.model_dump(by_alias=True), jobs=jobs)
+    obs = observe(jobs={"backup": JobObservation("Absent"), "armed-backup": JobObservation("Running")})
+    decision = run(spec, status, obs)
+    assert decision.actions == [AdoptJob(Step.BACKUP, Step.ARMED_BACKUP)] and decision.requeue_after == 0.0
+    assert written(decision)["backup"]["path"].endswith(".dump")
+    adopted = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE, before=BEFORE.model_dump(by_alias=True),
+                          jobs={**jobs, "backup": ARMED_BACKUP_NAME})
+    decision = run(spec, adopted, observe(jobs={"backup": JobObservation("Running")}))
+    assert decision.actions == [GiveGo(Step.BACKUP)]
+    assert decision.requeue_after == 0.0  # the snapshot beside the dump comes with the next pass
+
+
+def test_an_armed_backup_lost_before_its_go_is_replaced() -> None:
+    jobs = {"armed-backup": ARMED_BACKUP_NAME, "armed-migrate": ARMED_NAME}
+    status = make_status(Phase.BACKING_UP, maintenance=MAINTENANCE, before=BEFORE.model_dump(by_alias=True), jobs=jobs)
+    obs = observe(jobs={"backup": JobObservation("Absent"), "armed-backup": JobObservation("Failed", failure="Error")})
+    decision = run(prestart_spec(), status, obs)
+    assert decision.actions == [TerminateSessions(Step.ARMED_BACKUP),
+                                CreateJob(Step.BACKUP, (("DUMP_SCHEMAS", "public"),))]
+    assert "pre-started pg_dump Job ended before its go (Error)" in (decision.log or "")
+
+
 def test_the_wait_sql_names_the_runs_key_and_its_budget() -> None:
-    first, second = gosignal.key(UID)
+    first, second = gosignal.key(UID, Step.MIGRATE)
     assert 0 <= first < 2**31 and 0 <= second < 2**31
-    assert gosignal.key("another-uid") != (first, second)
-    text = gosignal.wait_sql(UID, 321)
+    assert gosignal.key("another-uid", Step.MIGRATE) != (first, second)
+    assert gosignal.key(UID, Step.BACKUP) != (first, second)
+    text = gosignal.wait_sql(UID, Step.MIGRATE, 321)
     assert f"classid = {first} AND objid = {second} AND objsubid = 2" in text
-    assert "interval '321 seconds'" in text
+    assert "interval '321 seconds'" in text and "pre-started migrate Job" in text
     assert text.startswith("SET statement_timeout = 0;") and text.endswith("RESET statement_timeout")
 
 
-def test_stopping_the_migrate_step_ends_the_armed_sessions_too() -> None:
+def test_stopping_a_step_ends_its_armed_sessions_too() -> None:
     assert stopping.application_names(Step.MIGRATE) == [
         "migration-operator-migrate",
         "migration-operator-armed-migrate",
     ]
-    assert stopping.application_names(Step.BACKUP) == ["migration-operator-backup"]
+    assert stopping.application_names(Step.BACKUP) == ["migration-operator-backup", "migration-operator-armed-backup"]
+    assert stopping.application_names(Step.RESTORE) == ["migration-operator-restore"]
 
 
 def test_the_opt_in_defaults_off() -> None:

@@ -35,7 +35,7 @@ from .. import jobs
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase
 from ..observations import Observations
 from ..reasons import Step
-from . import backup, guards, maintenance, migrate, pending, preflight, rollback, verify
+from . import backup, guards, maintenance, migrate, pending, preflight, prestart, rollback, verify
 from .context import Context
 from .core import Decide, Decision, PodBuilder, ReleaseLock, Run, first_line, iso
 
@@ -75,7 +75,8 @@ PHASES: dict[Phase, PhaseEntry] = {
 JOB_PODS: dict[Step, PodBuilder] = {
     Step.VALIDATE: preflight.pod,
     Step.MIGRATE: migrate.pod,
-    Step.ARMED_MIGRATE: migrate.armed_pod,
+    Step.ARMED_MIGRATE: prestart.armed_migrate_pod,
+    Step.ARMED_BACKUP: prestart.armed_backup_pod,
     **{step: build for method in backup.BACKUP_METHODS.values() for step, build in method.pods().items()},
     **{step: build for plan in rollback.ROLLBACK_STRATEGIES.values() for step, build in plan.pods().items()},
 }

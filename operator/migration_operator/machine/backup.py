@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .. import database, jobs, pg_scripts, reasons
+from .. import database, gosignal, jobs, pg_scripts, reasons
 from ..models import (
     BackupMethod,
     BackupStatus,
@@ -30,19 +30,25 @@ from . import context
 from .context import Context
 from .core import (
     POLL_RETRY,
+    AdoptJob,
     CloneDatabase,
     CreateJob,
     Decision,
+    GiveGo,
     PodBuilder,
     Run,
     Situation,
     SwapCloneBack,
+    TerminateSessions,
+    adoptable,
+    adopted,
     before_drained,
     clone_names,
     enter,
     fail,
     first_line,
     iso,
+    lost_before_go,
     next_phase,
     restore_scope,
     rollback_job_step,
@@ -99,10 +105,10 @@ class DumpBackup:
         return {Step.BACKUP: self.backup_pod, Step.RESTORE: self.restore_pod}
 
     @staticmethod
-    def backup_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
+    def backup_pod(spec: DatabaseMigrationSpec, run: Run, step: Step = Step.BACKUP) -> jobs.PodParts:
         volume = jobs.backup_volume(spec, run.name, run.uid)
         volume["env"] = [*volume["env"], {"name": "BACKUP_COMPRESSION", "value": str(spec.backup.compression)}]
-        return jobs.postgres_pod(spec, Step.BACKUP, pg_scripts.BACKUP_SCRIPT, spec.timeouts.backup_seconds, **volume)
+        return jobs.postgres_pod(spec, step, pg_scripts.BACKUP_SCRIPT, spec.timeouts.backup_seconds, **volume)
 
     @staticmethod
     def restore_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
@@ -113,7 +119,12 @@ class DumpBackup:
 
     async def observe(self, ctx: Context) -> dict[str, Any]:
         fields: dict[str, Any] = {"jobs": await context.job(ctx, Step.BACKUP)}
-        if fields["jobs"][Step.BACKUP].state == "Running" and snapshot_beside_the_dump(ctx.spec, ctx.status):
+        if Step.BACKUP not in ctx.status.jobs and Step.ARMED_BACKUP in ctx.status.jobs:
+            fields["jobs"].update(await context.job(ctx, Step.ARMED_BACKUP, read_log=False))
+        # an adopted pre-started Job dumps only once it has its go (this pass gives it: the snapshot waits a pass)
+        dumping = not adopted(ctx.status, Step.BACKUP) or gosignal.given(ctx.uid, Step.BACKUP)
+        running = fields["jobs"][Step.BACKUP].state == "Running"
+        if running and dumping and snapshot_beside_the_dump(ctx.spec, ctx.status):
             login = await context.credentials(ctx)
             fields["snapshot"] = (await database.take_snapshot(ctx.spec, login, ctx.uid)).model_copy(
                 update={"drained": True}
@@ -125,23 +136,29 @@ class DumpBackup:
         job = obs.job(Step.BACKUP)
         running = f"backup: pg_dump of {spec.database.name} running"
         if job.state == "Absent":
-            decision = stay(
-                PHASE,
-                running,
-                reasons.BACKING_UP,
-                log="created the pg_dump Job",
-                backup=BackupStatus(
-                    method=BackupMethod.DUMP.value,
-                    pvc=spec.backup.volume.claim_name if spec.backup.volume else None,
-                    path=jobs.backup_file(run.name, run.uid),
-                    verified=False,
-                ),
+            record = BackupStatus(
+                method=BackupMethod.DUMP.value,
+                pvc=spec.backup.volume.claim_name if spec.backup.volume else None,
+                path=jobs.backup_file(run.name, run.uid),
+                verified=False,
             )
+            condition = ConditionChange(reasons.BACKUP_COMPLETE, "False", reasons.BACKING_UP, "pg_dump running")
+            if adoptable(Step.BACKUP, status, obs):
+                log = "the pre-started pg_dump Job is the backup step: giving it the go"
+                decision = stay(PHASE, running, reasons.BACKING_UP, 0.0, log=log, backup=record)
+                decision.actions.append(AdoptJob(Step.BACKUP, Step.ARMED_BACKUP))
+                decision.conditions.append(condition)
+                return decision
+            log = "created the pg_dump Job"
+            lost = lost_before_go(Step.BACKUP, status, obs)
+            if lost:
+                log = f"the pre-started pg_dump Job ended before its go ({lost}): {log}"
+            decision = stay(PHASE, running, reasons.BACKING_UP, log=log, backup=record)
+            if lost:
+                decision.actions.append(TerminateSessions(Step.ARMED_BACKUP))
             scope = restore_scope(spec, status.before)
             decision.actions.append(CreateJob(Step.BACKUP, (("DUMP_SCHEMAS", " ".join(scope)),)))
-            decision.conditions.append(
-                ConditionChange(reasons.BACKUP_COMPLETE, "False", reasons.BACKING_UP, "pg_dump running")
-            )
+            decision.conditions.append(condition)
             return decision
         if job.state == "Running":
             if timed_out(status, obs, spec.timeouts.backup_seconds):
@@ -149,6 +166,10 @@ class DumpBackup:
             decision = stay(PHASE, running, reasons.BACKING_UP)
             if obs.snapshot is not None and obs.snapshot.drained:
                 decision.record(before=obs.snapshot)
+            if adopted(status, Step.BACKUP):
+                decision.actions.append(GiveGo(Step.BACKUP))
+                if obs.snapshot is None and snapshot_beside_the_dump(spec, status):
+                    decision.requeue_after = 0.0  # the next pass, the go held, takes the snapshot beside the dump
             return decision
         summary = pg_scripts.parse_backup_output(job.output)
         if job.state == "Failed" or summary is None or not summary.get("verified"):

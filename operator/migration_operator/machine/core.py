@@ -123,8 +123,10 @@ class AdoptJob:
 
 @dataclass(frozen=True)
 class GiveGo:
-    """Hold the go of the run's pre-started migrate Job (gosignal.give): asked on every pass while it runs; any pass
-    without it withdraws the go."""
+    """Hold the go of the pre-started Job adopted as `step` (gosignal.give): asked on every pass while it runs; a
+    pass that does not ask for it withdraws it."""
+
+    step: Step
 
 
 Action = (
@@ -233,21 +235,68 @@ def database_changed(status: DatabaseMigrationStatus) -> bool:
 
 
 def prestarts_migration(spec: DatabaseMigrationSpec) -> bool:
-    """The migrate Job is created when the app starts draining and waits for its go (maintenance.prestartMigration;
-    never with a Clone backup, which needs the database free of sessions: the CRD refuses that pair)."""
+    """maintenance.prestartMigration, where it applies (never with a Clone backup, which needs the database free of
+    sessions: the CRD refuses that pair)."""
     return bool(spec.maintenance and spec.maintenance.prestart_migration and spec.backup.method != BackupMethod.CLONE)
 
 
+def prestarted_steps(spec: DatabaseMigrationSpec) -> list[Step]:
+    """The steps whose Jobs EnteringMaintenance creates ahead (their pre-started Jobs): the backup when it runs after
+    the drain (a Dump), and the migration."""
+    if not prestarts_migration(spec):
+        return []
+    steps = []
+    if spec.backup.enabled and spec.backup.method == BackupMethod.DUMP and Phase.BACKING_UP in after_the_drain(spec):
+        steps.append(Step.BACKUP)
+    return [*steps, Step.MIGRATE]
+
+
+def after_the_drain(spec: DatabaseMigrationSpec) -> list[Phase]:
+    phases = work_phases(spec)
+    return phases[phases.index(Phase.ENTERING_MAINTENANCE) + 1 :] if Phase.ENTERING_MAINTENANCE in phases else []
+
+
+def adopted(status: DatabaseMigrationStatus, step: Step) -> bool:
+    """The step's Job is its pre-started Job (status.jobs names the same Job for both)."""
+    armed = status.jobs.get(reasons.ARMED[step]) if step in reasons.ARMED else None
+    return armed is not None and status.jobs.get(step) == armed
+
+
 def migrate_adopted(status: DatabaseMigrationStatus) -> bool:
-    """The migrate step is the pre-started migrate Job (status.jobs names the same Job for both)."""
-    armed = status.jobs.get(Step.ARMED_MIGRATE)
-    return armed is not None and status.jobs.get(Step.MIGRATE) == armed
+    return adopted(status, Step.MIGRATE)
 
 
-def armed_wait_seconds(spec: DatabaseMigrationSpec) -> int:
-    """How long a pre-started migrate Job waits for its go at most: the drain and the backup with their slack."""
+def adoptable(step: Step, status: DatabaseMigrationStatus, obs: Observations) -> bool:
+    """The pre-started Job of `step` exists, was never adopted, and its container still runs (waiting for its go)."""
+    armed = reasons.ARMED.get(step)
+    job = obs.jobs.get(armed) if armed else None
+    return (
+        armed in status.jobs
+        and step not in status.jobs
+        and job is not None
+        and job.state == "Running"
+        and job.exit_code is None
+    )
+
+
+def lost_before_go(step: Step, status: DatabaseMigrationStatus, obs: Observations) -> str | None:
+    """Why the pre-started Job of `step` ended before its go; None when there is none to replace."""
+    armed = reasons.ARMED.get(step)
+    job = obs.jobs.get(armed) if armed else None
+    if armed not in status.jobs or step in status.jobs or job is None or adoptable(step, status, obs):
+        return None
+    why = job.failure or (f"exit code {job.exit_code}" if job.exit_code is not None else job.state)
+    return first_line(why, 200)
+
+
+def go_wait_seconds(spec: DatabaseMigrationSpec, step: Step) -> int:
+    """How long a pre-started Job of `step` waits for its go at most: what comes before its phase in the window
+    (the drain, and the backup before the migration), with their slack."""
     t = spec.timeouts
-    return t.drain_seconds + (t.backup_seconds if spec.backup.enabled else 0) + 2 * (DEADLINE_SLACK + HARD_MARGIN)
+    before = t.drain_seconds
+    if step == Step.MIGRATE and spec.backup.enabled:
+        before += t.backup_seconds
+    return before + 2 * (DEADLINE_SLACK + HARD_MARGIN)
 
 
 def before_drained(status: DatabaseMigrationStatus) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from .. import database, maintenance, reasons
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, MaintenanceStatus, Phase
 from ..observations import ConditionChange, DeploymentObservation, Observations
-from . import context, migrate
+from . import context, prestart
 from .context import Context
 from .core import (
     POLL_DRAIN,
@@ -57,11 +57,11 @@ def _app(spec: DatabaseMigrationSpec, obs: Observations) -> tuple[str, Deploymen
 def decide_entering(
     spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
 ) -> Decision:
-    """Scale to 0, wait for the drain; with maintenance.prestartMigration, the migrate Job is created along the way
-    (`migrate.arm`), so its pod starts while the app drains."""
+    """Scale to 0, wait for the drain; with maintenance.prestartMigration, the backup and migrate Jobs are created
+    along the way (`prestart.arm`), so their pods start while the app drains."""
     decision = _decide_entering(spec, status, obs, run)
     if decision.phase in (Phase.ENTERING_MAINTENANCE, next_phase(Phase.ENTERING_MAINTENANCE, spec)):
-        return migrate.arm(spec, status, decision)
+        return prestart.arm(spec, status, decision)
     return decision
 
 

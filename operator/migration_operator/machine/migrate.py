@@ -5,7 +5,8 @@ faithful one, taken once), unless it was taken beside the pg_dump Job already (`
 while it runs, blocked locks and other sessions (monitoring only).
 Actions: create the `migrate` Job (again when someone deleted it mid-run: Flyway resumes from its history); or,
 with maintenance.prestartMigration, adopt the `armed-migrate` Job created when the app started draining
-(`arm`, called by EnteringMaintenance) and give it the go (gosignal.py) on every pass while it runs.
+(machine/prestart.py) and give it the go (gosignal.py) on every pass while it runs; replace it by an ordinary
+`migrate` Job when it ended before its go.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from .. import database, flyway, gosignal, jobs, reasons
+from .. import database, flyway, jobs, reasons
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase
 from ..observations import ConditionChange, Observations
 from ..reasons import Step
@@ -28,16 +29,16 @@ from .core import (
     GiveGo,
     Run,
     TerminateSessions,
-    armed_wait_seconds,
+    adoptable,
+    adopted,
     before_drained,
     database_changed,
     enter,
     expected_version,
     fail,
     first_line,
-    migrate_adopted,
+    lost_before_go,
     next_phase,
-    prestarts_migration,
     stay,
     timed_out,
 )
@@ -47,30 +48,6 @@ PHASE = Phase.MIGRATING
 
 def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
     return jobs.flyway_pod(spec, Step.MIGRATE, spec.timeouts.migrate_seconds)
-
-
-def armed_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
-    """The pre-started migrate Job's pod: `flyway migrate` as in `pod`, Flyway waiting for its go in its initSql.
-    Its deadline covers the wait and the migration."""
-    wait = armed_wait_seconds(spec)
-    return jobs.flyway_pod(
-        spec,
-        Step.ARMED_MIGRATE,
-        wait + spec.timeouts.migrate_seconds,
-        command=Step.MIGRATE,
-        init_sql=gosignal.wait_sql(run.uid, wait),
-    )
-
-
-def arm(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, decision: Decision) -> Decision:
-    """With maintenance.prestartMigration: create the pre-started migrate Job along `decision` (EnteringMaintenance's),
-    once per run (status.jobs records it; its name is deterministic, so a pass that created it already finds it)."""
-    if not prestarts_migration(spec) or Step.ARMED_MIGRATE in status.jobs or Step.MIGRATE in status.jobs:
-        return decision
-    decision.actions.append(CreateJob(Step.ARMED_MIGRATE))
-    line = "created the pre-started flyway migrate Job: it waits for its go once the backup is verified"
-    decision.log = f"{decision.log}; {line}" if decision.log else line
-    return decision
 
 
 async def observe(ctx: Context) -> dict[str, Any]:
@@ -103,8 +80,7 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
     if job.state == "Absent":
         message = f"migrating: flyway migrate to version {target}"
         again = database_changed(status)  # created before: someone deleted the Job mid-run
-        armed = obs.jobs.get(Step.ARMED_MIGRATE)
-        if not again and armed is not None and armed.state == "Running" and armed.exit_code is None:
+        if not again and adoptable(Step.MIGRATE, status, obs):
             log = "the pre-started flyway migrate Job is the migrate step: giving it the go"
             decision = stay(PHASE, message, reasons.MIGRATING, 0.0, log=log)
             decision.actions.append(AdoptJob(Step.MIGRATE, Step.ARMED_MIGRATE))
@@ -117,11 +93,9 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
             if again
             else "created the flyway migrate Job"
         )
-        lost = not again and armed is not None and Step.ARMED_MIGRATE in status.jobs
+        lost = None if again else lost_before_go(Step.MIGRATE, status, obs)
         if lost:
-            assert armed is not None
-            why = armed.failure or (f"exit code {armed.exit_code}" if armed.exit_code is not None else armed.state)
-            log = f"the pre-started flyway migrate Job ended before its go ({first_line(why, 200)}): {log}"
+            log = f"the pre-started flyway migrate Job ended before its go ({lost}): {log}"
         decision = stay(PHASE, message, reasons.MIGRATING, log=log)
         decision.warning = again
         if lost:
@@ -142,8 +116,8 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
         if timed_out(status, obs, spec.timeouts.migrate_seconds):
             return migration_failed(spec, status, f"flyway migrate exceeded {spec.timeouts.migrate_seconds}s")
         decision = stay(PHASE, message, reasons.MIGRATING, POLL_JOB)
-        if migrate_adopted(status):
-            decision.actions.append(GiveGo())
+        if adopted(status, Step.MIGRATE):
+            decision.actions.append(GiveGo(Step.MIGRATE))
         return decision
     result = flyway.parse_migrate_output(job.output)
     if job.state == "Failed" or not result.success:
