@@ -385,6 +385,20 @@ async def sessions(spec: DatabaseMigrationSpec, credentials: Credentials) -> lis
         ]
 
 
+async def waiting_for_go(
+    spec: DatabaseMigrationSpec, credentials: Credentials, application_names: list[str]
+) -> list[str]:
+    """Which of `application_names` have a session on the database running the wait for its go (gosignal.wait_sql:
+    Flyway's initSql, the backup's psql): its pod, and Flyway's JVM, have started and connected."""
+    async with await connect(spec, credentials) as conn:
+        cursor = await conn.execute(
+            "select distinct application_name from pg_stat_activity where datname = current_database() "
+            "and application_name = any(%s) and state = 'active' and query like %s",
+            [application_names, "%DO $dbops$%"],
+        )
+        return sorted(row["application_name"] for row in await cursor.fetchall())
+
+
 async def blocked_locks(spec: DatabaseMigrationSpec, credentials: Credentials) -> list[str]:
     """The runbook's lock monitoring: who waits for which lock, and who holds it."""
     async with await connect(spec, credentials) as conn:

@@ -134,6 +134,9 @@ class Observations:
     restore_problems: tuple[str, ...] = ()
     deployment: DeploymentObservation | None = None
     app_sessions: tuple[Session, ...] = ()
+    # The pre-started Jobs (by step: backup, migrate) whose session waits for its go (gosignal.wait_sql running);
+    # None when not looked at.
+    armed_waiting: tuple[str, ...] | None = None
     blocked_locks: tuple[str, ...] = ()
     jobs: dict[str, JobObservation] = field(default_factory=dict)
     clone: CloneObservation | None = None

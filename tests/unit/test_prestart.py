@@ -16,6 +16,7 @@ from test_phases import (
     NAME,
     UID,
     _migrating_status,
+    condition,
     make_spec,
     make_status,
     observe,
@@ -23,12 +24,13 @@ from test_phases import (
     written,
 )
 
-from migration_operator import gosignal, machine, stopping
+from migration_operator import gosignal, machine, reasons, stopping
 from migration_operator.machine import core
 from migration_operator.machine.core import (
     AdoptJob,
     CreateJob,
     GiveGo,
+    ReleaseLock,
     ScaleDeployment,
     StopJob,
     TerminateSessions,
@@ -52,11 +54,42 @@ def armed_status(**fields: Any) -> Any:
     return _migrating_status(jobs={**jobs, **fields.pop("jobs", {})}, **fields)
 
 
-def test_the_armed_jobs_are_created_with_the_scale_down_and_only_once() -> None:
+def test_the_armed_jobs_start_before_the_scale_down_the_app_still_serving() -> None:
     status = make_status(Phase.ENTERING_MAINTENANCE, before=BEFORE.model_dump(by_alias=True))
     decision = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP))
-    assert decision.actions == [ScaleDeployment(0, record_original=3), *BOTH]
+    assert decision.phase == Phase.ENTERING_MAINTENANCE and decision.actions == BOTH
+    assert decision.requeue_after is not None and decision.requeue_after < 1
+    assert condition(decision, reasons.READY).reason == reasons.PRESTARTING_JOBS
+    assert "the app keeps serving" in decision.message
     assert "pre-started pg_dump and flyway migrate Job(s)" in (decision.log or "")
+    assert "maintenance" not in written(decision)  # nothing recorded as scaled down: the app was not touched
+
+
+def test_the_app_is_scaled_down_once_both_armed_jobs_wait_for_their_go() -> None:
+    jobs = {"armed-migrate": ARMED_NAME, "armed-backup": ARMED_BACKUP_NAME}
+    status = make_status(Phase.ENTERING_MAINTENANCE, started_seconds_ago=3, jobs=jobs)
+    one = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP, armed_waiting=("migrate",)))
+    assert one.actions == [] and "pg_dump Job(s)" in one.message and "flyway" not in one.message
+    both = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP, armed_waiting=("backup", "migrate")))
+    assert both.actions == [ScaleDeployment(0, record_original=3)]
+
+
+def test_the_head_start_is_bounded_then_the_app_is_scaled_down_anyway() -> None:
+    jobs = {"armed-migrate": ARMED_NAME, "armed-backup": ARMED_BACKUP_NAME}
+    late = make_status(Phase.ENTERING_MAINTENANCE, started_seconds_ago=31, jobs=jobs)
+    decision = run(prestart_spec(), late, observe(deployment=DEPLOYMENT_UP, armed_waiting=()))
+    assert decision.actions == [ScaleDeployment(0, record_original=3)]
+
+
+def test_a_run_that_fails_before_touching_the_app_stops_its_armed_jobs() -> None:
+    jobs = {"armed-migrate": ARMED_NAME, "armed-backup": ARMED_BACKUP_NAME}
+    status = make_status(Phase.ENTERING_MAINTENANCE, started_seconds_ago=3, jobs=jobs)
+    decision = run(prestart_spec(), status, observe())  # the Deployment is gone
+    assert decision.phase == Phase.FAILED
+    assert decision.actions == [StopJob(Step.ARMED_BACKUP), StopJob(Step.ARMED_MIGRATE), ReleaseLock()]
+
+
+def test_the_armed_jobs_are_created_only_once() -> None:
     status = make_status(Phase.ENTERING_MAINTENANCE, maintenance=MAINTENANCE,
                          jobs={"armed-migrate": ARMED_NAME, "armed-backup": ARMED_BACKUP_NAME})
     again = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_DOWN, app_sessions=()))

@@ -464,7 +464,9 @@ def fail(
     text = f"{phase.value} failed ({reason}): {first_line(message, 600)}"
     if phase in (Phase.PENDING, Phase.PREFLIGHT):
         text += "; the app and the database were not touched"
-    return stalled_end(Phase.FAILED, reason, text, extra, [ReleaseLock()])
+    # pre-started Jobs created before the app was touched (their head start) never get a go: stopped now
+    stops: list[Action] = [StopJob(armed) for armed in sorted(reasons.ARMED.values()) if armed in status.jobs]
+    return stalled_end(Phase.FAILED, reason, text, extra, [*stops, ReleaseLock()])
 
 
 def rollback_job_step(

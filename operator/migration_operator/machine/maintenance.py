@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import database, maintenance, reasons
+from .. import constants, database, maintenance, reasons
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, MaintenanceStatus, Phase
 from ..observations import ConditionChange, DeploymentObservation, Observations
+from ..reasons import ARMED, Step
 from . import context, prestart
 from .context import Context
 from .core import (
@@ -23,14 +24,23 @@ from .core import (
     ScaleDeployment,
     app_available,
     back_by,
+    elapsed,
     enter,
     fail,
     iso,
+    maintenance_touched,
     next_phase,
     original_replicas,
+    prestarted_steps,
     stay,
     timed_out,
 )
+
+# How long the app keeps serving while the pre-started Jobs start (then it is scaled down whatever they do), and how
+# often that start is looked at meanwhile (their sessions are not Kubernetes events).
+PRESTART_HEAD_START = 30.0
+HEAD_START_POLL = 0.25
+ARMED_STEP_OF = {armed: step for step, armed in ARMED.items()}
 
 
 async def observe_deployment(ctx: Context) -> dict[str, Any]:
@@ -44,6 +54,11 @@ async def observe_entering(ctx: Context) -> dict[str, Any]:
     deployment = fields.get("deployment")
     if deployment is not None and deployment.exists and deployment.replicas == 0:
         fields["app_sessions"] = tuple(await database.sessions(ctx.spec, await context.credentials(ctx)))
+    armed = [ARMED[step] for step in prestarted_steps(ctx.spec) if ARMED[step] in ctx.status.jobs]
+    if armed and deployment is not None and deployment.exists and not maintenance_touched(ctx.status):
+        names = {f"{constants.APPLICATION_NAME}-{step}": step for step in armed}
+        found = await database.waiting_for_go(ctx.spec, await context.credentials(ctx), sorted(names))
+        fields["armed_waiting"] = tuple(str(ARMED_STEP_OF[names[name]]) for name in found)
     return fields
 
 
@@ -59,10 +74,36 @@ def decide_entering(
 ) -> Decision:
     """Scale to 0, wait for the drain; with maintenance.prestartMigration, the backup and migrate Jobs are created
     along the way (`prestart.arm`), so their pods start while the app drains."""
+    head_start = _head_start(spec, status, obs)
+    if head_start is not None:
+        return prestart.arm(spec, status, head_start)
     decision = _decide_entering(spec, status, obs, run)
     if decision.phase in (Phase.ENTERING_MAINTENANCE, next_phase(Phase.ENTERING_MAINTENANCE, spec)):
         return prestart.arm(spec, status, decision)
     return decision
+
+
+def _head_start(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations) -> Decision | None:
+    """Before the app is scaled down, the pre-started Jobs get up to PRESTART_HEAD_START seconds to start their pods
+    (and Flyway its JVM) and connect, the app still serving: their start is then outside the window. None when there
+    is nothing to wait for (no pre-started Job, all waiting for their go, the app down already, the head start used)."""
+    steps = prestarted_steps(spec)
+    deployment = obs.deployment
+    if not steps or deployment is None or not deployment.exists or maintenance_touched(status):
+        return None
+    if deployment.replicas == 0 or elapsed(status, obs.now) >= PRESTART_HEAD_START:
+        return None
+    waiting = set(obs.armed_waiting or ()) if all(ARMED[step] in status.jobs for step in steps) else set()
+    starting = [step for step in steps if str(step) not in waiting]
+    if not starting:
+        return None
+    assert spec.maintenance is not None
+    what = " and ".join("pg_dump" if step == Step.BACKUP else "flyway migrate" for step in starting)
+    message = (
+        f"maintenance: starting the pre-started {what} Job(s) before scaling {spec.maintenance.deployment.name} "
+        "down (the app keeps serving)"
+    )
+    return stay(Phase.ENTERING_MAINTENANCE, message, reasons.PRESTARTING_JOBS, HEAD_START_POLL)
 
 
 def _decide_entering(
