@@ -27,7 +27,7 @@ BENCH_SCRIPT_COMPRESSION (the script's pg_dump level, default the operator's bac
 pg_dump's own), BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs),
 BENCH_JOB_CPU (the operator's Jobs' CPU request, default 250m; empty: none, BestEffort pods: bench_runs.JOB_CPU),
 BENCH_REACTION_RUNS (extra small runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides'
-sslmode, default require), BENCH_PRESTART (1, the default: the operator's Dump runs pre-start their migrate Job,
+sslmode, default require), BENCH_PRESTART (1, the default: the operator's Dump runs pre-start their Jobs,
 maintenance.prestartMigration; 0: they do not; both: each round adds an operator run without it, paired),
 BENCH_RESEED=1 / BENCH_DROP_SEEDS=1 (tests/support/bench_seed.py), BENCH_CLUSTER=0 (figures 1-3 only),
 BENCH_WAIT_QUIET=<seconds> (before each timed run, wait up to that long for other sessions' tests to end),
@@ -337,8 +337,9 @@ def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
     print(f"   the script dumps with --compress={bench_runs.script_compression() or '(pg_dump default)'}, the operator "
           f"with backup.compression {BackupSpec().compression} (its default)", flush=True)
     prestart, plain_too = prestart_modes()
-    print(f"   the operator's Dump runs {'pre-start' if prestart else 'do not pre-start'} their migrate Job "
-          f"(maintenance.prestartMigration){'; each round adds one without it' if plain_too else ''}", flush=True)
+    verb = "pre-start" if prestart else "do not pre-start"
+    print(f"   the operator's Dump runs {verb} their backup and migrate Jobs (maintenance.prestartMigration)"
+          f"{'; each round adds one without it' if plain_too else ''}", flush=True)
     for index in range(rounds):
         script_first = index % 2 == 1
         pair: dict[str, Any] = {"script_first": script_first, "prestart": prestart}
@@ -407,7 +408,7 @@ def print_size(result: dict[str, Any]) -> None:
     paired = [(pair["operator"]["downtime"], pair["operator_plain"]["downtime"]) for pair in result["rounds"]
               if (pair.get("operator") or {}).get("downtime") and (pair.get("operator_plain") or {}).get("downtime")]
     if paired:
-        print("   downtime with / without the pre-started migrate Job: "
+        print("   downtime with / without the pre-started Jobs: "
               + ", ".join(f"{a:.1f} / {b:.1f} s ({a / b:.2f})" for a, b in paired))
     sql_times = [f"{title} {run['flyway_sql']:.2f} s" for title, run in columns
                  if run is not None and run.get("flyway_sql") is not None]
