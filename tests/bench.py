@@ -368,7 +368,7 @@ def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- printing
-TABLE_ROWS = ("preflight", "drain", "backup", "migrate", "verify", "scale-up")
+TABLE_ROWS = ("preflight", "head start (app up)", "drain", "backup", "migrate", "verify", "scale-up")
 
 
 def print_size(result: dict[str, Any]) -> None:

@@ -46,6 +46,13 @@ def armed_sessions(database: str) -> int:
     return int(row[0]) if row else 0
 
 
+def create_until_armed(parking: ParkingApp, name: str) -> None:
+    """Create the run and wait until both pre-started Jobs wait for their go (the caller holds the drain)."""
+    parking.create_migration(name, prestart_spec(parking))
+    wait_for(lambda: both_waiting(parking.database), timeout=180,
+             what="the pre-started pg_dump and Flyway waiting for their go", describe=lambda: parking.describe(name))
+
+
 def log_time(status: dict[str, Any], text: str) -> datetime:
     entry = next(e for e in status["log"] if text in e["message"])
     return datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
@@ -57,11 +64,7 @@ def test_a_prestarted_migrate_job_waits_through_the_backup_and_migrates_on_its_g
     with Sampler(parking.api, parking.namespace, name) as sampler:
         # the drain waits on a report's session: the pre-started pod is up and waiting meanwhile
         with postgres.connect(parking.database, application_name="nightly-report"):
-            parking.create_migration(name, prestart_spec(parking))
-            parking.wait_phase(name, "EnteringMaintenance", timeout=240)
-            wait_for(lambda: both_waiting(parking.database), timeout=120,
-                     what="the pre-started pg_dump and Flyway waiting for their go",
-                     describe=lambda: parking.describe(name))
+            create_until_armed(parking, name)
             assert parking.status(name)["phase"] == "EnteringMaintenance"
             # nothing happened to the database before the go
             assert postgres.history(parking.database)[-1][0] == "5"
@@ -92,10 +95,7 @@ def test_prestarted_pods_killed_before_their_go_are_replaced_and_the_run_succeed
     armed = [f"{name}-armed-backup", f"{name}-armed-migrate"]
     with Sampler(parking.api, parking.namespace, name) as sampler:
         with postgres.connect(parking.database, application_name="nightly-report"):
-            parking.create_migration(name, prestart_spec(parking))
-            wait_for(lambda: both_waiting(parking.database), timeout=180,
-                     what="the pre-started pg_dump and Flyway waiting for their go",
-                     describe=lambda: parking.describe(name))
+            create_until_armed(parking, name)
             for job in armed:
                 pods = parking.core.list_namespaced_pod(parking.namespace, label_selector=f"job-name={job}").items
                 assert len(pods) == 1
@@ -136,10 +136,7 @@ def test_an_operator_killed_while_the_prestarted_pod_waits_gives_the_go_after_it
     name = "prestart-restart"
     with Sampler(parking.api, parking.namespace, name) as sampler:
         with postgres.connect(parking.database, application_name="nightly-report"):
-            parking.create_migration(name, prestart_spec(parking))
-            wait_for(lambda: both_waiting(parking.database), timeout=180,
-                     what="the pre-started pg_dump and Flyway waiting for their go",
-                     describe=lambda: parking.describe(name))
+            create_until_armed(parking, name)
             operator.kill()
             operator.start()
             wait_for(lambda: "nightly-report" in str(parking.status(name).get("message")) or None, timeout=60,

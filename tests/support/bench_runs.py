@@ -418,6 +418,12 @@ def operator_figures(run: Run) -> dict[str, Any]:
         "applied": status.get("applied"),
         "log": status.get("log"),
     }
+    entering = entered.get("EnteringMaintenance")
+    if down and entering is not None and "drain" in figures["durations"] and down[0] > entering:
+        # with pre-started Jobs the app keeps serving while their pods start: that head start is not the drain
+        head_start = down[0] - entering
+        figures["durations"]["drain"] -= head_start
+        figures["durations"]["head start (app up)"] = head_start
     exiting = entered.get("ExitingMaintenance")
     if down and exiting:
         figures["durations"]["scale-up"] = down[1] - exiting
