@@ -58,6 +58,8 @@ from .core import (
 )
 
 PHASE = Phase.BACKING_UP
+# After giving a pre-started pg_dump Job its go: the next pass (the snapshot beside the dump) comes this soon.
+SNAPSHOT_SOON = 0.2
 
 
 class BackupPlan(Protocol):
@@ -169,7 +171,9 @@ class DumpBackup:
             if adopted(status, Step.BACKUP):
                 decision.actions.append(GiveGo(Step.BACKUP))
                 if obs.snapshot is None and snapshot_beside_the_dump(spec, status):
-                    decision.requeue_after = 0.0  # the next pass, the go held, takes the snapshot beside the dump
+                    # the next pass, the go held, takes the snapshot beside the dump (soon, not at once: while an
+                    # earlier leader's session still holds the go, this process cannot take it, and retries)
+                    decision.requeue_after = SNAPSHOT_SOON
             return decision
         summary = pg_scripts.parse_backup_output(job.output)
         if job.state == "Failed" or summary is None or not summary.get("verified"):
