@@ -600,15 +600,17 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
     state = early or state
     if state == "Running":
         _follow(namespace, job, pods)
+        terminating = bool(pods) and all(p.metadata.deletion_timestamp is not None for p in pods)
         waiting = next((w for w in (pod_waiting(p) for p in reversed(pods)) if w is not None), None)
         if waiting is None:
-            return JobObservation("Running")
+            return JobObservation("Running", terminating=terminating)
         return JobObservation(
             "Running",
             waiting_reason=waiting.reason,
             waiting_message=waiting.message,
             waiting_container=waiting.container,
             waiting_since=waiting.since,
+            terminating=terminating,
         )
     containers = job.spec.template.spec.containers if job.spec and job.spec.template.spec else []
     main = containers[0].name if containers else None

@@ -42,6 +42,9 @@ class JobObservation:
     # Since when that container (or the unscheduled pod) has been waiting, at the latest: the end of the init
     # container before it, or the pod's start on its node, or the PodScheduled condition's change. UTC-aware.
     waiting_since: datetime | None = None
+    # While the Job is Running: every pod it has is being deleted (its pod was deleted or evicted; the Job controller
+    # has not counted it failed yet).
+    terminating: bool = False
 
 
 ABSENT = JobObservation()

@@ -161,6 +161,7 @@ def test_an_ordinary_migrate_job_never_gets_a_go() -> None:
     [
         JobObservation("Failed", failure="Error"),
         JobObservation("Running", exit_code=1),  # the container ended, the Job not marked yet
+        JobObservation("Running", terminating=True),  # its pod deleted, not yet counted failed
         JobObservation("Absent"),  # deleted
     ],
 )

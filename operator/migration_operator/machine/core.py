@@ -267,7 +267,8 @@ def migrate_adopted(status: DatabaseMigrationStatus) -> bool:
 
 
 def adoptable(step: Step, status: DatabaseMigrationStatus, obs: Observations) -> bool:
-    """The pre-started Job of `step` exists, was never adopted, and its container still runs (waiting for its go)."""
+    """The pre-started Job of `step` exists, was never adopted, and its container still runs (waiting for its go):
+    not ended, and its pod not being deleted."""
     armed = reasons.ARMED.get(step)
     job = obs.jobs.get(armed) if armed else None
     return (
@@ -276,6 +277,7 @@ def adoptable(step: Step, status: DatabaseMigrationStatus, obs: Observations) ->
         and job is not None
         and job.state == "Running"
         and job.exit_code is None
+        and not job.terminating
     )
 
 
@@ -285,7 +287,8 @@ def lost_before_go(step: Step, status: DatabaseMigrationStatus, obs: Observation
     job = obs.jobs.get(armed) if armed else None
     if armed not in status.jobs or step in status.jobs or job is None or adoptable(step, status, obs):
         return None
-    why = job.failure or (f"exit code {job.exit_code}" if job.exit_code is not None else job.state)
+    why = job.failure or (f"exit code {job.exit_code}" if job.exit_code is not None else None)
+    why = why or ("its pod is being deleted" if job.terminating else job.state)
     return first_line(why, 200)
 
 
