@@ -1,20 +1,19 @@
-"""The go of a pre-started migrate Job (spec.maintenance.prestartMigration).
+"""The go of the pre-started backup and migrate Jobs (spec.maintenance.prestartMigration; machine/prestart.py).
 
-The Job is created when the app starts draining, so that its pod and Flyway's JVM start outside the critical path
-of the window. Flyway connects and, before anything else on its session, runs `wait_sql` as its `initSql`: a loop
-that sleeps until a PostgreSQL advisory lock keyed by the run's uid is held by someone, and fails after its budget.
-The operator takes that lock (`give`) only when Migrating starts, i.e. once the app is drained and the backup
-verified, and keeps its session until the migrate Job has ended (`withdraw`; every pass of the operator that does
-not give the go withdraws it).
+Each pre-started Job connects and, before anything else on its session, runs `wait_sql` (Flyway as its `initSql`,
+the backup script in `psql` before `pg_dump`): a loop that sleeps until a PostgreSQL advisory lock keyed by the run's
+uid and the step is held by someone, and fails after its budget. The operator takes that lock (`give`) only when the
+step's phase starts (the backup once the app is drained, the migration once the backup is verified) and keeps its
+session until the Job has ended (`withdraw`; a pass that does not give a go withdraws it: `withdraw_except`).
 
 Why a lock held in a session, and not a row or a file: a positive signal that cannot outlive its giver. Nothing is
 written to the database before its backup; an operator that dies takes its go with it (the kernel closes its socket,
 PostgreSQL releases the lock), so a pod that has not seen the go by then keeps waiting until a new leader gives it
-again. Flyway opens one session for PostgreSQL (checked with Flyway 12: one backend for the whole `migrate`), so
-once its initSql has returned, withdrawing the go changes nothing for it.
+again. Flyway opens one session for PostgreSQL (checked with Flyway 12: one backend for the whole `migrate`), and the
+backup script's wait is its own `psql`, so once the wait has returned, withdrawing the go changes nothing for it.
 
 The waiting statement sets its own statement_timeout to 0 and resets it afterwards (to the role's and database's
-setting): the migration runs with the session the user configured. The loop's own deadline ends it when no go comes,
+setting): the step runs with the session the user configured. The loop's own deadline ends it when no go comes,
 because PostgreSQL does not notice a vanished client while a statement sleeps.
 """
 
@@ -109,8 +108,3 @@ async def withdraw_except(uid: str, keep: set[str]) -> None:
     """Release every go of run `uid` but those of the steps in `keep` (what this pass asked to hold)."""
     for held in [k for k in _held if k[0] == uid and k[1] not in keep]:
         await withdraw(*held)
-
-
-async def withdraw_all() -> None:
-    for uid, step in list(_held):
-        await withdraw(uid, step)

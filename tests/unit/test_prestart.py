@@ -142,7 +142,7 @@ def test_migrating_adopts_a_running_armed_job_and_gives_no_go_in_that_pass() -> 
 
 def test_the_adopted_job_gets_the_go_on_every_pass_while_it_runs() -> None:
     status = armed_status(jobs={"migrate": ARMED_NAME})
-    assert core.migrate_adopted(status) and core.database_changed(status)
+    assert core.adopted(status, Step.MIGRATE) and core.database_changed(status)
     decision = run(prestart_spec(), status, observe(jobs={"migrate": JobObservation("Running")}))
     assert decision.actions == [GiveGo(Step.MIGRATE)]
 

@@ -120,9 +120,7 @@ class DumpBackup:
         )
 
     async def observe(self, ctx: Context) -> dict[str, Any]:
-        fields: dict[str, Any] = {"jobs": await context.job(ctx, Step.BACKUP)}
-        if Step.BACKUP not in ctx.status.jobs and Step.ARMED_BACKUP in ctx.status.jobs:
-            fields["jobs"].update(await context.job(ctx, Step.ARMED_BACKUP, read_log=False))
+        fields: dict[str, Any] = {"jobs": await context.job_or_armed(ctx, Step.BACKUP)}
         # an adopted pre-started Job dumps only once it has its go (this pass gives it: the snapshot waits a pass)
         dumping = not adopted(ctx.status, Step.BACKUP) or gosignal.given(ctx.uid, Step.BACKUP)
         running = fields["jobs"][Step.BACKUP].state == "Running"

@@ -15,7 +15,7 @@ from .. import jobs, kube
 from ..database import Credentials
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase
 from ..observations import JobObservation
-from ..reasons import Step
+from ..reasons import ARMED, Step
 from .core import Run
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -65,6 +65,16 @@ class Context:
 async def job(ctx: Context, step: Step, *, read_log: bool = True) -> dict[str, JobObservation]:
     """{step: what its Job is doing}, for `Observations.jobs` (`read_log=False`: the state only, not its output)."""
     return {step: await jobs.observe(ctx.namespace, job_name(ctx, step), read_log=read_log)}
+
+
+async def job_or_armed(ctx: Context, step: Step) -> dict[str, JobObservation]:
+    """`job` of `step`, and, while the step has no Job yet, of its pre-started Job (maintenance.prestartMigration)
+    too: the phase adopts it or replaces it (machine/prestart.py)."""
+    found = await job(ctx, step)
+    armed = ARMED.get(step)
+    if armed is not None and step not in ctx.status.jobs and armed in ctx.status.jobs:
+        found.update(await job(ctx, armed, read_log=False))
+    return found
 
 
 def job_name(ctx: Context, step: Step) -> str:

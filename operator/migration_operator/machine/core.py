@@ -262,10 +262,6 @@ def adopted(status: DatabaseMigrationStatus, step: Step) -> bool:
     return armed is not None and status.jobs.get(step) == armed
 
 
-def migrate_adopted(status: DatabaseMigrationStatus) -> bool:
-    return adopted(status, Step.MIGRATE)
-
-
 def adoptable(step: Step, status: DatabaseMigrationStatus, obs: Observations) -> bool:
     """The pre-started Job of `step` exists, was never adopted, and its container still runs (waiting for its go):
     not ended, and its pod not being deleted."""

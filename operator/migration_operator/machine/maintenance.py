@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import constants, database, maintenance, reasons
+from .. import database, maintenance, reasons, stopping
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, MaintenanceStatus, Phase
 from ..observations import ConditionChange, DeploymentObservation, Observations
 from ..reasons import ARMED, Step
@@ -56,7 +56,7 @@ async def observe_entering(ctx: Context) -> dict[str, Any]:
         fields["app_sessions"] = tuple(await database.sessions(ctx.spec, await context.credentials(ctx)))
     armed = [ARMED[step] for step in prestarted_steps(ctx.spec) if ARMED[step] in ctx.status.jobs]
     if armed and deployment is not None and deployment.exists and not maintenance_touched(ctx.status):
-        names = {f"{constants.APPLICATION_NAME}-{step}": step for step in armed}
+        names = {stopping.application_name(step): step for step in armed}
         found = await database.waiting_for_go(ctx.spec, await context.credentials(ctx), sorted(names))
         fields["armed_waiting"] = tuple(str(ARMED_STEP_OF[names[name]]) for name in found)
     return fields

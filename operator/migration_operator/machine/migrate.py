@@ -51,9 +51,7 @@ def pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
 
 
 async def observe(ctx: Context) -> dict[str, Any]:
-    fields: dict[str, Any] = {"jobs": await context.job(ctx, Step.MIGRATE)}
-    if Step.MIGRATE not in ctx.status.jobs and Step.ARMED_MIGRATE in ctx.status.jobs:
-        fields["jobs"].update(await context.job(ctx, Step.ARMED_MIGRATE, read_log=False))
+    fields: dict[str, Any] = {"jobs": await context.job_or_armed(ctx, Step.MIGRATE)}
     state = fields["jobs"][Step.MIGRATE].state
     login = await context.credentials(ctx)
     if state == "Absent" and not database_changed(ctx.status) and not before_drained(ctx.status):
