@@ -319,9 +319,10 @@ class MaintenanceSpec(ApiModel):
 
     deployment: DeploymentRef
     app_session_filter: AppSessionFilter = Field(default_factory=AppSessionFilter)
-    prestart_migration: bool = Field(
-        False,
-        description="Create the backup (Dump after the drain) and flyway migrate Jobs when the app starts draining, so "
+    prestart_migration: bool | None = Field(
+        None,
+        description="Unset (the default): on, except with backup.method Clone; false: off. "
+        "Create the backup (Dump after the drain) and flyway migrate Jobs when the app starts draining, so "
         "that their pods and Flyway's JVM start while the app drains: about 1-3 s less downtime. Each connects and "
         "waits (one database session, application_name migration-operator-armed-backup / -armed-migrate) until the "
         "operator gives it the go: the backup's once the app is drained, the migration's once the backup is "
@@ -709,6 +710,11 @@ class MaintenanceStatus(ApiModel):
         "in the conditions). Alert on it.",
     )
     held_down: bool = Field(False, description="The run ended with the app left at 0 on purpose (see the message).")
+    prestart_refused: str | None = Field(
+        None,
+        description="Why the backup and migrate Jobs were not (all) pre-started (maintenance.prestartMigration): the "
+        "API refused to create one (a ResourceQuota, an admission webhook). Those not created start in their phases.",
+    )
 
 
 class LogEntry(ApiModel):

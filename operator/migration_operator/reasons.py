@@ -142,6 +142,9 @@ ACTION_STOP_JOB: Final = "stopping a Job"
 ACTION_END_SESSIONS: Final = "terminating the sessions of a step"
 ACTION_ADOPT_JOB: Final = "adopting a pre-started Job"
 ACTION_GIVE_GO: Final = "giving the go to a pre-started Job"
+# Creating a pre-started Job (maintenance.prestartMigration): an optimisation, so a refusal (a ResourceQuota, an
+# admission webhook) never fails the run: EnteringMaintenance goes on without it (machine/prestart.py `refusal`).
+ACTION_CREATE_ARMED_JOB: Final = "creating a pre-started Job"
 ERROR_REASONS: Final = {
     ACTION_OBSERVE: OBSERVE_FAILED,
     ACTION_CREATE_JOB: JOB_REFUSED,

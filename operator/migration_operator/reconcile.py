@@ -69,10 +69,13 @@ from .models import (
     status_patch_document,
 )
 from .observations import ConditionChange, Observations
+from .reasons import ARMED
 
 
 # ---------------------------------------------------------------------------------------------- acting
 def _action_name(action: Action) -> str:
+    if isinstance(action, CreateJob) and action.step in ARMED.values():
+        return reasons.ACTION_CREATE_ARMED_JOB
     return {
         CreateJob: reasons.ACTION_CREATE_JOB,
         AdoptJob: reasons.ACTION_ADOPT_JOB,
@@ -128,7 +131,17 @@ async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
         await lock.release(ctx.body, ctx.spec)
     elif isinstance(action, StopJob):
         await stopping.stop_job(ctx.namespace, context.job_name(ctx, action.step))
-        ended = await stopping.terminate_sessions(ctx.spec, await context.credentials(ctx), action.step)
+        try:
+            ended = await stopping.terminate_sessions(ctx.spec, await context.credentials(ctx), action.step)
+        except Exception as failure:
+            if action.step not in ARMED.values():
+                raise
+            # a pre-started Job never given its go has not touched the database: its waiting session (if any) can
+            # do nothing without the go, withdrawn on this pass, and ends at its own budget. Bringing the app back
+            # must not wait on the database (the credentials Secret deleted, the server down).
+            ctx.logger.warning("stopping the %s Job: its waiting session is left to its budget: %s", action.step,
+                               errors.scrub(str(failure)))
+            return
         ctx.logger.info("stopping the %s Job (%d database session(s) terminated)", action.step, ended)
     elif isinstance(action, TerminateSessions):
         ended = await stopping.terminate_sessions(ctx.spec, await context.credentials(ctx), action.step)

@@ -68,6 +68,9 @@ def test_a_job_refused_by_a_resource_quota_with_the_app_down_rolls_back_and_brin
     assert status["phase"] == "RolledBack", parking.describe("refused")
     assert "exceeded quota" in _log_text(status) + status["message"], parking.describe("refused")
     assert status["rollback"]["reason"] == "JobRefused", status["rollback"]
+    # the pre-started Jobs were refused first, while the app still served: said, and not a failure by itself
+    assert "exceeded quota" in status["maintenance"]["prestartRefused"], status["maintenance"]
+    assert "could not pre-start" in _log_text(status), _log_text(status)
     assert [row[0] for row in postgres.history(parking.database)][-1] == "5"
     parking.wait_gateway_available(3)
 

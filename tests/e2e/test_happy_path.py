@@ -108,7 +108,10 @@ def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(
     logs = subprocess.run([kubectl_binary(), "dbmig", "logs", "parking-db-v6", "-n", parking.namespace,
                            "--step", "migrate"], capture_output=True, text=True, env=env)
     assert logs.returncode == 0, logs.stderr
-    assert "parking-db-v6-migrate" in logs.stdout and '"migrationsExecuted"' in logs.stdout, logs.stdout[-2000:]
+    # the migrate step's Job: the pre-started one (maintenance.prestartMigration is on by default)
+    migrate_job = parking.status("parking-db-v6")["jobs"]["migrate"]
+    assert migrate_job == "parking-db-v6-armed-migrate", parking.status("parking-db-v6")["jobs"]
+    assert migrate_job in logs.stdout and '"migrationsExecuted"' in logs.stdout, logs.stdout[-2000:]
 
     # the operator's /metrics counted the run: outcome, downtime (no longer than the whole run), the phases
     if operator is not None:

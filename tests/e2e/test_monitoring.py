@@ -84,12 +84,13 @@ def test_a_migrate_job_deleted_in_flight_is_created_again_and_the_run_finishes(p
         wait_for(lambda: "blocked lock" in str(parking.status("job-deleted").get("message")), timeout=120,
                  what="flyway migrate running, blocked", describe=lambda: parking.describe("job-deleted"))
 
-        def migrate_uids() -> set[str]:
+        def migrate_uids() -> set[str]:  # the migrate step's Jobs: its own, or the pre-started one it adopted
             return {j.metadata.uid for j in parking.jobs("job-deleted")
-                    if j.metadata.labels["dbops.io/step"] == "migrate"}
+                    if j.metadata.labels["dbops.io/step"] in ("migrate", "armed-migrate")}
 
         first = migrate_uids()
-        parking.batch.delete_namespaced_job("job-deleted-migrate", parking.namespace, propagation_policy="Background")
+        running = parking.status("job-deleted")["jobs"]["migrate"]
+        parking.batch.delete_namespaced_job(running, parking.namespace, propagation_policy="Background")
 
         def recreated() -> bool:
             uids = migrate_uids()
@@ -100,5 +101,6 @@ def test_a_migrate_job_deleted_in_flight_is_created_again_and_the_run_finishes(p
     assert status["phase"] == "Succeeded", parking.describe("job-deleted")
     assert status["before"]["version"] == "5"  # the first "before", not one taken mid-run
     assert any("disappeared" in entry["message"] for entry in status["log"]), status["log"]
+    assert status["jobs"]["migrate"] == "job-deleted-migrate", status["jobs"]  # a new name: none is used twice
     assert [(row[0], row[4]) for row in postgres.history(parking.database) if row[0] == "6"] == [("6", True)]
     parking.wait_gateway_available(3)

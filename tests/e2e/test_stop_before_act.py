@@ -13,8 +13,9 @@ from tests.support.wait import wait_for
 def _migrate_sessions(database: str) -> int:
     with postgres.connect() as admin:
         row = admin.execute(
-            "select count(*) from pg_stat_activity where datname = %s and application_name = %s",
-            (database, "migration-operator-migrate"),
+            # the migrate step's session: its own Job's, or the pre-started Job's it adopted
+            "select count(*) from pg_stat_activity where datname = %s and application_name = any(%s)",
+            (database, ["migration-operator-migrate", "migration-operator-armed-migrate"]),
         ).fetchone()
     return int(row[0]) if row else 0
 

@@ -2,7 +2,8 @@
 
 A cell is (fault, phase, strategy); a trial is one run of a cell. The plan:
 - `make test-faults`: every cell, FAULT_TRIALS times each (default 1); FAULT_KINDS / FAULT_PHASES (comma lists)
-  narrow it; FAULT_PRESTART=1 runs every trial with maintenance.prestartMigration (its cells say "+prestart");
+  narrow it; every trial's run pre-starts its backup and migrate Jobs (maintenance.prestartMigration, the operator's
+  default; its cells say "+prestart"), FAULT_PRESTART=0 none does;
 - the smoke slice (FAULT_SMOKE=1, in `make test`): one trial per fault kind, in a cell drawn at random.
 FAULT_SEED fixes the draws (which cell the smoke slice takes, the delay inside the phase); unset, one is drawn and
 printed in the header and in the results, so a failing session can be replayed.
@@ -78,7 +79,7 @@ class Cell:
     fault: str
     phase: str
     scenario: str
-    # the run pre-starts its migrate Job (maintenance.prestartMigration: FAULT_PRESTART=1)
+    # the run pre-starts its backup and migrate Jobs (maintenance.prestartMigration; FAULT_PRESTART=0: it does not)
     prestart: bool = False
 
     @property
@@ -104,8 +105,9 @@ class Trial:
 
 
 def prestart() -> bool:
-    """FAULT_PRESTART=1: every trial's run pre-starts its migrate Job (maintenance.prestartMigration)."""
-    return os.environ.get("FAULT_PRESTART") == "1"
+    """FAULT_PRESTART: 1 (the default, like the operator's) every trial's run pre-starts its backup and migrate Jobs
+    (maintenance.prestartMigration); 0: none does."""
+    return os.environ.get("FAULT_PRESTART", "1") != "0"
 
 
 def cells() -> list[Cell]:
@@ -152,7 +154,7 @@ def plan() -> list[Trial]:
 
 def header() -> str:
     kind = "smoke slice (one trial per fault kind)" if smoke() else f"{trials_per_cell()} trial(s) per cell"
-    prestarted = "; runs pre-start their migrate Job (FAULT_PRESTART=1)" if prestart() else ""
+    prestarted = "; runs pre-start their backup and migrate Jobs (FAULT_PRESTART=0: not)" if prestart() else ""
     return f"fault suite: FAULT_SEED={seed()} - {kind}{prestarted}"
 
 

@@ -240,8 +240,7 @@ def run_trial(trial: Trial, app: ParkingApp, operator: Operator | None, db: Data
     before_state = _state(app.database)
     log_before = operator.log_text() if operator else ""
     spec = app.spec(rollback=scenario.rollback)
-    if cell.prestart:
-        spec["maintenance"] = {**spec["maintenance"], "prestartMigration": True}
+    spec["maintenance"] = {**spec["maintenance"], "prestartMigration": cell.prestart}  # said either way
     started = time.monotonic()
     with faults.JobWatch(app.api, app.namespace) as jobs:
         if cell.fault == "backup-volume-full":

@@ -115,9 +115,9 @@ class Place:
             "rollback": {"strategy": "Restore"},
         }
         if maintenance:
-            spec["maintenance"] = {"deployment": {"name": "api-gateway"}}
-            if prestart:  # the migrate Job's pod and JVM started while the app drains (maintenance.prestartMigration)
-                spec["maintenance"]["prestartMigration"] = True
+            # the backup and migrate Jobs' pods (and Flyway's JVM) started while the app drains, or not: said either
+            # way (maintenance.prestartMigration is on when unset)
+            spec["maintenance"] = {"deployment": {"name": "api-gateway"}, "prestartMigration": prestart}
         if failing_check:  # the migration succeeds, the verification fails: the run restores its backup
             spec["verify"]["checks"] = [{"name": "fails-on-purpose", "sql": "select false"}]
         if JOB_CPU:

@@ -133,12 +133,20 @@ def test_a_rollback_that_cannot_observe_gives_up_the_database_then_ends_saying_w
     assert "may still be at 0 replicas" in second.message and "original 3" in second.message
 
 
-def test_scaling_down_records_when_the_app_must_be_back() -> None:
+@pytest.mark.parametrize("prestart", [None, False])
+def test_scaling_down_records_when_the_app_must_be_back(prestart: bool | None) -> None:
+    spec = parse_spec(specs.parking(maintenance={"deployment": {"name": "api-gateway"}, "prestartMigration": prestart}))
+    armed = {"armed-backup": "m-armed-backup", "armed-migrate": "m-armed-migrate"} if prestart is None else {}
     decision = machine.decide(
-        SPEC,
-        status(Phase.ENTERING_MAINTENANCE),
-        Observations(now=NOW, deployment=DeploymentObservation(exists=True, replicas=3, pods=3)),
+        spec,
+        status(Phase.ENTERING_MAINTENANCE, jobs=armed),
+        Observations(
+            now=NOW,
+            deployment=DeploymentObservation(exists=True, replicas=3, pods=3),
+            armed_waiting=("backup", "migrate"),  # with pre-started Jobs, the scale-down waits for them
+        ),
     )
+    assert decision.actions[-1] == ScaleDeployment(0, record_original=3)
     back_by = status_patch_document(decision.status)["maintenance"]["backBy"]
     t = SPEC.timeouts
     window = t.drain_seconds + t.backup_seconds + t.migrate_seconds + t.verify_seconds + 2 * t.ready_seconds

@@ -14,6 +14,7 @@ from test_phases import (
     DEPLOYMENT_UP,
     MAINTENANCE,
     NAME,
+    NOW,
     UID,
     _migrating_status,
     condition,
@@ -24,7 +25,7 @@ from test_phases import (
     written,
 )
 
-from migration_operator import gosignal, machine, reasons, stopping
+from migration_operator import gosignal, machine, reasons, reconcile, stopping
 from migration_operator.machine import core
 from migration_operator.machine.core import (
     AdoptJob,
@@ -35,7 +36,7 @@ from migration_operator.machine.core import (
     StopJob,
     TerminateSessions,
 )
-from migration_operator.models import Phase, parse_spec
+from migration_operator.models import LastError, Phase
 from migration_operator.observations import JobObservation
 from migration_operator.reasons import Step
 
@@ -278,5 +279,56 @@ def test_stopping_a_step_ends_its_armed_sessions_too() -> None:
     assert stopping.application_names(Step.RESTORE) == ["migration-operator-restore"]
 
 
-def test_the_opt_in_defaults_off() -> None:
-    assert parse_spec(make_spec().model_dump(by_alias=True)).maintenance.prestart_migration is False  # type: ignore[union-attr]
+def test_unset_means_on_except_with_a_clone() -> None:
+    unset = make_spec(maintenance={"deployment": {"name": "api-gateway"}})
+    assert unset.maintenance is not None and unset.maintenance.prestart_migration is None
+    assert core.prestarts_migration(unset) and core.prestarted_steps(unset) == [Step.BACKUP, Step.MIGRATE]
+    decision = run(unset, make_status(Phase.ENTERING_MAINTENANCE), observe(deployment=DEPLOYMENT_UP))
+    assert CreateJob(Step.ARMED_MIGRATE) in decision.actions
+    clone = make_spec(maintenance={"deployment": {"name": "api-gateway"}}, backup={"method": "Clone"})
+    assert not core.prestarts_migration(clone) and core.prestarted_steps(clone) == []
+    assert not core.prestarts_migration(make_spec())  # prestartMigration: false
+    assert not core.prestarts_migration(make_spec(maintenance=None))  # no app to stop: nothing to start ahead of it
+
+
+def _refused(retryable: bool = False) -> Any:
+    return LastError(
+        action=reasons.ACTION_CREATE_ARMED_JOB,
+        message='HTTP 403: jobs.batch "parking-db-v6-armed-backup" is forbidden: exceeded quota: one-job',
+        at=core.iso(NOW),
+        retryable=retryable,
+    )
+
+
+def test_a_refused_pre_start_is_recorded_and_the_run_goes_on_without_it() -> None:
+    status = make_status(Phase.ENTERING_MAINTENANCE, before=BEFORE.model_dump(by_alias=True))
+    decision = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP, last_error=_refused()))
+    assert decision.phase == Phase.ENTERING_MAINTENANCE  # not Failed: an optimisation was refused, not the run
+    assert decision.actions == [ScaleDeployment(0, record_original=3)]  # no head start: nothing to wait for
+    assert "exceeded quota" in written(decision)["maintenance"]["prestartRefused"]
+    assert decision.warning and "could not pre-start" in (decision.log or "")
+    # the next pass (its error cleared by the scale-down's success) finds the record and creates no pre-started Job
+    after = make_status(Phase.ENTERING_MAINTENANCE, maintenance={**MAINTENANCE, "prestartRefused": "quota"})
+    again = run(prestart_spec(), after, observe(deployment=DEPLOYMENT_DOWN, app_sessions=()))
+    assert again.phase == Phase.BACKING_UP and not any(isinstance(a, CreateJob) for a in again.actions)
+    assert written(again)["maintenance"]["prestartRefused"] == "quota"  # the drained record keeps it
+
+
+def test_after_a_refusal_the_head_start_waits_only_for_the_pre_started_job_created_before_it() -> None:
+    status = make_status(Phase.ENTERING_MAINTENANCE, jobs={"armed-backup": ARMED_BACKUP_NAME})
+    waiting = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP, last_error=_refused()))
+    assert waiting.actions == [] and condition(waiting, reasons.RECONCILING).reason == reasons.PRESTARTING_JOBS
+    ready = observe(deployment=DEPLOYMENT_UP, last_error=_refused(), armed_waiting=("backup",))
+    assert run(prestart_spec(), status, ready).actions == [ScaleDeployment(0, record_original=3)]
+
+
+def test_a_retryable_error_creating_a_pre_started_job_is_retried_not_a_refusal() -> None:
+    status = make_status(Phase.ENTERING_MAINTENANCE)
+    decision = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP, last_error=_refused(retryable=True)))
+    assert decision.actions == BOTH and decision.phase == Phase.ENTERING_MAINTENANCE
+    assert "maintenance" not in written(decision)
+
+
+def test_creating_a_pre_started_job_has_an_action_name_of_its_own() -> None:
+    assert reconcile._action_name(CreateJob(Step.ARMED_BACKUP)) == reasons.ACTION_CREATE_ARMED_JOB
+    assert reconcile._action_name(CreateJob(Step.BACKUP)) == reasons.ACTION_CREATE_JOB

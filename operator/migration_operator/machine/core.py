@@ -235,9 +235,13 @@ def database_changed(status: DatabaseMigrationStatus) -> bool:
 
 
 def prestarts_migration(spec: DatabaseMigrationSpec) -> bool:
-    """maintenance.prestartMigration, where it applies (never with a Clone backup, which needs the database free of
-    sessions: the CRD refuses that pair)."""
-    return bool(spec.maintenance and spec.maintenance.prestart_migration and spec.backup.method != BackupMethod.CLONE)
+    """maintenance.prestartMigration, where it applies: on unless the resource says false, never with a Clone backup
+    (which needs the database free of sessions: the CRD refuses an explicit true with it)."""
+    return bool(
+        spec.maintenance
+        and spec.maintenance.prestart_migration is not False
+        and spec.backup.method != BackupMethod.CLONE
+    )
 
 
 def prestarted_steps(spec: DatabaseMigrationSpec) -> list[Step]:

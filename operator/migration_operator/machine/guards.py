@@ -118,6 +118,8 @@ def error(
     last = obs.last_error
     if last is None or (status.phase_started_at and last.at < status.phase_started_at):
         return None  # none, or one of an earlier phase
+    if last.action == reasons.ACTION_CREATE_ARMED_JOB:
+        return None  # the run goes on without that pre-started Job (prestart.refusal): never a failure
     since = parse_time(last.since or last.at)
     age = (obs.now - since).total_seconds() if since else 0.0
     persistent = not last.retryable or age > spec.timeouts.transient_error_seconds

@@ -74,20 +74,33 @@ def decide_entering(
 ) -> Decision:
     """Scale to 0, wait for the drain; with maintenance.prestartMigration, the backup and migrate Jobs are created
     along the way (`prestart.arm`), so their pods start while the app drains."""
-    head_start = _head_start(spec, status, obs)
+    refused = prestart.refusal(status, obs)
+    head_start = _head_start(spec, status, obs, refused)
     if head_start is not None:
-        return prestart.arm(spec, status, head_start)
-    decision = _decide_entering(spec, status, obs, run)
-    if decision.phase in (Phase.ENTERING_MAINTENANCE, next_phase(Phase.ENTERING_MAINTENANCE, spec)):
-        return prestart.arm(spec, status, decision)
+        decision = head_start if refused else prestart.arm(spec, status, head_start)
+    else:
+        decision = _decide_entering(spec, status, obs, run)
+        arming = decision.phase in (Phase.ENTERING_MAINTENANCE, next_phase(Phase.ENTERING_MAINTENANCE, spec))
+        if arming and not refused:
+            decision = prestart.arm(spec, status, decision)
+    if refused and not (status.maintenance and status.maintenance.prestart_refused):
+        # recorded once, so no later pass asks again; the record of the scale-down keeps it (`_decide_entering`)
+        record = decision.status.maintenance or status.maintenance or MaintenanceStatus()
+        decision.record(maintenance=record.model_copy(update={"prestart_refused": refused}))
+        line = f"could not pre-start the backup and migrate Jobs ({refused}): they start in their phases"
+        decision.log = f"{line}; {decision.log}" if decision.log else line
+        decision.warning = True
     return decision
 
 
-def _head_start(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations) -> Decision | None:
+def _head_start(
+    spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, refused: str | None
+) -> Decision | None:
     """Before the app is scaled down, the pre-started Jobs get up to PRESTART_HEAD_START seconds to start their pods
     (and Flyway its JVM) and connect, the app still serving: their start is then outside the window. None when there
-    is nothing to wait for (no pre-started Job, all waiting for their go, the app down already, the head start used)."""
-    steps = prestarted_steps(spec)
+    is nothing to wait for (no pre-started Job, all waiting for their go, the app down already, the head start used).
+    After a refusal, only the pre-started Jobs created before it are waited for."""
+    steps = prestart.armed_steps(spec, status, refused)
     deployment = obs.deployment
     if not steps or deployment is None or not deployment.exists or maintenance_touched(status):
         return None
@@ -120,6 +133,7 @@ def _decide_entering(
         original_replicas=original,
         scaled_down_at=scaled_down_at,
         back_by=back_by(spec, scaled_down_at),
+        prestart_refused=status.maintenance.prestart_refused if status.maintenance else None,
     )
     if deployment.replicas != 0:
         message = f"maintenance: scaling {deployment_name} from {original} to 0 replicas"

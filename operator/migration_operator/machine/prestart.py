@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from .. import gosignal, jobs
+from .. import gosignal, jobs, reasons
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus
+from ..observations import Observations
 from ..reasons import ARMED, Step
 from .backup import DumpBackup
-from .core import CreateJob, Decision, Run, go_wait_seconds, prestarted_steps, restore_scope
+from .core import CreateJob, Decision, Run, first_line, go_wait_seconds, prestarted_steps, restore_scope
 
 
 def armed_migrate_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
@@ -46,6 +47,27 @@ def armed_backup_pod(spec: DatabaseMigrationSpec, run: Run) -> jobs.PodParts:
         {"name": "GO_WAIT_SECONDS", "value": str(wait)},
     ]
     return dataclasses.replace(parts, env=[*parts.env, *go], deadline_seconds=wait + spec.timeouts.backup_seconds)
+
+
+def refusal(status: DatabaseMigrationStatus, obs: Observations) -> str | None:
+    """Why the API refused to create a pre-started Job in this run (recorded in status.maintenance.prestartRefused,
+    or the error of the last pass); None when nothing was refused. A refused pre-start is not a failure: the Jobs not
+    created start in their phases, like without maintenance.prestartMigration. A retryable error (the API server
+    restarting) is not a refusal: the next pass creates the Job again."""
+    if status.maintenance and status.maintenance.prestart_refused:
+        return status.maintenance.prestart_refused
+    last = obs.last_error
+    if last is None or last.action != reasons.ACTION_CREATE_ARMED_JOB or last.retryable:
+        return None
+    if status.phase_started_at and last.at < status.phase_started_at:
+        return None
+    return first_line(last.message, 500)
+
+
+def armed_steps(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, refused: str | None) -> list[Step]:
+    """The steps whose pre-started Jobs this run has or will have: after a refusal, only those created before it."""
+    steps = prestarted_steps(spec)
+    return [step for step in steps if ARMED[step] in status.jobs] if refused else steps
 
 
 def arm(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, decision: Decision) -> Decision:
