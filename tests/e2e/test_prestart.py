@@ -150,3 +150,30 @@ def test_an_operator_killed_while_the_prestarted_pod_waits_gives_the_go_after_it
     assert postgres.history(parking.database)[-1][0] == "6"
     uids = sampler.job_uids()
     assert all(len(u) == 1 for u in uids.values()) and not {f"{name}-migrate", f"{name}-backup"} & set(uids), uids
+
+
+def test_a_backup_image_that_cannot_be_pulled_fails_the_run_before_the_app_is_touched(parking: ParkingApp) -> None:
+    """The pre-started pg_dump pod cannot pull its image: the app keeps serving past the head start, and the run
+    fails at the stuck-Job grace having scaled nothing (without pre-starting, the same typo cost a minute of
+    downtime and a rollback)."""
+    parking.set_migrations("good")
+    name = "no-such-image"
+    spec = parking.spec(jobTemplate={"postgresImage": "docker.io/library/postgres:no-such-tag"})
+    generation = parking.deployment().metadata.generation
+    with Sampler(parking.api, parking.namespace, name) as sampler:
+        parking.create_migration(name, spec)
+        wait_for(lambda: "armed-backup: " in (parking.status(name).get("message") or "") or None, timeout=180,
+                 what="the scale-down held for the pod that cannot pull", describe=lambda: parking.describe(name))
+        status = parking.wait_done(name, timeout=240)
+    assert status["phase"] == "Failed", parking.describe(name)
+    stalled = parking.condition(name, "Stalled")
+    assert stalled and stalled["reason"] == "JobCannotStart" and "armed-backup" in stalled["message"], stalled
+    assert all(s.replicas in (3, None) for s in sampler.samples), "the app was scaled"
+    assert parking.deployment().metadata.generation == generation
+    assert "maintenance" not in status or not status["maintenance"].get("scaledDownAt"), status.get("maintenance")
+    assert postgres.history(parking.database)[-1][0] == "5"
+    # the pre-started Jobs were stopped, and their sessions with them
+    wait_for(lambda: not [j for j in parking.jobs(name) if j.metadata.labels["dbops.io/step"].startswith("armed-")]
+             or None, timeout=60, what="the pre-started Jobs deleted")
+    assert armed_sessions(parking.database) == 0
+    parking.wait_gateway_available(3)

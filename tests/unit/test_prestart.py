@@ -5,6 +5,7 @@ replaced by ordinary Jobs when they ended before their go."""
 from __future__ import annotations
 
 import shlex
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from test_phases import (
 )
 
 from migration_operator import gosignal, machine, reasons, reconcile, stopping
-from migration_operator.machine import core
+from migration_operator.machine import core, guards
 from migration_operator.machine.core import (
     AdoptJob,
     CreateJob,
@@ -332,3 +333,33 @@ def test_a_retryable_error_creating_a_pre_started_job_is_retried_not_a_refusal()
 def test_creating_a_pre_started_job_has_an_action_name_of_its_own() -> None:
     assert reconcile._action_name(CreateJob(Step.ARMED_BACKUP)) == reasons.ACTION_CREATE_ARMED_JOB
     assert reconcile._action_name(CreateJob(Step.BACKUP)) == reasons.ACTION_CREATE_JOB
+
+
+def _pulling(seconds: float, reason: str = "ImagePullBackOff") -> JobObservation:
+    return JobObservation("Running", waiting_reason=reason, waiting_message="back-off pulling image",
+                          waiting_container="backup", waiting_since=NOW - timedelta(seconds=seconds))
+
+
+def test_an_image_that_cannot_be_pulled_holds_the_scale_down_then_fails_the_run_with_the_app_never_touched() -> None:
+    armed = {"armed-backup": ARMED_BACKUP_NAME, "armed-migrate": ARMED_NAME}
+    status = make_status(Phase.ENTERING_MAINTENANCE, started_seconds_ago=45, jobs=armed)
+    # past the 30 s head start, the backup's pod still cannot pull its image: the app keeps serving
+    held = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP, armed_waiting=("migrate",),
+                                                jobs={"armed-backup": _pulling(40)}))
+    assert held.phase == Phase.ENTERING_MAINTENANCE and held.actions == []
+    assert "armed-backup: ImagePullBackOff" in held.message
+    # at the stuck-Job grace the run fails, before any scale-down: the pre-started Jobs are stopped
+    stuck = run(prestart_spec(), status, observe(deployment=DEPLOYMENT_UP, armed_waiting=("migrate",),
+                                                 jobs={"armed-backup": _pulling(guards.POD_START_GRACE + 1)}))
+    assert stuck.phase == Phase.FAILED and condition(stuck, reasons.READY).reason == reasons.JOB_CANNOT_START
+    assert not any(isinstance(action, ScaleDeployment) for action in stuck.actions)
+    assert StopJob(Step.ARMED_BACKUP) in stuck.actions and StopJob(Step.ARMED_MIGRATE) in stuck.actions
+
+
+def test_an_unschedulable_pre_started_pod_does_not_hold_the_scale_down() -> None:
+    # the app's pods may be what keeps it off the node: past the head start the app is scaled down as usual
+    armed = {"armed-backup": ARMED_BACKUP_NAME, "armed-migrate": ARMED_NAME}
+    status = make_status(Phase.ENTERING_MAINTENANCE, started_seconds_ago=45, jobs=armed)
+    obs = observe(deployment=DEPLOYMENT_UP, armed_waiting=("migrate",),
+                  jobs={"armed-backup": _pulling(40, "Unschedulable")})
+    assert run(prestart_spec(), status, obs).actions == [ScaleDeployment(0, record_original=3)]

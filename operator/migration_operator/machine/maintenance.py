@@ -40,6 +40,14 @@ from .core import (
 # often that start is looked at meanwhile (their sessions are not Kubernetes events).
 PRESTART_HEAD_START = 30.0
 HEAD_START_POLL = 0.25
+# Why a pre-started pod may not start that the scale-down would not cure (an image that cannot be pulled, a missing
+# Secret key): the app keeps serving past the head start while one of them lasts, and the stuck-Job guard fails the
+# run at its grace (guards.POD_START_GRACE) with the app never touched. Not "Unschedulable": the app's own pods may be
+# what keeps them off the node, and scaling the app down is what lets them on.
+HOLDS_THE_SCALE_DOWN = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+     "CreateContainerError"}
+)
 ARMED_STEP_OF = {armed: step for step, armed in ARMED.items()}
 
 
@@ -59,6 +67,11 @@ async def observe_entering(ctx: Context) -> dict[str, Any]:
         names = {stopping.application_name(step): step for step in armed}
         found = await database.waiting_for_go(ctx.spec, await context.credentials(ctx), sorted(names))
         fields["armed_waiting"] = tuple(str(ARMED_STEP_OF[names[name]]) for name in found)
+        # the pods not connected yet: why (an image that cannot be pulled holds the scale-down, `_head_start`)
+        fields["jobs"] = {}
+        for name, step in names.items():
+            if name not in found:
+                fields["jobs"].update(await context.job(ctx, step, read_log=False))
     return fields
 
 
@@ -104,13 +117,26 @@ def _head_start(
     deployment = obs.deployment
     if not steps or deployment is None or not deployment.exists or maintenance_touched(status):
         return None
-    if deployment.replicas == 0 or elapsed(status, obs.now) >= PRESTART_HEAD_START:
+    if deployment.replicas == 0:
         return None
     waiting = set(obs.armed_waiting or ()) if all(ARMED[step] in status.jobs for step in steps) else set()
     starting = [step for step in steps if str(step) not in waiting]
     if not starting:
         return None
     assert spec.maintenance is not None
+    held = [
+        f"{ARMED[step]}: {job.waiting_reason}"
+        for step in starting
+        if (job := obs.jobs.get(ARMED[step])) is not None and job.waiting_reason in HOLDS_THE_SCALE_DOWN
+    ]
+    if held:
+        message = (
+            f"maintenance: a pre-started Job's pod cannot start ({'; '.join(held)}): {spec.maintenance.deployment.name} "
+            "keeps serving; the run fails if it has not started within its grace"
+        )
+        return stay(Phase.ENTERING_MAINTENANCE, message, reasons.PRESTARTING_JOBS, POLL_DRAIN)
+    if elapsed(status, obs.now) >= PRESTART_HEAD_START:
+        return None
     what = " and ".join("pg_dump" if step == Step.BACKUP else "flyway migrate" for step in starting)
     message = (
         f"maintenance: starting the pre-started {what} Job(s) before scaling {spec.maintenance.deployment.name} "
