@@ -131,8 +131,8 @@ def _head_start(
     ]
     if held:
         message = (
-            f"maintenance: a pre-started Job's pod cannot start ({'; '.join(held)}): {spec.maintenance.deployment.name} "
-            "keeps serving; the run fails if it has not started within its grace"
+            f"maintenance: a pre-started Job's pod cannot start ({'; '.join(held)}): "
+            f"{spec.maintenance.deployment.name} keeps serving; the run fails if it has not started within its grace"
         )
         return stay(Phase.ENTERING_MAINTENANCE, message, reasons.PRESTARTING_JOBS, POLL_DRAIN)
     if elapsed(status, obs.now) >= PRESTART_HEAD_START:
