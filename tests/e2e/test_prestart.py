@@ -29,7 +29,8 @@ def waiting_sessions(database: str, app: str = ARMED_APP) -> int:
     """The pre-started Jobs' sessions waiting for their go (Flyway's initSql, the backup's psql)."""
     with postgres.connect(database) as conn:
         row = conn.execute(
-            "select count(*) from pg_stat_activity where application_name = %s and query like %s",
+            "select count(*) from pg_stat_activity where datname = current_database() and application_name = %s "
+            "and query like %s",
             [app, "%DO $dbops$%"],
         ).fetchone()
     return int(row[0]) if row else 0
@@ -41,8 +42,9 @@ def both_waiting(database: str) -> bool | None:
 
 def armed_sessions(database: str) -> int:
     with postgres.connect(database) as conn:
-        row = conn.execute("select count(*) from pg_stat_activity where application_name = any(%s)",
-                           [[ARMED_APP, ARMED_BACKUP_APP]]).fetchone()
+        # this test's database only: every run pre-starts its Jobs by default, the other tests' runs too
+        row = conn.execute("select count(*) from pg_stat_activity where datname = current_database() "
+                           "and application_name = any(%s)", [[ARMED_APP, ARMED_BACKUP_APP]]).fetchone()
     return int(row[0]) if row else 0
 
 
