@@ -87,6 +87,8 @@ def render_status(obj: dict[str, Any], now: datetime | None = None) -> str:
     if status.maintenance and status.maintenance.deployment:
         m = status.maintenance
         out.append(f"App:        deployment/{m.deployment} original replicas {m.original_replicas}")
+    if status.maintenance and status.maintenance.prestart_refused:
+        out.append(f"Pre-start:  refused ({status.maintenance.prestart_refused}): the Jobs started in their phases")
     if status.rollback and status.rollback.strategy:
         r = status.rollback
         out.append(f"Rollback:   {r.strategy}: {r.reason or ''} {r.error or ''}".rstrip())

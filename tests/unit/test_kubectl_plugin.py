@@ -41,3 +41,11 @@ def test_status_of_a_fresh_object_does_not_fail() -> None:
 def test_approve_parses_force_flag() -> None:
     args = parser().parse_args(["approve", "x", "-n", "ns", "--force"])
     assert args.force and args.namespace == "ns" and args.name == "x"
+
+
+def test_status_says_when_the_pre_started_jobs_were_refused() -> None:
+    refused = {**OBJ, "status": {**OBJ["status"], "maintenance": {  # type: ignore[dict-item]
+        "deployment": "api-gateway", "originalReplicas": 3, "prestartRefused": "HTTP 403: exceeded quota: one-job"}}}
+    text = render_status(refused, now=NOW)
+    assert "Pre-start:  refused (HTTP 403: exceeded quota: one-job)" in text
+    assert "Pre-start" not in render_status(OBJ, now=NOW)
