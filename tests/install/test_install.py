@@ -160,7 +160,9 @@ def test_kustomize_example_migrates_with_the_in_cluster_operator(api: client.Api
     assert labels.get("pod-security.kubernetes.io/enforce") == "restricted"
     steps = {j.metadata.labels["dbops.io/step"] for j in client.BatchV1Api(api).list_namespaced_job(
         APP_NS, label_selector="dbops.io/migration=parking-db-v6").items}
-    assert {"validate", "backup", "migrate"} <= steps, steps
+    # the backup and migrate steps ran in their pre-started Jobs (maintenance.prestartMigration, on by default)
+    assert {"validate", "backup", "migrate"} <= set(status["jobs"]), status["jobs"]
+    assert {"validate", "armed-backup", "armed-migrate"} <= steps, steps
     wait_for(lambda: (client.AppsV1Api(api).read_namespaced_deployment("api-gateway", APP_NS)
                       .status.available_replicas or 0) == 3, timeout=120, what="gateway back at 3")
 
@@ -273,7 +275,7 @@ def _generated_jobs(namespace: str) -> list[dict[str, Any]]:
     body = {"apiVersion": "dbops.io/v1alpha1", "kind": "DatabaseMigration",
             "metadata": {"name": "psa", "namespace": namespace, "uid": "00000000-0000-0000-0000-000000000001"},
             "spec": models.dump(spec)}
-    steps = ["validate", "backup", "migrate", "restore", "repair", "compensate"]
+    steps = ["validate", "backup", "migrate", "armed-backup", "armed-migrate", "restore", "repair", "compensate"]
     manifests = [machine.build_job(body, spec, step) for step in steps]
     for manifest in manifests:
         manifest["metadata"].pop("ownerReferences", None)  # the owner does not exist in a dry run
