@@ -31,6 +31,19 @@ if TYPE_CHECKING:  # jobs.py does I/O (reading Jobs); the machine's pure core ne
 # Fallback re-check intervals (seconds). Watches on Jobs and the Deployment usually wake us earlier.
 POLL_JOB = 10.0
 POLL_DRAIN = 3.0
+# Why a pod's container cannot be pulled or created (its `state.waiting` reason): the stuck-Job guard's reasons
+# (guards.CANNOT_START) but a crash loop and no node, and those that keep the app serving while a pre-started pod
+# has one (maintenance.HOLDS_THE_SCALE_DOWN).
+IMAGE_OR_CONTAINER_FAILURES = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
 POLL_LOCK = 15.0
 POLL_RETRY = 10.0
 # Jobs have activeDeadlineSeconds; the phase deadline catches everything else (and a lost Job) with this slack.

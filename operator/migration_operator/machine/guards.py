@@ -21,6 +21,7 @@ from ..observations import Observations
 from .core import (
     DEADLINE_SLACK,
     HARD_MARGIN,
+    IMAGE_OR_CONTAINER_FAILURES,
     POLL_DRAIN,
     Decision,
     ScaleDeployment,
@@ -36,18 +37,7 @@ from .rollback import abandon
 # Retry delays after an error, by how many times in a row it happened.
 ERROR_BACKOFF = (2.0, 5.0, 10.0, 20.0)
 # Why a pod may never start by itself, and how long it may try (an image pull may fail once on a busy registry).
-CANNOT_START = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "ErrImageNeverPull",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "CrashLoopBackOff",
-        "Unschedulable",
-    }
-)
+CANNOT_START = IMAGE_OR_CONTAINER_FAILURES | {"CrashLoopBackOff", "Unschedulable"}
 CANNOT_START_EVER = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 POD_START_GRACE = 60
 # The phases the guards watch: every phase of a run in flight.

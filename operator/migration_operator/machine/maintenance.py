@@ -17,6 +17,7 @@ from ..reasons import ARMED, Step
 from . import context, prestart
 from .context import Context
 from .core import (
+    IMAGE_OR_CONTAINER_FAILURES,
     POLL_DRAIN,
     ClearMaintenanceRecord,
     Decision,
@@ -44,10 +45,7 @@ HEAD_START_POLL = 0.25
 # Secret key): the app keeps serving past the head start while one of them lasts, and the stuck-Job guard fails the
 # run at its grace (guards.POD_START_GRACE) with the app never touched. Not "Unschedulable": the app's own pods may be
 # what keeps them off the node, and scaling the app down is what lets them on.
-HOLDS_THE_SCALE_DOWN = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
-     "CreateContainerError"}
-)
+HOLDS_THE_SCALE_DOWN = IMAGE_OR_CONTAINER_FAILURES
 ARMED_STEP_OF = {armed: step for step, armed in ARMED.items()}
 
 
