@@ -5,6 +5,10 @@ extension in its own schema, grants and default privileges. Each gets a release 
 whose V2 fails: the run must end RolledBack with every schema of the database, grants and owners included, exactly
 as before (fingerprint_full), twice in a row on the same database. A shape the role could not restore is refused
 in preflight, before anything changes.
+
+Each database has an app: a Deployment holding a session as the app's role (psql waiting in `pg_sleep`), so every
+run drains it and pre-starts its backup and migrate Jobs (`maintenance.prestartMigration`, on by default) on these
+shapes too, and must leave the app back at its replicas.
 """
 
 from __future__ import annotations
@@ -18,11 +22,22 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from migration_operator.constants import DEFAULT_POSTGRES_IMAGE
 from tests.db.conftest import Database, shape_database
-from tests.e2e.conftest import CREDENTIALS_OPT_IN, DB_SSL_MODE, GROUP, PLURAL, PREFIX, VERSION, ParkingApp
-from tests.support import postgres
+from tests.e2e.conftest import (
+    CREDENTIALS_OPT_IN,
+    DB_SSL_MODE,
+    GROUP,
+    MAINTENANCE_OPT_IN,
+    PLURAL,
+    PREFIX,
+    VERSION,
+    ParkingApp,
+)
+from tests.support import postgres, registry
 from tests.support.kube import temporary_namespace
 from tests.support.shapes import FEATURES, Shape
+from tests.support.wait import wait_for
 
 RESTORED = [
     Shape("empty", (), "scoped"),
@@ -33,11 +48,76 @@ RESTORED = [
 REFUSED = Shape("plain", (FEATURES["other_owner"],), "scoped")
 
 
+APP = "shape-app"
+REPLICAS = 2
+
+
 @dataclass
 class World:
-    app: ParkingApp  # only its API helpers: no gateway here
+    app: ParkingApp  # its API helpers; the app is APP, not the gateway
     db: Database
     shape: Shape
+
+
+def _app_deployment() -> dict[str, Any]:
+    """An app of any database: each replica holds one session as the app's role until it is stopped."""
+    endpoint = postgres.cluster_endpoint()
+
+    def login(env: str, key: str) -> dict[str, Any]:
+        return {"name": env, "valueFrom": {"secretKeyRef": {"name": "app-db-admin", "key": key}}}
+
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": APP, "labels": {"app": APP, **MAINTENANCE_OPT_IN}},
+        "spec": {
+            "replicas": REPLICAS,
+            "selector": {"matchLabels": {"app": APP}},
+            "template": {
+                "metadata": {"labels": {"app": APP}},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "app",
+                        "image": registry.pinned(DEFAULT_POSTGRES_IMAGE),
+                        "command": ["psql", "-X", "-q", "-c", "select pg_sleep(86400)"],
+                        "env": [
+                            {"name": "PGHOST", "value": endpoint.host}, {"name": "PGPORT", "value": str(endpoint.port)},
+                            {"name": "PGDATABASE", "value": "DB"}, {"name": "PGSSLMODE", "value": DB_SSL_MODE},
+                            {"name": "PGAPPNAME", "value": APP},
+                            login("PGUSER", "username"), login("PGPASSWORD", "password"),
+                        ],
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                            "readOnlyRootFilesystem": True},
+                    }],
+                },
+            },
+        },
+    }
+
+
+def _app_sessions(db: str) -> int:
+    with postgres.connect(db) as conn:
+        row = conn.execute("select count(*) from pg_stat_activity where datname = current_database() "
+                           "and application_name = %s", (APP,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _app_serving(world: World) -> bool:
+    found = world.app.apps.read_namespaced_deployment(APP, world.app.namespace)
+    return (found.spec.replicas == REPLICAS and (found.status.available_replicas or 0) == REPLICAS
+            and _app_sessions(world.db.name) == REPLICAS)
+
+
+def _assert_ran_like_production(world: World, run: str) -> None:
+    """The run drained the app, pre-started its Jobs, and left the app serving again."""
+    status = world.app.status(run)
+    assert (status.get("maintenance") or {}).get("originalReplicas") == REPLICAS, world.app.describe(run)
+    jobs = status.get("jobs") or {}
+    for step in ("backup", "migrate"):
+        assert "armed" in jobs.get(step, ""), (step, jobs, world.app.describe(run))
+    wait_for(lambda: _app_serving(world), timeout=120, what=f"{APP} back at {REPLICAS} replicas with its sessions")
 
 
 @pytest.fixture
@@ -58,8 +138,14 @@ def world(api: client.ApiClient, operator: Any, crd: None, request: pytest.Fixtu
                 resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
             ),
         ))
+        deployment = _app_deployment()
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        next(e for e in env if e["name"] == "PGDATABASE")["value"] = db.name
+        app.apps.create_namespaced_deployment(namespace, deployment)
+        world = World(app, db, shape)
+        wait_for(lambda: _app_serving(world), timeout=180, what=f"{APP} serving on {db.name}")
         try:
-            yield World(app, db, shape)
+            yield world
         finally:
             for name in app.created:
                 app.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -109,6 +195,7 @@ def _spec(world: World, shape: Shape) -> dict[str, Any]:
         "migrations": migrations,
         "backup": {"method": "Dump", "volume": {"claimName": "db-backups"}},
         "rollback": {"strategy": "Restore"},
+        "maintenance": {"deployment": {"name": APP}},
     }
 
 
@@ -122,6 +209,7 @@ def test_a_failed_release_is_restored_exactly_twice_in_a_row(world: World) -> No
         status = world.app.wait_done(f"{run}-run", timeout=300)
         assert status["phase"] == "RolledBack", world.app.describe(f"{run}-run")
         assert status["rollback"].get("databaseUnchanged") is False, world.app.describe(f"{run}-run")
+        _assert_ran_like_production(world, f"{run}-run")
         diff = postgres.fingerprint_diff(before, postgres.fingerprint_full(world.db.name))
         assert not diff, f"{world.shape.name}, {run} run:\n" + "\n".join(diff[:40])
 
@@ -133,6 +221,7 @@ def test_the_first_release_of_an_empty_database_backs_up_and_succeeds(world: Wor
     status = world.app.wait_done("first-release", timeout=300)
     assert status["phase"] == "Succeeded", world.app.describe("first-release")
     assert status["backup"]["verified"] is True
+    _assert_ran_like_production(world, "first-release")
 
 
 @pytest.mark.parametrize("world", [REFUSED], ids=lambda s: s.name, indirect=True)
@@ -148,3 +237,6 @@ def test_a_database_the_role_could_not_restore_is_refused_in_preflight(world: Wo
     assert "public.audit_log is owned by" in status["message"], status["message"]
     assert "not touched" in status["message"]
     assert not postgres.fingerprint_diff(before, postgres.fingerprint_full(world.db.name))
+    # refused before the maintenance window: the app was never touched
+    assert not (status.get("maintenance") or {}).get("scaledDownAt"), world.app.describe("refused")
+    assert _app_serving(world)

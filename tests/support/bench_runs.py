@@ -291,7 +291,8 @@ def script_compression() -> str:
     return os.environ.get("BENCH_SCRIPT_COMPRESSION", str(BackupSpec().compression))
 
 
-def run_script(here: Place, database: str, workdir: Path, label: str, timeout: float) -> Run:
+def run_script(here: Place, database: str, workdir: Path, label: str, timeout: float,
+               restore_paths: bool = False) -> Run:
     """hack/bench-script.sh on `database`, the dump written to `workdir` (removed afterwards)."""
     migrations = workdir / "migrations"
     migrations.mkdir(parents=True, exist_ok=True)
@@ -330,8 +331,53 @@ def run_script(here: Place, database: str, workdir: Path, label: str, timeout: f
         begin = time.monotonic()
         subprocess.run(["pg_restore", "--file=/dev/null", str(dump)], capture_output=True, check=False)
         marks["read-back seconds"] = time.monotonic() - begin
+        if restore_paths:
+            marks.update(time_restore_paths(dump, database))
         dump.unlink()
     return Run("script", label, here.namespace, database, started, rec, marks=marks, ended=ended, output=output)
+
+
+def _restore_env() -> dict[str, str]:
+    endpoint = postgres.test_endpoint()
+    return os.environ | {
+        "PGHOST": endpoint.host, "PGPORT": str(endpoint.port), "PGSSLMODE": SSL_MODE,
+        "PGUSER": os.environ.get("MO_E2E_PG_SUPERUSER", "postgres"),
+        "PGPASSWORD": os.environ.get("MO_E2E_PG_PASSWORD", "postgres"),
+    }
+
+
+def time_restore_paths(dump: Path, database: str) -> dict[str, float]:
+    """The same dump restored two ways into an empty scratch database on the same server (as the superuser: this
+    times the work, not the privileges): replayed in one transaction through psql, as the operator's restore Job does
+    (without its drops, which cost nothing on an empty database), with psql timing each statement; and with
+    `pg_restore -j2` (a job per table, indexes in parallel), the restore into a new database the issue suggests. The
+    longest statement of the first is the biggest table's COPY: one backend whatever the parallelism."""
+    env, marks = _restore_env(), {}
+    for path in ("one transaction", "parallel"):
+        scratch = f"{database}_rp"
+        with postgres.connect() as conn:
+            postgres.drop_database(conn, scratch)
+            conn.execute(f'create database "{scratch}"')
+        try:
+            begin = time.monotonic()
+            if path == "parallel":
+                done = subprocess.run(["pg_restore", "-j2", "--exit-on-error", "-d", scratch, str(dump)], env=env,
+                                      capture_output=True, text=True, check=False)
+            else:
+                done = subprocess.run(
+                    f"{{ printf '%s\\n' '\\timing on'; pg_restore --file=- '{dump}'; }} "
+                    f"| psql -X -q -1 -v ON_ERROR_STOP=1 -d '{scratch}'", shell=True, env=env,
+                    capture_output=True, text=True, check=False)
+                times = [float(line.split()[1]) / 1000 for line in done.stdout.splitlines()
+                         if line.startswith("Time: ")]
+                if times:
+                    marks["restore longest statement seconds"] = max(times)
+            if done.returncode == 0:
+                marks[f"restore {path} seconds"] = time.monotonic() - begin
+        finally:
+            with postgres.connect() as conn:
+                postgres.drop_database(conn, scratch)
+    return marks
 
 
 # ----------------------------------------------------------------------------------------------- the figures
@@ -491,13 +537,15 @@ def script_figures(run: Run) -> dict[str, Any]:
         "downtime": _span(*down) if down else None,
         "dump_bytes": int(marks["dump bytes"]) if "dump bytes" in marks else None,
         "read_back_seconds": marks.get("read-back seconds"),
+        "restore_paths": {key.removeprefix("restore ").removesuffix(" seconds"): value
+                          for key, value in marks.items() if key.startswith("restore ")},
         "output_tail": run.output[-3000:] if not run.ended else "",
     }
     timeline: list[tuple[float, str]] = []
     if down:
         points: list[tuple[float | None, str]] = [(down[0], "app below all replicas available (window opens)")]
         for key, at in marks.items():
-            if key not in ("dump bytes", "read-back seconds"):
+            if key not in ("dump bytes", "read-back seconds") and not key.startswith("restore "):
                 points.append((at, f"script: {key}"))
         points.append((rec.first_deployment(lambda s: s.replicas == 0, run.started), "Deployment spec.replicas 0 seen"))
         points.append((rec.pods_gone(down[0]), "last app pod gone"))

@@ -88,6 +88,7 @@ def parse_metric(text: str, sample: str, **labels: str) -> float:
 
 class OperatorProcess:
     def __init__(self, namespace_pattern: str, log_dir: Path) -> None:
+        """`namespace_pattern` "*": every namespace (--all-namespaces)."""
         self.namespace_pattern = namespace_pattern
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
@@ -114,7 +115,7 @@ class OperatorProcess:
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "migration_operator",
-                "--namespace", self.namespace_pattern,
+                *(["--all-namespaces"] if self.namespace_pattern == "*" else ["--namespace", self.namespace_pattern]),
                 "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
             ],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
