@@ -433,6 +433,10 @@ def _main_name(job: dict[str, Any]) -> str | None:
     return str(containers[0]["name"]) if containers else None
 
 
+def _uid(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
 def _deleting(obj: dict[str, Any]) -> bool:
     return (obj.get("metadata") or {}).get("deletionTimestamp") is not None
 
@@ -592,7 +596,7 @@ def _follow(namespace: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> 
     metadata = pod["metadata"]
     label = (metadata.get("labels") or {}).get(constants.MIGRATION_LABEL)
     if running and label and main:
-        tail.follow(namespace, metadata["name"], metadata["uid"], main, label, LOG_LIMIT_BYTES)
+        tail.follow(namespace, metadata["name"], _uid(pod), main, label, LOG_LIMIT_BYTES)
 
 
 async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObservation:
@@ -607,13 +611,13 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
         return ABSENT
     state, failed_condition = job_state(job)
     pods = await _job_pods(namespace, job["metadata"]["uid"])
-    streamed = tail.ended(pods[0]["metadata"]["uid"]) if state == "Running" and len(pods) == 1 else None
+    streamed = tail.ended(_uid(pods[0])) if state == "Running" and len(pods) == 1 else None
     if state == "Running":
         early = ended_pod_state(job, pods, datetime.now(UTC), streamed.exit_code if streamed else None)
     else:
         early = None
         for pod in pods:
-            tail.forget(pod["metadata"]["uid"])
+            tail.forget(_uid(pod))
     state = early or state
     if state == "Running":
         _follow(namespace, job, pods)

@@ -3,7 +3,6 @@ observing or acting, holding the app at 0, the phase's hard deadline. And the er
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -164,7 +163,7 @@ def test_scaling_down_records_when_the_app_must_be_back(prestart: bool | None) -
         (kube.ApiError(409, "Conflict"), True),
         (kube.ApiError(503, "Unavailable"), True),
         (aiohttp.ClientConnectionError("Cannot connect to host"), True),
-        (asyncio.TimeoutError(), True),
+        (TimeoutError(), True),
         (ConnectionResetError(104, "Connection reset by peer"), True),
         (KeyError("x"), True),
     ],

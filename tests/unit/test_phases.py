@@ -906,7 +906,8 @@ async def test_a_backup_claim_waits_from_the_validate_job_that_asks_for_it(monke
                   status=make_status(Phase.PREFLIGHT, started_seconds_ago=600), logger=logging.getLogger("test"))
     assert await preflight._claim_asked_for(ctx, "Pending") == 0.0
     asked = datetime.now(UTC) - timedelta(seconds=75)
-    created[jobs.job_name("run", "validate")] = {"metadata": {"creationTimestamp": asked.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    stamp = asked.strftime("%Y-%m-%dT%H:%M:%SZ")
+    created[jobs.job_name("run", "validate")] = {"metadata": {"creationTimestamp": stamp}}
     waited = await preflight._claim_asked_for(ctx, "Pending")
     assert 75 <= waited < 90
     assert preflight.claim_problem("db-backups", "Pending", "local", None, waited) is not None

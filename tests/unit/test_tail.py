@@ -61,7 +61,8 @@ async def test_every_steps_script_prints_the_marks_around_its_output(tmp_path: P
     assert lines[0].startswith("DBOPS-BEGIN ") and lines[1:3] == ["one", "two"]
     mark = lines[0].split()[1]
     assert lines[3:] == [f"DBOPS-END {mark} 4"] and len(mark) >= 16
-    assert await tail.scan(chunks(result.stdout, len(result.stdout)), 1024) == (4, tail.kube.PodLog("one\ntwo\n", truncated=False))
+    ended = await tail.scan(chunks(result.stdout, len(result.stdout)), 1024)
+    assert ended == (4, tail.kube.PodLog("one\ntwo\n", truncated=False))
 
 
 class FakeLogStream:

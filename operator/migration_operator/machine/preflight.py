@@ -153,14 +153,15 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
         else:
             refusal = policy.deployment_problem(app, deployment["metadata"].get("labels"))
             missing += [refusal] if refusal else []
-    # (resource, kind, name, reason, the field naming it) for each object the run needs, when it needs it
-    needed: list[tuple[str, str, str, str, str]] = []
+    # (the object or None, kind, name, reason, the field naming it) for each object the run needs, when it needs it
+    needed: list[tuple[dict[str, Any] | None, str, str, str, str]] = []
     if spec.migrations.config_map:
+        name = spec.migrations.config_map.name
         needed.append(
             (
-                "configmaps",
+                await kube.get_or_none("configmaps", namespace, name),
                 "ConfigMap",
-                spec.migrations.config_map.name,
+                name,
                 reasons.MIGRATIONS_CONFIGMAP_NOT_FOUND,
                 "spec.migrations.configMap",
             )
@@ -169,15 +170,14 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
     if claim is not None:
         needed.append(
             (
-                "persistentvolumeclaims",
+                await kube.get_or_none("persistentvolumeclaims", namespace, claim),
                 "PersistentVolumeClaim",
                 claim,
                 reasons.BACKUP_VOLUME_NOT_FOUND,
                 "spec.backup.volume",
             )
         )
-    for resource, kind, name, reason, field in needed:
-        found = await kube.get_or_none(resource, namespace, name)
+    for found, kind, name, reason, field in needed:
         if found is None:
             missing.append((reason, f"{kind} {name} ({field}) not found"))
         elif name == claim and kind == "PersistentVolumeClaim":
