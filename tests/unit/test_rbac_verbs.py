@@ -2,11 +2,12 @@
 
 The calls are enumerated from the code: every call of an operation of `kube.py` in the operator package, with the
 resource it names (`kube.get_or_none("jobs", ...)` -> get batch/jobs, `subresource="log"` -> pods/log), the watches
-kopf opens for the handlers in handlers.py (list, watch), what kopf itself does (patch its own resource's metadata, post core/v1 Events,
-follow CustomResourceDefinitions and namespaces), and one grant no call makes but admission requires (update on
-databasemigrations/finalizers: OwnerReferencesPermissionEnforcement, for blockOwnerDeletion on the Jobs). The chart is
-rendered with helm in both RBAC modes; the test fails if it grants more or less than that, or in the wrong place
-(the Leases only in the operator's namespace, the namespaced rules only in watched namespaces when scoped)."""
+kopf opens for the handlers in handlers.py (list, watch), what kopf itself does (patch its own resource's metadata,
+post core/v1 Events, follow CustomResourceDefinitions and namespaces), and one grant no call makes but admission
+requires (update on databasemigrations/finalizers: OwnerReferencesPermissionEnforcement, for blockOwnerDeletion on the
+Jobs). The chart is rendered with helm in both RBAC modes; the test fails if it grants more or less than that, or in
+the wrong place (the Leases only in the operator's namespace, the namespaced rules only in watched namespaces when
+scoped)."""
 
 from __future__ import annotations
 
