@@ -26,8 +26,8 @@ from typing import Any
 
 import kopf
 import psycopg
-from kubernetes.client.exceptions import ApiException
 
+from . import kube
 from .models import LastError
 
 MESSAGE_LIMIT = 2000
@@ -78,7 +78,7 @@ def retryable(error: BaseException) -> bool:
     if isinstance(error, psycopg.Error):
         state = error.sqlstate or ""
         return not state.startswith(PERMANENT_SQLSTATE_CLASSES)
-    if isinstance(error, ApiException):
+    if isinstance(error, kube.ApiError):
         return error.status not in PERMANENT_HTTP_STATUSES
     return not isinstance(error, kopf.PermanentError)
 
@@ -163,9 +163,8 @@ def install_log_scrubber() -> None:
 
 
 def text_of(error: BaseException) -> str:
-    if isinstance(error, ApiException):
-        body = error.body.decode() if isinstance(error.body, bytes) else str(error.body or "")
-        found = re.search(r'"message":\s*"((?:[^"\\]|\\.)*)"', body)
+    if isinstance(error, kube.ApiError):
+        found = re.search(r'"message":\s*"((?:[^"\\]|\\.)*)"', error.body)
         detail = found.group(1) if found else (error.reason or "")
         return f"HTTP {error.status}: {detail}"
     text = " ".join(str(error).split())

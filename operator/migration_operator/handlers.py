@@ -29,7 +29,7 @@ import kopf
 from kopf._cogs.clients import errors as kopf_errors
 from kopf._core.reactor import queueing as kopf_queueing
 
-from . import constants, errors, jobs, kube, metrics, reconcile, tail
+from . import constants, errors, jobs, metrics, reconcile, tail
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 # The wake-up of each run's daemon: process wiring between kopf's watch handlers and the daemons, not run state
@@ -127,13 +127,18 @@ async def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -
     # kopf logs every handler's success at INFO: with watches on Deployments and Jobs that is lines per second while
     # an app scales. Ours log what matters (phase changes, actions, errors); kopf's own lines go to debug.
     logging.getLogger("kopf.objects").addFilter(quiet_handler_success)
-    kube.load()
-    loop = asyncio.get_running_loop()
-    # a followed step's log that ended (`tail`, in its own thread) wakes the run in the loop
-    tail.set_waker(lambda namespace, label: loop.call_soon_threadsafe(poke_labelled, namespace, label))
+    tail.set_waker(poke_labelled)  # a followed step's log that ended (`tail`) wakes its run
     port = int(os.environ.get("METRICS_PORT", "8080"))
     metrics.serve(port)
     logger.info("migration-operator started (metrics on :%s)", port or "disabled")
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's login, the same as our client's (`kube.credentials`): in-cluster first, then the kubeconfig. Registered,
+    it replaces kopf's default one, which would log in through the official client."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    return info
 
 
 @kopf.daemon(constants.GROUP, constants.VERSION, constants.PLURAL, cancellation_timeout=5.0)

@@ -20,9 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import urllib3
-from kubernetes.client.exceptions import ApiException
-
 from . import constants, flyway, kube, tail
 from .models import BackupMethod, DatabaseMigrationSpec
 from .observations import ABSENT, JobObservation, JobState
@@ -399,21 +396,23 @@ STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
 _SAME_OUTPUT_PREFIX = 256
 
 
-def job_state(job: Any) -> tuple[JobState, Any]:
+def job_state(job: dict[str, Any]) -> tuple[JobState, dict[str, Any] | None]:
     """(Succeeded | Failed | Running, the Failed condition) of a batch/v1 Job read from the API. A Job the
     controller has decided to fail is Failed already: its `FailureTarget` condition (set while its pods terminate,
     before `Failed`), or a failed pod where no retry is allowed (backoffLimit 0, no podFailurePolicy)."""
-    status = job.status
-    conditions = (status.conditions or []) if status else []
-    failed = next((c for c in conditions if c.type == "Failed" and c.status == "True"), None)
-    failed = failed or next((c for c in conditions if c.type == "FailureTarget" and c.status == "True"), None)
-    if status and (status.succeeded or 0) >= 1:
+    status = job.get("status") or {}
+    conditions = status.get("conditions") or []
+    failed = next((c for c in conditions if c.get("type") == "Failed" and c.get("status") == "True"), None)
+    failed = failed or next(
+        (c for c in conditions if c.get("type") == "FailureTarget" and c.get("status") == "True"), None
+    )
+    if (status.get("succeeded") or 0) >= 1:
         return "Succeeded", failed
     if failed is not None:
         return "Failed", failed
-    spec = job.spec
-    no_retry = spec is not None and spec.backoff_limit == 0 and spec.pod_failure_policy is None
-    if status and (status.failed or 0) >= 1 and no_retry:
+    spec = job.get("spec")
+    no_retry = spec is not None and spec.get("backoffLimit") == 0 and spec.get("podFailurePolicy") is None
+    if (status.get("failed") or 0) >= 1 and no_retry:
         return "Failed", None
     return "Running", None
 
@@ -423,7 +422,28 @@ def job_state(job: Any) -> tuple[JobState, Any]:
 DEADLINE_MARGIN_SECONDS = 5.0
 
 
-def ended_pod_state(job: Any, pods: list[Any], now: datetime, streamed_exit: int | None = None) -> JobState | None:
+def _template(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod spec of the Job's template."""
+    spec: dict[str, Any] | None = ((job.get("spec") or {}).get("template") or {}).get("spec")
+    return spec
+
+
+def _main_name(job: dict[str, Any]) -> str | None:
+    containers = (_template(job) or {}).get("containers") or []
+    return str(containers[0]["name"]) if containers else None
+
+
+def _uid(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def _deleting(obj: dict[str, Any]) -> bool:
+    return (obj.get("metadata") or {}).get("deletionTimestamp") is not None
+
+
+def ended_pod_state(
+    job: dict[str, Any], pods: list[dict[str, Any]], now: datetime, streamed_exit: int | None = None
+) -> JobState | None:
     """Succeeded or Failed when the Job's pod has ended and the Job's status does not say so yet; else None.
 
     The Job controller reports a finished pod at its next batched sync (up to a second later), and the kubelet marks
@@ -436,55 +456,51 @@ def ended_pod_state(job: Any, pods: list[Any], now: datetime, streamed_exit: int
     kubelet's report, or `streamed_exit`: the END line of its log, `tail`): exit code 0 is Succeeded, any other
     Failed. In every other case the Job's own status decides, as it does whenever
     it already says Succeeded or Failed."""
-    spec = job.spec
-    if spec is None or job.metadata.deletion_timestamp is not None or len(pods) != 1:
+    spec = job.get("spec")
+    if spec is None or _deleting(job) or len(pods) != 1:
         return None
-    if (spec.completions or 1) != 1 or (spec.parallelism if spec.parallelism is not None else 1) != 1:
+    if (spec.get("completions") or 1) != 1 or (spec["parallelism"] if spec.get("parallelism") is not None else 1) != 1:
         return None
-    started = _aware(job.status.start_time) if job.status else None
-    if spec.active_deadline_seconds is not None and (
-        started is None or (now - started).total_seconds() >= spec.active_deadline_seconds - DEADLINE_MARGIN_SECONDS
+    started = kube.parse_time((job.get("status") or {}).get("startTime"))
+    deadline = spec.get("activeDeadlineSeconds")
+    if deadline is not None and (
+        started is None or (now - started).total_seconds() >= deadline - DEADLINE_MARGIN_SECONDS
     ):
         return None
     pod = pods[0]
-    status = pod.status
-    if status is None or pod.metadata.deletion_timestamp is not None:
+    status = pod.get("status")
+    if status is None or _deleting(pod):
         return None
-    retried = spec.backoff_limit != 0 or spec.pod_failure_policy is not None
-    template = spec.template.spec if spec.template else None
-    main = template.containers[0].name if template and template.containers else None
+    retried = spec.get("backoffLimit") != 0 or spec.get("podFailurePolicy") is not None
+    template = _template(job)
+    main = _main_name(job)
     exit_code = main_exit_code(pod, main)
-    if status.phase == "Succeeded":
+    if status.get("phase") == "Succeeded":
         return "Succeeded" if exit_code == 0 else None
-    if status.phase == "Failed":
+    if status.get("phase") == "Failed":
         return None if retried else "Failed"
     if exit_code is None:
         exit_code = streamed_exit  # the END line of its log (`tail`): the container has ended, not yet reported
-    if exit_code is None or retried or template is None or template.restart_policy != "Never":
+    if exit_code is None or retried or template is None or template.get("restartPolicy") != "Never":
         return None
     # still Running (or Pending) on the API, but its one container ended for good
     return "Succeeded" if exit_code == 0 else "Failed"
 
 
-def main_state(pod: Any, main: str | None) -> Any:
-    """The state (V1ContainerState) of `pod`'s container `main` as the kubelet last reported it, or None."""
-    statuses = pod.status.container_statuses if pod.status else None
-    return next((c.state for c in statuses or [] if c.name == main and c.state is not None), None)
+def main_state(pod: dict[str, Any], main: str | None) -> dict[str, Any] | None:
+    """The state (a ContainerState) of `pod`'s container `main` as the kubelet last reported it, or None."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return next((c["state"] for c in statuses if c.get("name") == main and c.get("state") is not None), None)
 
 
-def main_exit_code(pod: Any, main: str | None) -> int | None:
+def main_exit_code(pod: dict[str, Any], main: str | None) -> int | None:
     """The exit code of `pod`'s container `main` once the kubelet reported it terminated, else None."""
-    state = main_state(pod, main)
-    code: int | None = state.terminated.exit_code if state is not None and state.terminated is not None else None
-    return code
+    terminated = (main_state(pod, main) or {}).get("terminated")
+    return int(terminated["exitCode"]) if terminated is not None else None
 
 
-def _created(pod: Any) -> datetime:
-    return pod.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+def _created(pod: dict[str, Any]) -> datetime:
+    return kube.parse_time((pod.get("metadata") or {}).get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -495,28 +511,33 @@ class Waiting:
     since: datetime | None
 
 
-def pod_waiting(pod: Any) -> Waiting | None:
-    """Why `pod` (a V1Pod) cannot start, or None: see `JobObservation.waiting_reason`."""
-    status = pod.status
-    if status is None or status.phase in ("Succeeded", "Failed"):
+def pod_waiting(pod: dict[str, Any]) -> Waiting | None:
+    """Why `pod` cannot start, or None: see `JobObservation.waiting_reason`."""
+    status = pod.get("status")
+    if status is None or status.get("phase") in ("Succeeded", "Failed"):
         return None
-    scheduled = next((c for c in status.conditions or [] if c.type == "PodScheduled"), None)
-    if scheduled is not None and scheduled.status == "False":
-        since = _aware(scheduled.last_transition_time) or _aware(pod.metadata.creation_timestamp)
-        return Waiting(scheduled.reason or "Unschedulable", scheduled.message, None, since)
-    inits = list(status.init_container_statuses or [])
+    created = kube.parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+    scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+    if scheduled is not None and scheduled.get("status") == "False":
+        since = kube.parse_time(scheduled.get("lastTransitionTime")) or created
+        return Waiting(scheduled.get("reason") or "Unschedulable", scheduled.get("message"), None, since)
+    inits = list(status.get("initContainerStatuses") or [])
     # a container waits at the latest since the pod started on its node or the last init container ended
-    ends = [_aware(c.state.terminated.finished_at) for c in inits if c.state and c.state.terminated]
-    starts = [t for t in [_aware(status.start_time), *ends] if t is not None]
-    since = max(starts) if starts else _aware(pod.metadata.creation_timestamp)
-    for container in [*inits, *(status.container_statuses or [])]:
-        waiting = container.state.waiting if container.state else None
-        if waiting is None or not waiting.reason or waiting.reason in STARTING_REASONS:
+    ends = [
+        kube.parse_time(c["state"]["terminated"].get("finishedAt"))
+        for c in inits
+        if (c.get("state") or {}).get("terminated")
+    ]
+    starts = [t for t in [kube.parse_time(status.get("startTime")), *ends] if t is not None]
+    since = max(starts) if starts else created
+    for container in [*inits, *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting is None or not waiting.get("reason") or waiting["reason"] in STARTING_REASONS:
             continue
-        last = container.last_state.terminated if container.last_state else None
-        if last is not None and last.finished_at is not None:  # restarted: waiting since its last run ended
-            since = _aware(last.finished_at)
-        return Waiting(waiting.reason, waiting.message or None, container.name, since)
+        last = (container.get("lastState") or {}).get("terminated")
+        if last is not None and last.get("finishedAt") is not None:  # restarted: waiting since its last run ended
+            since = kube.parse_time(last["finishedAt"])
+        return Waiting(waiting["reason"], waiting.get("message") or None, container.get("name"), since)
     return None
 
 
@@ -543,12 +564,11 @@ def choose_output(
     return None, None, False
 
 
-async def _job_pods(namespace: str, uid: str) -> list[Any]:
-    clients = kube.load()
+async def _job_pods(namespace: str, uid: str) -> list[dict[str, Any]]:
     for label in ("batch.kubernetes.io/controller-uid", "controller-uid"):
-        pods = await kube.call(clients.core.list_namespaced_pod, namespace, label_selector=f"{label}={uid}")
-        if pods.items:
-            return sorted(pods.items, key=_created)
+        pods = await kube.list_items("pods", namespace, f"{label}={uid}")
+        if pods:
+            return sorted(pods, key=_created)
     return []
 
 
@@ -557,24 +577,26 @@ async def _read_log(namespace: str, pod: str, container: str, message: str | Non
     retried) unless the termination message is whole, then the message is as good."""
     try:
         return await kube.read_pod_log(namespace, pod, container, LOG_LIMIT_BYTES)
-    except (ApiException, urllib3.exceptions.HTTPError, OSError):
+    except (kube.ApiError, *kube.CONNECTION_ERRORS):
         if message is not None and not _may_be_cut(message):
             return None
         raise
 
 
-def _follow(namespace: str, job: Any, pods: list[Any]) -> None:
+def _follow(namespace: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
     """Follow the log of the Job's one running pod's main container (`tail`), when nothing else can follow it."""
-    if len(pods) != 1 or job.spec is None or job.spec.backoff_limit != 0 or not job.spec.template.spec:
+    spec = job.get("spec")
+    if len(pods) != 1 or spec is None or spec.get("backoffLimit") != 0 or not _template(job):
         return
-    pod, main = pods[0], job.spec.template.spec.containers[0].name
-    if pod.metadata.deletion_timestamp is not None or pod.status is None:
+    pod, main = pods[0], _main_name(job)
+    if _deleting(pod) or pod.get("status") is None:
         return
     state = main_state(pod, main)
-    running = state is not None and state.running is not None
-    label = (pod.metadata.labels or {}).get(constants.MIGRATION_LABEL)
-    if running and label:
-        tail.follow(namespace, pod.metadata.name, pod.metadata.uid, main, label, LOG_LIMIT_BYTES)
+    running = state is not None and state.get("running") is not None
+    metadata = pod["metadata"]
+    label = (metadata.get("labels") or {}).get(constants.MIGRATION_LABEL)
+    if running and label and main:
+        tail.follow(namespace, metadata["name"], _uid(pod), main, label, LOG_LIMIT_BYTES)
 
 
 async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObservation:
@@ -584,23 +606,22 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
 
     `read_log=False` when only the state matters (a Job looked at again on every pass after its result was
     used): no log is read, `output` is the termination message."""
-    clients = kube.load()
-    job = await kube.get_or_none(clients.batch.read_namespaced_job, name, namespace)
+    job = await kube.get_or_none("jobs", namespace, name)
     if job is None:
         return ABSENT
     state, failed_condition = job_state(job)
-    pods = await _job_pods(namespace, job.metadata.uid)
-    streamed = tail.ended(pods[0].metadata.uid) if state == "Running" and len(pods) == 1 else None
+    pods = await _job_pods(namespace, job["metadata"]["uid"])
+    streamed = tail.ended(_uid(pods[0])) if state == "Running" and len(pods) == 1 else None
     if state == "Running":
         early = ended_pod_state(job, pods, datetime.now(UTC), streamed.exit_code if streamed else None)
     else:
         early = None
         for pod in pods:
-            tail.forget(pod.metadata.uid)
+            tail.forget(_uid(pod))
     state = early or state
     if state == "Running":
         _follow(namespace, job, pods)
-        terminating = bool(pods) and all(p.metadata.deletion_timestamp is not None for p in pods)
+        terminating = bool(pods) and all(_deleting(p) for p in pods)
         waiting = next((w for w in (pod_waiting(p) for p in reversed(pods)) if w is not None), None)
         if waiting is None:
             return JobObservation("Running", terminating=terminating)
@@ -612,42 +633,45 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
             waiting_since=waiting.since,
             terminating=terminating,
         )
-    containers = job.spec.template.spec.containers if job.spec and job.spec.template.spec else []
-    main = containers[0].name if containers else None
+    main = _main_name(job)
     message, exit_code, pod_reason, ended_pod = None, None, None, None
     init_failure = None
     for pod in pods:
-        for init in (pod.status.init_container_statuses or []) if pod.status else []:
-            terminated = init.state.terminated if init.state else None
-            if terminated is not None and terminated.exit_code:
-                text = (terminated.message or "").strip()
-                init_failure = f"init container {init.name}: exit code {terminated.exit_code}" + (
+        status = pod.get("status") or {}
+        for init in status.get("initContainerStatuses") or []:
+            terminated = (init.get("state") or {}).get("terminated")
+            if terminated is not None and terminated.get("exitCode"):
+                text = (terminated.get("message") or "").strip()
+                init_failure = f"init container {init['name']}: exit code {terminated['exitCode']}" + (
                     f": {text[-1000:]}" if text else ""
                 )
-        for container in (pod.status.container_statuses or []) if pod.status else []:
-            terminated = container.state.terminated if container.state else None
-            if terminated is not None and (main is None or container.name == main):
-                message, exit_code, pod_reason = terminated.message, terminated.exit_code, terminated.reason
-                ended_pod, main = pod, container.name
+        for container in status.get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if terminated is not None and (main is None or container.get("name") == main):
+                message, exit_code, pod_reason = terminated.get("message"), terminated.get("exitCode"), terminated.get(
+                    "reason"
+                )
+                ended_pod, main = pod, container.get("name")
     log = None
     if early and ended_pod is None and streamed is not None:  # ended by its log's END line: the kubelet has not said
         ended_pod, exit_code = pods[0], streamed.exit_code
         log = streamed.log
     elif read_log and ended_pod is not None and main is not None:
-        log = await _read_log(namespace, ended_pod.metadata.name, main, message)
+        log = await _read_log(namespace, ended_pod["metadata"]["name"], main, message)
         if log is not None:
             log = kube.PodLog(tail.without_marks(log.text) or "", log.truncated)
     message = tail.without_marks(message)
     output, source, truncated = choose_output(message, log)
     failure = None
     if state == "Failed":
-        pod_status = pods[0].status if early and pods else None
+        pod_status = pods[0].get("status") if early and pods else None
+        failed_condition = failed_condition or {}
         parts = [
-            f"pod {pods[0].metadata.name} failed" if pod_status is not None else None,
-            pod_status.reason if pod_status is not None else None,
-            pod_status.message if pod_status is not None else None,
-            failed_condition.reason if failed_condition else None,
-            failed_condition.message if failed_condition else None,
+            f"pod {pods[0]['metadata']['name']} failed" if pod_status is not None else None,
+            pod_status.get("reason") if pod_status is not None else None,
+            pod_status.get("message") if pod_status is not None else None,
+            failed_condition.get("reason"),
+            failed_condition.get("message"),
             f"exit code {exit_code}" if exit_code is not None else None,
             pod_reason if pod_reason not in (None, "Error", "Completed") else None,
             init_failure if ended_pod is None else None,

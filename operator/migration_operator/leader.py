@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from . import constants, kube
 
 LEASE_ENV = "DBOPS_LEADER_LEASE"
@@ -86,15 +84,14 @@ class LeaseRecord:
     resource_version: str
 
     @classmethod
-    def from_api(cls, lease: Any) -> LeaseRecord:
-        spec = lease.spec
-        acquired = spec.acquire_time
+    def from_api(cls, lease: dict[str, Any]) -> LeaseRecord:
+        spec = lease.get("spec") or {}
         return cls(
-            holder=spec.holder_identity or "",
-            lease_duration_seconds=int(spec.lease_duration_seconds or 0),
-            transitions=int(spec.lease_transitions or 0),
-            acquire_time=_micro_time(acquired) if isinstance(acquired, datetime) else acquired,
-            resource_version=str(lease.metadata.resource_version),
+            holder=spec.get("holderIdentity") or "",
+            lease_duration_seconds=int(spec.get("leaseDurationSeconds") or 0),
+            transitions=int(spec.get("leaseTransitions") or 0),
+            acquire_time=spec.get("acquireTime"),  # the API's MicroTime text, written back as it is
+            resource_version=str(lease["metadata"]["resourceVersion"]),
         )
 
 
@@ -191,7 +188,7 @@ def _taken(previous: str | None, me: str) -> str:
 
 def _why(error: BaseException) -> str:
     """A short reason for the log (an HTTP status and reason, or the exception's type): no response bodies."""
-    if isinstance(error, ApiException):
+    if isinstance(error, kube.ApiError):
         return f"{error.status} {error.reason}"
     return type(error).__name__
 
@@ -228,26 +225,13 @@ class LeaderElector:
     def holder(self) -> str:
         return self.observed.record.holder if self.observed else ""
 
-    async def _api(self, function: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> Any:
-        return await asyncio.wait_for(
-            kube.call(function, *args, _request_timeout=max(1.0, timeout), **kwargs), timeout=max(1.0, timeout)
-        )
-
     async def _read(self, timeout: float) -> LeaseRecord | None:
-        clients = kube.load()
-        try:
-            lease = await self._api(clients.coordination.read_namespaced_lease, self.name, self.namespace,
-                                    timeout=timeout)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return LeaseRecord.from_api(lease)
+        lease = await kube.get_or_none("leases", self.namespace, self.name, timeout=max(1.0, timeout))
+        return None if lease is None else LeaseRecord.from_api(lease)
 
     async def try_acquire_or_renew(self, timeout: float) -> bool:
         """One look at the Lease, and a write of ourselves as its holder when we may. False when another replica
         holds it (or won the race for it)."""
-        clients = kube.load()
         record = await self._read(timeout)
         self.observed = observe(self.observed, record, self.clock())
         if not may_acquire(self.me, self.observed, self.clock()):
@@ -255,12 +239,10 @@ class LeaderElector:
         body = lease_body(self.name, self.me, record, self.timing, datetime.now(UTC))
         try:
             if record is None:
-                written = await self._api(clients.coordination.create_namespaced_lease, self.namespace, body,
-                                          timeout=timeout)
+                written = await kube.create("leases", self.namespace, body, timeout=max(1.0, timeout))
             else:
-                written = await self._api(clients.coordination.replace_namespaced_lease, self.name,
-                                          self.namespace, body, timeout=timeout)
-        except ApiException as error:
+                written = await kube.replace("leases", self.namespace, self.name, body, timeout=max(1.0, timeout))
+        except kube.ApiError as error:
             if error.status in (409, 422):  # another replica wrote it since we read it
                 return False
             raise
@@ -327,7 +309,6 @@ class LeaderElector:
         if not self.leading:
             return
         self._set_leading(False)
-        clients = kube.load()
         timeout = self.timing.retry_period * 2
         try:
             for attempt in range(RELEASE_ATTEMPTS):
@@ -336,11 +317,10 @@ class LeaderElector:
                     return
                 body = lease_body(self.name, self.me, record, self.timing, datetime.now(UTC), release=True)
                 try:
-                    await self._api(clients.coordination.replace_namespaced_lease, self.name, self.namespace, body,
-                                    timeout=timeout)
-                except ApiException as error:
-                    # a renewal already on the wire when hold() was cancelled (its request runs in a thread that a
-                    # cancel cannot stop) lands between our read and our write: read again and release that one
+                    await kube.replace("leases", self.namespace, self.name, body, timeout=timeout)
+                except kube.ApiError as error:
+                    # a renewal already on the wire when hold() was cancelled (the server may have taken it before
+                    # the cancel reached the client) lands between our read and our write: read again and release
                     if error.status == 409 and attempt + 1 < RELEASE_ATTEMPTS:
                         continue
                     raise

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from . import constants, kube
 from .models import TERMINAL_PHASES, DatabaseMigrationSpec, Phase
 from .observations import LockObservation
@@ -158,43 +156,33 @@ def _lease_body(lock: _Lock, holder: str, resource_version: str | None = None) -
 
 async def _acquire_one(namespace: str, lock: _Lock, me: str) -> str | None:
     """None when `me` holds the Lease now, else a description of who holds it."""
-    clients = kube.load()
     try:
-        lease = await kube.get_or_none(clients.coordination.read_namespaced_lease, lock.name, namespace)
+        lease = await kube.get_or_none("leases", namespace, lock.name)
         if lease is None:
-            await kube.call(clients.coordination.create_namespaced_lease, namespace, _lease_body(lock, me))
+            await kube.create("leases", namespace, _lease_body(lock, me))
             return None
-        holder = lease.spec.holder_identity or ""
+        holder = (lease.get("spec") or {}).get("holderIdentity") or ""
         if holder == me:
             return None
         if holder and await _holder_active(holder):
             return f"{_describe(holder)} (holding {lock.what})"
-        await kube.call(
-            clients.coordination.replace_namespaced_lease,
-            lock.name,
-            namespace,
-            _lease_body(lock, me, lease.metadata.resource_version),
-        )
+        await kube.replace("leases", namespace, lock.name, _lease_body(lock, me, lease["metadata"]["resourceVersion"]))
         return None
-    except ApiException as error:
+    except kube.ApiError as error:
         if error.status in (409, 422):  # someone else won the race: look again later
             return f"another migration (it just took the lease of {lock.what})"
         raise
 
 
 async def _release_one(namespace: str, name: str, me: str) -> None:
-    clients = kube.load()
-    lease = await kube.get_or_none(clients.coordination.read_namespaced_lease, name, namespace)
-    if lease is None or lease.spec.holder_identity != me:
+    lease = await kube.get_or_none("leases", namespace, name)
+    if lease is None or (lease.get("spec") or {}).get("holderIdentity") != me:
         return
     try:
-        await kube.call(
-            clients.coordination.delete_namespaced_lease,
-            name,
-            namespace,
-            body={"preconditions": {"resourceVersion": lease.metadata.resource_version}},
+        await kube.delete(
+            "leases", namespace, name, {"preconditions": {"resourceVersion": lease["metadata"]["resourceVersion"]}}
         )
-    except ApiException as error:
+    except kube.ApiError as error:
         if error.status not in (404, 409):
             raise
 

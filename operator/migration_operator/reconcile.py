@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import kopf
 import pydantic
-from kubernetes.client.exceptions import ApiException
 
 from . import (
     conditions,
@@ -91,13 +90,12 @@ def _action_name(action: Action) -> str:
 
 
 async def _act(ctx: Context, action: Action, created: dict[str, str]) -> None:
-    clients = kube.load()
     if isinstance(action, CreateJob):
         manifest = machine.build_job(ctx.body, ctx.spec, action.step, action.env)
         try:
-            await kube.call(clients.batch.create_namespaced_job, ctx.namespace, manifest)
+            await kube.create("jobs", ctx.namespace, manifest)
             ctx.logger.info("created Job %s", manifest["metadata"]["name"])
-        except ApiException as failure:
+        except kube.ApiError as failure:
             if failure.status != 409:  # 409: created by an earlier pass (the name is deterministic)
                 raise
         created[action.step] = manifest["metadata"]["name"]
@@ -373,7 +371,7 @@ async def reconcile_once(
         patch = {"status": update}
         try:
             await kube.patch_migration_status(namespace, name, patch)
-        except ApiException as error:
+        except kube.ApiError as error:
             if error.status == 409:  # someone wrote in between: re-read and recompute
                 logger.info("status write conflicted (409); retrying with a fresh read")
                 return 0.0
@@ -404,7 +402,7 @@ async def on_delete(body: dict[str, Any], logger: Logger) -> None:
         try:
             await _stop_before_scaling_back(body, spec, status, logger)
             await _scale_back_on_delete(body, spec, status, phase, logger)
-        except ApiException as error:
+        except kube.ApiError as error:
             # the whole namespace is going: the app goes with it, and with scoped RBAC our Role in it may already
             # be gone (403); insisting would only keep the namespace Terminating
             if error.status not in (403, 404) or not await kube.namespace_terminating(namespace):

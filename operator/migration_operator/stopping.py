@@ -6,10 +6,6 @@ client died, until it next talks to it).
 
 from __future__ import annotations
 
-from typing import Any
-
-from kubernetes.client import V1DeleteOptions
-
 from . import constants, database, jobs, kube
 from .database import Credentials
 from .models import DatabaseMigrationSpec
@@ -18,28 +14,17 @@ from .reasons import ARMED, Step
 
 async def stop_job(namespace: str, name: str) -> None:
     """Delete the Job with foreground propagation (idempotent: a Job already gone is fine)."""
-    clients = kube.load()
     try:
-        await kube.call(
-            clients.batch.delete_namespaced_job,
-            name,
-            namespace,
-            body=V1DeleteOptions(propagation_policy="Foreground", grace_period_seconds=5),
-        )
-    except Exception as error:
-        if kube.status_of(error) != 404:
+        await kube.delete("jobs", namespace, name, {"propagationPolicy": "Foreground", "gracePeriodSeconds": 5})
+    except kube.ApiError as error:
+        if error.status != 404:
             raise
 
 
 async def remaining_jobs(namespace: str, run: str) -> list[str]:
     """Names of the run's Jobs that still exist (a Job being deleted in the foreground included)."""
-    clients = kube.load()
-    found: Any = await kube.call(
-        clients.batch.list_namespaced_job,
-        namespace,
-        label_selector=f"{constants.MIGRATION_LABEL}={jobs.label_value(run)}",
-    )
-    return [job.metadata.name for job in found.items]
+    found = await kube.list_items("jobs", namespace, f"{constants.MIGRATION_LABEL}={jobs.label_value(run)}")
+    return [job["metadata"]["name"] for job in found]
 
 
 async def stop_all(namespace: str, run: str) -> list[str]:

@@ -1,15 +1,15 @@
 """The coordination API faked in memory, with the API server's semantics that matter to lock.py and leader.py: 404 on
 a missing Lease, 409 on a create of an existing one or a write (or a delete precondition) with a stale
-resourceVersion, a new resourceVersion on every write; the Leases are the client's own V1Lease objects.
-`fail = True` makes reads answer 503 (an API server that is down)."""
+resourceVersion, a new resourceVersion on every write; the Leases are the API's JSON documents. `request` stands in
+for `kube.request`. `fail = True` makes reads answer 503 (an API server that is down)."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any
 
-from kubernetes.client import V1Lease
-from kubernetes.client.exceptions import ApiException
+from migration_operator.kube import ApiError
 
 
 class Coordination:
@@ -18,35 +18,52 @@ class Coordination:
         self.versions = itertools.count(1)
         self.fail = False
 
-    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> V1Lease:
-        if self.fail:
-            raise ApiException(status=503, reason="Service Unavailable")
-        if (namespace, name) not in self.leases:
-            raise ApiException(status=404)
-        return V1Lease.from_dict(self.leases[(namespace, name)])
+    async def request(
+        self, method: str, resource: str, namespace: str | None, name: str | None = None, *, body: Any = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        assert resource == "leases" and namespace is not None, (resource, namespace)
+        if method == "GET":
+            assert name is not None
+            return self.read_namespaced_lease(name, namespace)
+        if method == "POST":
+            return self.create_namespaced_lease(namespace, body)
+        if method == "PUT":
+            assert name is not None
+            return self.replace_namespaced_lease(name, namespace, body)
+        assert method == "DELETE" and name is not None and body["kind"] == "DeleteOptions", (method, body)
+        self.delete_namespaced_lease(name, namespace, body)
+        return {}
 
-    def _store(self, namespace: str, body: dict[str, Any]) -> V1Lease:
+    def read_namespaced_lease(self, name: str, namespace: str) -> dict[str, Any]:
+        if self.fail:
+            raise ApiError(503, "Service Unavailable")
+        if (namespace, name) not in self.leases:
+            raise ApiError(404, "Not Found")
+        return copy.deepcopy(self.leases[(namespace, name)])
+
+    def _store(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         stored = {**body, "metadata": {**body["metadata"], "resourceVersion": str(next(self.versions))}}
         self.leases[(namespace, body["metadata"]["name"])] = stored
-        return V1Lease.from_dict(stored)
+        return copy.deepcopy(stored)
 
-    def create_namespaced_lease(self, namespace: str, body: dict[str, Any], **_: Any) -> V1Lease:
+    def create_namespaced_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         if (namespace, body["metadata"]["name"]) in self.leases:
-            raise ApiException(status=409)
+            raise ApiError(409, "Conflict")
         return self._store(namespace, body)
 
     def _check_version(self, namespace: str, name: str, version: str | None) -> None:
         """404 when the Lease does not exist, 409 when `version` is not its resourceVersion (the API's answers)."""
         current = self.leases.get((namespace, name))
         if current is None:
-            raise ApiException(status=404)
+            raise ApiError(404, "Not Found")
         if version != current["metadata"]["resourceVersion"]:
-            raise ApiException(status=409)
+            raise ApiError(409, "Conflict")
 
-    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> V1Lease:
+    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self._check_version(namespace, name, body["metadata"].get("resourceVersion"))
         return self._store(namespace, body)
 
-    def delete_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> None:
+    def delete_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any]) -> None:
         self._check_version(namespace, name, body["preconditions"]["resourceVersion"])
         del self.leases[(namespace, name)]

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 import specs
-from kubernetes.client.exceptions import ApiException
 
-from migration_operator import errors, machine, reasons
+from migration_operator import errors, kube, machine, reasons
 from migration_operator.machine import core
 from migration_operator.machine.core import ScaleDeployment
 from migration_operator.models import DatabaseMigrationStatus, LastError, Phase, parse_spec, status_patch_document
@@ -158,8 +158,13 @@ def test_scaling_down_records_when_the_app_must_be_back(prestart: bool | None) -
     [
         (psycopg.errors.InsufficientPrivilege("permission denied for table t"), False),
         (psycopg.OperationalError("connection refused"), True),
-        (ApiException(status=403, reason="Forbidden"), False),
-        (ApiException(status=503, reason="Unavailable"), True),
+        (kube.ApiError(403, "Forbidden"), False),
+        (kube.ApiError(422, "Unprocessable Entity"), False),
+        (kube.ApiError(409, "Conflict"), True),
+        (kube.ApiError(503, "Unavailable"), True),
+        (aiohttp.ClientConnectionError("Cannot connect to host"), True),
+        (TimeoutError(), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
         (KeyError("x"), True),
     ],
 )

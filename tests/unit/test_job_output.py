@@ -1,18 +1,16 @@
 """What `jobs.observe` reports of a Job: its whole output (the pod log, the termination message only as the
-fallback) once it ended, and why its pod cannot start while it runs. The Kubernetes API is faked with the client's
-own model objects, the same the operator reads."""
+fallback) once it ended, and why its pod cannot start while it runs. The objects are built with the official client's
+models (tests only) and served as the API's JSON (`to_json`), which is what the operator reads."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import pytest
 import specs
 import test_flyway
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from migration_operator import flyway, jobs, kube, machine, tail
 from migration_operator.models import parse_spec
@@ -81,60 +79,53 @@ def test_a_message_taken_from_the_log_tail_by_the_kubelet_is_in_the_log() -> Non
 
 
 # ------------------------------------------------------------------------------------------- a fake API server
-class FakeResponse:
-    """The urllib3 response `read_namespaced_pod_log(..., _preload_content=False)` returns."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.released = False
-
-    def read(self, amt: int) -> bytes:
-        chunk, self.data = self.data[: min(amt, 1000)], self.data[min(amt, 1000) :]  # short reads, as over TLS
-        return chunk
-
-    def drain_conn(self) -> None:
-        self.data = b""
-
-    def release_conn(self) -> None:
-        self.released = True
+def to_json(obj: Any) -> Any:
+    """A model object as the API's camelCase JSON document."""
+    return client.ApiClient().sanitize_for_serialization(obj)
 
 
 class FakeApi:
-    def __init__(self, job: client.V1Job | None, pods: list[client.V1Pod], log: bytes | ApiException | None) -> None:
+    """Stands in for `kube.request` (the Job, its pods) and `kube.read_bytes` (the log, cut at limitBytes as the API
+    server does)."""
+
+    def __init__(self, job: client.V1Job | None, pods: list[client.V1Pod], log: bytes | kube.ApiError | None) -> None:
         self.job, self.pods, self.log = job, pods, log
         self.log_calls: list[dict[str, Any]] = []
-        self.responses: list[FakeResponse] = []
-        self.batch = SimpleNamespace(read_namespaced_job=self.read_job)
-        self.core = SimpleNamespace(list_namespaced_pod=self.list_pods, read_namespaced_pod_log=self.read_log)
 
-    def read_job(self, name: str, namespace: str) -> client.V1Job:
-        if self.job is None:
-            raise ApiException(status=404)
-        return self.job
-
-    def list_pods(self, namespace: str, label_selector: str) -> client.V1PodList:
+    async def request(
+        self, method: str, resource: str, namespace: str, name: str | None = None, *,
+        params: dict[str, str] | None = None, **_: Any
+    ) -> dict[str, Any]:
+        assert method == "GET" and namespace == "ns", (method, namespace)
+        if resource == "jobs":
+            if self.job is None:
+                raise kube.ApiError(404, "Not Found")
+            return dict(to_json(self.job))
+        assert resource == "pods" and params is not None, resource
+        label_selector = params["labelSelector"]
         assert label_selector.endswith("=uid-1"), label_selector
-        return client.V1PodList(items=self.pods if label_selector.startswith("batch.") else [])
+        return {"items": to_json(self.pods) if label_selector.startswith("batch.") else []}
 
-    def read_log(self, name: str, namespace: str, **kwargs: Any) -> FakeResponse:
-        self.log_calls.append({"pod": name, **kwargs})
-        if isinstance(self.log, ApiException):
+    async def read_bytes(
+        self, resource: str, namespace: str, name: str, *, subresource: str, params: dict[str, str], limit: int
+    ) -> bytes:
+        assert (resource, subresource) == ("pods", "log")
+        self.log_calls.append({"pod": name, **params, "limit": limit})
+        if isinstance(self.log, kube.ApiError):
             raise self.log
         assert self.log is not None
-        limit = kwargs["limit_bytes"]
-        response = FakeResponse(self.log[:limit])  # the server stops at limitBytes
-        self.responses.append(response)
-        return response
+        return self.log[: int(params["limitBytes"])][:limit]  # the server stops at limitBytes
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Any:
-    holder: dict[str, FakeApi] = {}
-
-    def install(job: client.V1Job | None, pods: list[client.V1Pod], log: bytes | ApiException | None = None) -> FakeApi:
-        holder["api"] = FakeApi(job, pods, log)
-        monkeypatch.setattr(kube, "load", lambda: holder["api"])
-        return holder["api"]
+    def install(
+        job: client.V1Job | None, pods: list[client.V1Pod], log: bytes | kube.ApiError | None = None
+    ) -> FakeApi:
+        fake = FakeApi(job, pods, log)
+        monkeypatch.setattr(kube, "request", fake.request)
+        monkeypatch.setattr(kube, "read_bytes", fake.read_bytes)
+        return fake
 
     return install
 
@@ -215,11 +206,10 @@ async def test_observe_reads_the_whole_output_from_the_pod_log(api: Any) -> None
         {
             "pod": "run-validate-abcde",
             "container": "validate",
-            "limit_bytes": jobs.LOG_LIMIT_BYTES + 1,
-            "_preload_content": False,
+            "limitBytes": str(jobs.LOG_LIMIT_BYTES + 1),
+            "limit": jobs.LOG_LIMIT_BYTES + 1,
         }
     ]
-    assert fake.responses[0].released
     assert [p.version for p in flyway.parse_validate_output(observed.output).pending or []][-1] == "1.40"
 
 
@@ -234,7 +224,7 @@ async def test_a_log_longer_than_the_bound_is_cut_and_says_so(api: Any, monkeypa
 @pytest.mark.parametrize("status_code", [400, 403, 404])
 async def test_without_a_log_the_termination_message_is_used(api: Any, status_code: int) -> None:
     message = termination_message(validate_output())
-    api(job(succeeded=1), [ended_pod(message)], ApiException(status=status_code))
+    api(job(succeeded=1), [ended_pod(message)], kube.ApiError(status_code, ""))
     observed = await jobs.observe("ns", "run-validate")
     assert (observed.output, observed.output_source, observed.output_truncated) == (
         message,
@@ -245,11 +235,11 @@ async def test_without_a_log_the_termination_message_is_used(api: Any, status_co
 
 async def test_a_transient_log_error_is_raised_only_when_the_message_is_cut(api: Any) -> None:
     """A 5xx may pass: retrying beats deciding on a cut output. A whole termination message is as good."""
-    api(job(succeeded=1), [ended_pod(termination_message(validate_output()))], ApiException(status=502))
-    with pytest.raises(ApiException):
+    api(job(succeeded=1), [ended_pod(termination_message(validate_output()))], kube.ApiError(502, ""))
+    with pytest.raises(kube.ApiError):
         await jobs.observe("ns", "run-validate")
     short = "==> migrate <==\n" + (test_flyway.DATA / "migrate-ok.json").read_text()
-    api(job(succeeded=1, step="validate"), [ended_pod(short)], ApiException(status=500))
+    api(job(succeeded=1, step="validate"), [ended_pod(short)], kube.ApiError(500, ""))
     observed = await jobs.observe("ns", "run-validate")
     assert (observed.output, observed.output_source) == (short, "terminationMessage")
 
@@ -336,7 +326,7 @@ def test_an_unschedulable_pod_is_reported_from_its_condition() -> None:
         ],
     )
     unscheduled.status.start_time = None
-    assert jobs.pod_waiting(unscheduled) == jobs.Waiting(
+    assert jobs.pod_waiting(to_json(unscheduled)) == jobs.Waiting(
         "Unschedulable", "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.", None, at(1)
     )
 
@@ -344,10 +334,10 @@ def test_an_unschedulable_pod_is_reported_from_its_condition() -> None:
 def test_finished_and_restarted_pods() -> None:
     """A finished pod says nothing; a pod restarted by the kubelet waits since its last run ended."""
     done = pod("Failed", [], [status("validate", waiting=client.V1ContainerStateWaiting(reason="ErrImagePull"))])
-    assert jobs.pod_waiting(done) is None
+    assert jobs.pod_waiting(to_json(done)) is None
     crashing = status("validate", **waiting("CrashLoopBackOff", "back-off 10s restarting failed container"))
     crashing.last_state = client.V1ContainerState(**terminated(1, finished=30))
-    assert jobs.pod_waiting(pod("Running", [], [crashing])) == jobs.Waiting(
+    assert jobs.pod_waiting(to_json(pod("Running", [], [crashing]))) == jobs.Waiting(
         "CrashLoopBackOff", "back-off 10s restarting failed container", "validate", at(30)
     )
 
@@ -388,9 +378,9 @@ def test_the_shortcut_applies_to_the_jobs_the_operator_builds() -> None:
     built: client.V1Job = client.ApiClient()._ApiClient__deserialize(manifest, "V1Job")  # type: ignore[attr-defined]
     built.status = client.V1JobStatus(start_time=datetime.now(UTC))
     done = pod("Succeeded", [], [status("migrate", **terminated(0))])
-    assert jobs.ended_pod_state(built, [done], datetime.now(UTC)) == "Succeeded"
+    assert jobs.ended_pod_state(to_json(built), [to_json(done)], datetime.now(UTC)) == "Succeeded"
     failed = pod("Failed", [], [status("migrate", **terminated(1))])
-    assert jobs.ended_pod_state(built, [failed], datetime.now(UTC)) == "Failed"
+    assert jobs.ended_pod_state(to_json(built), [to_json(failed)], datetime.now(UTC)) == "Failed"
 
 
 async def test_a_pod_that_succeeded_ends_the_job_before_its_status_does(api: Any) -> None:

@@ -1,17 +1,15 @@
 """leader.py: who may take the leader Lease and when the leader must stop, on a fake clock. The decisions are pure
 functions; the elector's read-decide-write pass runs against an in-memory coordination API with the API server's
 semantics that matter (404 on a missing Lease, 409 on a create of an existing one or a write with a stale
-resourceVersion), the Leases being the client's own V1Lease objects."""
+resourceVersion), the Leases being the API's JSON documents."""
 
 from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from migration_operator import kube, leader
 from migration_operator.leader import LeaseRecord, Observed, Timing
@@ -137,7 +135,7 @@ class Clock:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Coordination:
     coordination = Coordination()
-    monkeypatch.setattr(kube, "load", lambda: SimpleNamespace(coordination=coordination))
+    monkeypatch.setattr(kube, "request", coordination.request)
     return coordination
 
 
@@ -223,7 +221,7 @@ async def test_release_lets_the_standby_take_over_at_once(api: Coordination) -> 
 
 
 async def test_release_reads_again_when_a_renewal_in_flight_lands_first(api: Coordination) -> None:
-    """hold() cancelled while its renewal's request was on the wire (a thread a cancel cannot stop): the renewal lands
+    """hold() cancelled while its renewal's request was on the wire (the server may have taken it): the renewal lands
     between release's read and its write, whose resourceVersion is then stale (409). Release reads again and wins."""
     clock = Clock()
     a, b = elector("pod-a", clock), elector("pod-b", clock)
@@ -236,7 +234,7 @@ async def test_release_reads_again_when_a_renewal_in_flight_lands_first(api: Coo
         if not landed:
             current = api.read_namespaced_lease(name, namespace)
             renewal = leader.lease_body(name, "pod-a", LeaseRecord.from_api(current), TIMING, datetime.now(UTC))
-            landed.append(original(name, namespace, renewal).metadata.resource_version)
+            landed.append(original(name, namespace, renewal)["metadata"]["resourceVersion"])
         return original(name, namespace, body, **kwargs)
 
     api.replace_namespaced_lease = renewal_lands_first  # type: ignore[method-assign]
@@ -255,7 +253,7 @@ async def test_release_gives_up_after_its_attempts_when_every_write_conflicts(ap
 
     def always_stale(*_: Any, **__: Any) -> Any:
         writes.append(1)
-        raise ApiException(status=409, reason="Conflict")
+        raise kube.ApiError(409, "Conflict")
 
     api.replace_namespaced_lease = always_stale  # type: ignore[method-assign]
     await a.release()  # logs, never raises: the process is exiting anyway

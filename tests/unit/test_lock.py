@@ -1,15 +1,13 @@
 """lock.py: one Lease per database whatever the host is spelt like, one per maintenance Deployment, taken together.
 The coordination API is faked in memory with the API server's semantics that matter here (404 on a missing Lease,
-409 on a create of an existing one or a write with a stale resourceVersion); the Leases are the client's own
-V1Lease objects."""
+409 on a create of an existing one or a write with a stale resourceVersion); the Leases are the API's JSON
+documents."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from kubernetes.client import V1Lease
-from kubernetes.client.exceptions import ApiException
 
 from migration_operator import kube, lock
 from migration_operator.models import DatabaseMigrationSpec, parse_spec
@@ -55,7 +53,7 @@ class Cluster:
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> Cluster:
     fake = Cluster()
-    monkeypatch.setattr(kube, "load", lambda: fake)
+    monkeypatch.setattr(kube, "request", fake.coordination.request)
     monkeypatch.setattr(kube, "get_migration", fake.get_migration)
     monkeypatch.setenv("DBOPS_LOCK_NAMESPACE", "dbops-system")
     monkeypatch.delenv("DBOPS_CLUSTER_DOMAIN", raising=False)
@@ -190,9 +188,9 @@ async def test_a_lost_race_for_the_second_lease_gives_the_first_back(
     run, spec = cluster.run("shop", "v6")
     create = cluster.coordination.create_namespaced_lease
 
-    def racing(namespace: str, body: dict[str, Any]) -> V1Lease:
+    def racing(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         if lock.DEPLOYMENT_ANNOTATION in body["metadata"]["annotations"]:
-            raise ApiException(status=409)
+            raise kube.ApiError(409, "Conflict")
         return create(namespace, body)
 
     monkeypatch.setattr(cluster.coordination, "create_namespaced_lease", racing)

@@ -1,14 +1,13 @@
 """maintenance.py with the Kubernetes client faked: which pods the drain waits for, who last set spec.replicas
 (managedFields, as the API server writes them: the entries below are shaped like those read from the local
 cluster after `kubectl create`, `kubectl scale`, a merge patch and a server-side apply), and how the operator scales.
-The objects are the client's own (V1Deployment / V1PodList built from the API's JSON)."""
+The objects are the API's JSON."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from kubernetes.client import V1Deployment, V1PodList
 
 from migration_operator import kube, maintenance
 
@@ -55,8 +54,8 @@ def owner_of_replicas(manager: str, *, time: str | None, operation: str = "Updat
     return entry
 
 
-def deployment(managed_fields: list[dict[str, Any]], replicas: int = 0) -> V1Deployment:
-    return V1Deployment.from_dict(
+def deployment(managed_fields: list[dict[str, Any]], replicas: int = 0) -> dict[str, Any]:
+    return (
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -93,15 +92,11 @@ class Apps:
         self.patches: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
         self.scale_patches: list[dict[str, Any]] = []
 
-    def read_namespaced_deployment(self, name: str, namespace: str) -> V1Deployment:
+    def read_namespaced_deployment(self, name: str, namespace: str) -> dict[str, Any]:
         return self.deployment
 
     def patch_namespaced_deployment(self, name: str, namespace: str, body: dict[str, Any], **kwargs: Any) -> None:
         self.patches.append((name, namespace, body, kwargs))
-
-    def patch_namespaced_deployment_scale(self, name: str, namespace: str, body: dict[str, Any],
-                                          **kwargs: Any) -> None:
-        self.scale_patches.append(body)
 
 
 class Core:
@@ -109,21 +104,40 @@ class Core:
         self.pods: list[dict[str, Any]] = []
         self.selectors: list[str] = []
 
-    def list_namespaced_pod(self, namespace: str, label_selector: str = "") -> V1PodList:
+    def list_namespaced_pod(self, namespace: str, label_selector: str = "") -> dict[str, Any]:
         self.selectors.append(label_selector)
-        return V1PodList.from_dict({"items": self.pods})
+        return {"items": self.pods}
 
 
 class Clients:
+    """Stands in for `kube.request`: the Deployment read and patched, its pods listed (a patch of the `scale`
+    subresource is recorded apart)."""
+
     def __init__(self) -> None:
         self.apps = Apps()
         self.core = Core()
+
+    async def request(
+        self, method: str, resource: str, namespace: str, name: str | None = None, *, subresource: str | None = None,
+        params: dict[str, str] | None = None, body: Any = None, content_type: str = kube.JSON, **_: Any
+    ) -> dict[str, Any]:
+        if resource == "pods" and method == "GET":
+            return self.core.list_namespaced_pod(namespace, (params or {}).get("labelSelector", ""))
+        assert resource == "deployments" and name is not None, (method, resource)
+        if method == "GET":
+            return self.apps.read_namespaced_deployment(name, namespace)
+        assert method == "PATCH", method
+        if subresource == "scale":
+            self.apps.scale_patches.append(body)
+        else:
+            self.apps.patch_namespaced_deployment(name, namespace, body, content_type=content_type, **(params or {}))
+        return {}
 
 
 @pytest.fixture
 def clients(monkeypatch: pytest.MonkeyPatch) -> Clients:
     fake = Clients()
-    monkeypatch.setattr(kube, "load", lambda: fake)
+    monkeypatch.setattr(kube, "request", fake.request)
     return fake
 
 
@@ -199,4 +213,7 @@ async def test_the_operator_scales_with_its_own_field_manager_on_the_deployment(
     assert annotations[2] == {"metadata": {"annotations": {"dbops.io/original-replicas": "3",
                                                            "dbops.io/maintenance-by": "v6"}}}
     assert replicas[2] == {"spec": {"replicas": 0}}
-    assert all(call[3] == {"field_manager": "migration-operator"} for call in clients.apps.patches)
+    assert all(
+        call[3] == {"fieldManager": "migration-operator", "content_type": kube.STRATEGIC_MERGE_PATCH}
+        for call in clients.apps.patches
+    )

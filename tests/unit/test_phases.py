@@ -888,28 +888,26 @@ async def test_a_backup_claim_waits_from_the_validate_job_that_asks_for_it(monke
     database answers: before it exists (a database nobody listens on), the claim's wait does not run, so the run
     fails as DatabaseUnreachable, not BackupVolumeNotFound, however long preflight has waited."""
     import logging
-    from types import SimpleNamespace
-
-    from kubernetes.client import V1Job, V1ObjectMeta
-    from kubernetes.client.exceptions import ApiException
 
     from migration_operator import jobs, kube
     from migration_operator.machine import preflight
     from migration_operator.machine.context import Context
 
-    created: dict[str, V1Job] = {}
+    created: dict[str, dict[str, Any]] = {}
 
-    def read_job(name: str, namespace: str, **_: Any) -> V1Job:
+    async def request(method: str, resource: str, namespace: str, name: str, **_: Any) -> dict[str, Any]:
+        assert (method, resource, namespace) == ("GET", "jobs", "ns")
         if name not in created:
-            raise ApiException(status=404)
+            raise kube.ApiError(404, "Not Found")
         return created[name]
 
-    monkeypatch.setattr(kube, "load", lambda: SimpleNamespace(batch=SimpleNamespace(read_namespaced_job=read_job)))
+    monkeypatch.setattr(kube, "request", request)
     ctx = Context(body={"metadata": {"name": "run", "namespace": "ns", "uid": "u"}}, spec=make_spec(),
                   status=make_status(Phase.PREFLIGHT, started_seconds_ago=600), logger=logging.getLogger("test"))
     assert await preflight._claim_asked_for(ctx, "Pending") == 0.0
     asked = datetime.now(UTC) - timedelta(seconds=75)
-    created[jobs.job_name("run", "validate")] = V1Job(metadata=V1ObjectMeta(creation_timestamp=asked))
+    stamp = asked.strftime("%Y-%m-%dT%H:%M:%SZ")
+    created[jobs.job_name("run", "validate")] = {"metadata": {"creationTimestamp": stamp}}
     waited = await preflight._claim_asked_for(ctx, "Pending")
     assert 75 <= waited < 90
     assert preflight.claim_problem("db-backups", "Pending", "local", None, waited) is not None

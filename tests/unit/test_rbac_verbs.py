@@ -1,12 +1,13 @@
 """Least privilege, proven (issue 11): the verbs the chart grants are exactly the verbs the operator calls.
 
-The calls are enumerated from the code: every Kubernetes API method the operator package calls (its `kube.load()`
-clients, by the official client's naming: read_namespaced_job -> get batch/jobs), the watches kopf opens for the
-handlers in handlers.py (list, watch), what kopf itself does (patch its own resource's metadata, post core/v1 Events,
-follow CustomResourceDefinitions and namespaces), and one grant no call makes but admission requires (update on
-databasemigrations/finalizers: OwnerReferencesPermissionEnforcement, for blockOwnerDeletion on the Jobs). The chart is
-rendered with helm in both RBAC modes; the test fails if it grants more or less than that, or in the wrong place
-(the Leases only in the operator's namespace, the namespaced rules only in watched namespaces when scoped)."""
+The calls are enumerated from the code: every call of an operation of `kube.py` in the operator package, with the
+resource it names (`kube.get_or_none("jobs", ...)` -> get batch/jobs, `subresource="log"` -> pods/log), the watches
+kopf opens for the handlers in handlers.py (list, watch), what kopf itself does (patch its own resource's metadata,
+post core/v1 Events, follow CustomResourceDefinitions and namespaces), and one grant no call makes but admission
+requires (update on databasemigrations/finalizers: OwnerReferencesPermissionEnforcement, for blockOwnerDeletion on the
+Jobs). The chart is rendered with helm in both RBAC modes; the test fails if it grants more or less than that, or in
+the wrong place (the Leases only in the operator's namespace, the namespaced rules only in watched namespaces when
+scoped)."""
 
 from __future__ import annotations
 
@@ -24,51 +25,56 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "operator" / "migration_operator"
 # The kubectl plugin runs with its user's credentials, not the operator's.
 NOT_THE_OPERATOR = {"kubectl_plugin.py"}
-CLIENTS = {"core", "apps", "batch", "custom", "coordination"}
-VERBS = {"read": "get", "get": "get", "list": "list", "create": "create", "patch": "patch", "replace": "update",
-         "delete": "delete"}
-RESOURCES = {
-    "job": ("batch", "jobs"),
-    "pod": ("", "pods"),
-    "pod_log": ("", "pods/log"),
-    "deployment": ("apps", "deployments"),
-    "config_map": ("", "configmaps"),
-    "secret": ("", "secrets"),
-    "persistent_volume_claim": ("", "persistentvolumeclaims"),
-    "lease": ("coordination.k8s.io", "leases"),
-    "custom_object": ("dbops.io", "databasemigrations"),
-    "custom_object_status": ("dbops.io", "databasemigrations/status"),
-    "namespace": ("", "namespaces"),
-}
+# kube.py's operations -> the verb each needs
+VERBS = {"get": "get", "get_or_none": "get", "read_bytes": "get", "stream": "get", "list_items": "list",
+         "create": "create", "patch": "patch", "replace": "update", "delete": "delete"}
+GROUPS = {"jobs": "batch", "deployments": "apps", "leases": "coordination.k8s.io", "databasemigrations": "dbops.io"}
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 # Cluster-scoped resources and the Leases (in the operator's own namespace) are granted apart from the rest.
 CLUSTER = {"namespaces", "customresourcedefinitions"}
 OWN = {"databasemigrations", "databasemigrations/status", "databasemigrations/finalizers"}
 
 
-def client_calls() -> set[str]:
-    """Names of the Kubernetes client methods the operator package calls (`<...>.core.read_namespaced_secret`)."""
+def client_calls() -> set[tuple[str, str]]:
+    """(resource, operation) of every call of a `kube.py` operation in the operator package: `kube.<op>(...)` and,
+    inside kube.py, `<op>(...)`. The resource must be spelt out (a string, or constants.PLURAL) wherever the call is
+    made outside kube.py's own plumbing (which passes its `resource` argument on)."""
     found = set()
     for path in PACKAGE.rglob("*.py"):
         if path.name in NOT_THE_OPERATOR:
             continue
+        inside_kube = path.name == "kube.py" and path.parent == PACKAGE
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)):
+            if not isinstance(node, ast.Call) or not node.args:
                 continue
-            owner = node.value.value  # `clients.core.<method>`, `load().core.<method>`, `kube.load().core.<method>`
-            is_client = (isinstance(owner, ast.Name) and owner.id == "clients") or isinstance(owner, ast.Call)
-            if node.value.attr in CLIENTS and is_client:
-                found.add(node.attr)
+            func = node.func
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "kube":
+                operation = func.attr
+            elif inside_kube and isinstance(func, ast.Name):
+                operation = func.id
+            else:
+                continue
+            if operation not in VERBS:
+                continue
+            resource = node.args[0]
+            if isinstance(resource, ast.Name) and inside_kube:
+                continue  # plumbing: passes its caller's resource on
+            if isinstance(resource, ast.Attribute) and resource.attr == "PLURAL":
+                name = "databasemigrations"
+            else:
+                assert isinstance(resource, ast.Constant), f"{path.name}:{node.lineno}: name the resource literally"
+                name = resource.value
+            sub = next((k.value for k in node.keywords if k.arg == "subresource"), None)
+            if sub is not None:
+                assert isinstance(sub, ast.Constant), f"{path.name}:{node.lineno}: name the subresource literally"
+                name = f"{name}/{sub.value}"
+            found.add((name, operation))
     return found
 
 
-def grant_of(method: str) -> Grant:
-    match = re.fullmatch(r"(read|get|list|create|patch|replace|delete)_(?:namespaced_)?(\w+?)", method)
-    assert match, f"cannot map the client call {method} to a verb: extend the test"
-    verb, resource = match.groups()
-    assert resource in RESOURCES, f"cannot map the client call {method} to a resource: extend the test"
-    group, plural = RESOURCES[resource]
-    return group, plural, VERBS[verb]
+def grant_of(call: tuple[str, str]) -> Grant:
+    resource, operation = call
+    return GROUPS.get(resource.split("/")[0], ""), resource, VERBS[operation]
 
 
 def kopf_watches() -> set[Grant]:
@@ -91,7 +97,7 @@ def kopf_watches() -> set[Grant]:
 
 
 def used() -> set[Grant]:
-    grants = {grant_of(method) for method in client_calls()}
+    grants = {grant_of(call) for call in client_calls()}
     grants |= kopf_watches()
     grants |= {
         ("dbops.io", "databasemigrations", "patch"),  # kopf: finalizer, progress annotations
@@ -131,9 +137,10 @@ def grants_of(doc: dict[str, Any]) -> set[Grant]:
 
 def test_every_client_call_maps_to_a_grant() -> None:
     calls = client_calls()
-    assert "create_namespaced_job" in calls and "read_namespaced_secret" in calls  # the enumeration works
-    for method in calls:
-        grant_of(method)
+    assert ("jobs", "create") in calls and ("secrets", "get_or_none") in calls  # the enumeration works
+    assert ("pods/log", "read_bytes") in calls and ("databasemigrations/status", "patch") in calls
+    for call in calls:
+        grant_of(call)
 
 
 def test_all_namespaces_grants_exactly_what_the_operator_calls() -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import kopf
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from migration_operator import kube, lock, maintenance, reconcile, stopping
 from migration_operator.machine import context
@@ -26,7 +25,7 @@ class Cluster:
 
     async def observe(self, namespace: str, name: str) -> DeploymentObservation:
         if self.observe_error:
-            raise ApiException(status=self.observe_error, reason="Forbidden" if self.observe_error == 403 else "")
+            raise kube.ApiError(self.observe_error, "Forbidden" if self.observe_error == 403 else "")
         return DeploymentObservation(exists=True, replicas=0, original_replicas_annotation=3)
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
@@ -93,7 +92,7 @@ async def test_a_namespace_being_deleted_lets_the_run_go(cluster: Cluster, code:
 @pytest.mark.parametrize("code", [403, 500])
 async def test_otherwise_the_error_is_raised_so_kopf_retries(cluster: Cluster, code: int) -> None:
     cluster.observe_error, cluster.terminating = code, False
-    with pytest.raises(ApiException):
+    with pytest.raises(kube.ApiError):
         await reconcile.on_delete(deleted_while_migrating(), LOG)
     assert cluster.released == 0
 

@@ -2,42 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from migration_operator import jobs, tail
 
 
-def chunks(text: str, size: int = 7) -> list[bytes]:
-    data = text.encode()
-    return [data[i : i + size] for i in range(0, len(data), size)]
+async def chunks(text: str | bytes, size: int = 7) -> AsyncIterator[bytes]:
+    data = text.encode() if isinstance(text, str) else text
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
 
 
-def test_the_end_line_with_the_scripts_mark_ends_the_log() -> None:
+async def test_the_end_line_with_the_scripts_mark_ends_the_log() -> None:
     log = "DBOPS-BEGIN m-1\n==> migrate <==\n{}\nDBOPS-END m-1 0\n"
-    assert tail.scan(chunks(log), 1024) == (0, tail.kube.PodLog("==> migrate <==\n{}\n", truncated=False))
+    assert await tail.scan(chunks(log), 1024) == (0, tail.kube.PodLog("==> migrate <==\n{}\n", truncated=False))
 
 
-def test_an_end_line_with_another_mark_is_output() -> None:
+async def test_an_end_line_with_another_mark_is_output() -> None:
     """A tool that prints an END line (a copy of another run's log, a migration's RAISE NOTICE) does not end it."""
     log = "DBOPS-BEGIN m-1\nDBOPS-END other 0\nDBOPS-END m-1 x\nstill running\n"
-    assert tail.scan(chunks(log), 1024) is None
-    ended = tail.scan(chunks(log + "DBOPS-END m-1 3\n"), 1024)
+    assert await tail.scan(chunks(log), 1024) is None
+    ended = await tail.scan(chunks(log + "DBOPS-END m-1 3\n"), 1024)
     assert ended == (3, tail.kube.PodLog("DBOPS-END other 0\nDBOPS-END m-1 x\nstill running\n", truncated=False))
 
 
-def test_no_begin_line_no_end() -> None:
+async def test_no_begin_line_no_end() -> None:
     """A Job of an operator without the marks: the stream's end is not the container's, the kubelet decides."""
-    assert tail.scan(chunks("==> migrate <==\nDBOPS-END m-1 0\n"), 1024) is None
+    assert await tail.scan(chunks("==> migrate <==\nDBOPS-END m-1 0\n"), 1024) is None
 
 
-def test_a_long_output_is_kept_up_to_the_bound() -> None:
+async def test_a_long_output_is_kept_up_to_the_bound() -> None:
     log = "DBOPS-BEGIN m\n" + "".join(f"line {i}\n" for i in range(100)) + "DBOPS-END m 0\n"
-    code, kept = tail.scan(chunks(log, 13), 40) or (None, None)
+    code, kept = await tail.scan(chunks(log, 13), 40) or (None, None)
     assert code == 0 and kept is not None and kept.truncated
     assert kept.text == "line 0\nline 1\nline 2\nline 3\nline 4\n" and len(kept.text) <= 40
 
@@ -47,7 +50,7 @@ def test_the_marks_are_not_output() -> None:
     assert tail.without_marks("x\n") == "x\n" and tail.without_marks(None) is None
 
 
-def test_every_steps_script_prints_the_marks_around_its_output(tmp_path: Path) -> None:
+async def test_every_steps_script_prints_the_marks_around_its_output(tmp_path: Path) -> None:
     """The script's first line is BEGIN, its last END with the step's exit code, after all of its output."""
     termination = tmp_path / "termination-log"
     termination.write_text("")
@@ -58,42 +61,42 @@ def test_every_steps_script_prints_the_marks_around_its_output(tmp_path: Path) -
     assert lines[0].startswith("DBOPS-BEGIN ") and lines[1:3] == ["one", "two"]
     mark = lines[0].split()[1]
     assert lines[3:] == [f"DBOPS-END {mark} 4"] and len(mark) >= 16
-    assert tail.scan([result.stdout], 1024) == (4, tail.kube.PodLog("one\ntwo\n", truncated=False))
+    ended = await tail.scan(chunks(result.stdout, len(result.stdout)), 1024)
+    assert ended == (4, tail.kube.PodLog("one\ntwo\n", truncated=False))
 
 
-class FakeStream:
+class FakeLogStream:
+    """Stands in for `kube.stream`: the log in small chunks, and whether the follower closed it."""
+
     def __init__(self, data: bytes) -> None:
         self.data, self.closed = data, False
+        self.calls: list[dict[str, Any]] = []
 
-    def stream(self, size: int, decode_content: bool = True) -> list[bytes]:
-        return [self.data[i : i + 5] for i in range(0, len(self.data), 5)]
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeCore:
-    def __init__(self, data: bytes) -> None:
-        self.response = FakeStream(data)
-        self.calls: list[dict[str, object]] = []
-
-    def read_namespaced_pod_log(self, pod: str, namespace: str, **kwargs: object) -> FakeStream:
-        self.calls.append({"pod": pod, "namespace": namespace, **kwargs})
-        return self.response
+    async def stream(self, resource: str, namespace: str, name: str, **kwargs: Any) -> AsyncIterator[bytes]:
+        self.calls.append({"resource": resource, "pod": name, "namespace": namespace, **kwargs})
+        try:
+            async for chunk in chunks(self.data, 5):
+                yield chunk
+            await asyncio.sleep(3600)  # a followed log stays open until the container ends
+        finally:
+            self.closed = True
 
 
-def test_a_follower_records_the_end_wakes_the_run_and_closes_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    core = FakeCore(b"DBOPS-BEGIN k\nout\nDBOPS-END k 0\n")
-    monkeypatch.setattr(tail.kube, "load", lambda: SimpleNamespace(core=core))
+async def test_a_follower_records_the_end_wakes_the_run_and_closes_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeLogStream(b"DBOPS-BEGIN k\nout\nDBOPS-END k 0\n")
+    monkeypatch.setattr(tail.kube, "stream", api.stream)
     woken: list[tuple[str, str]] = []
     monkeypatch.setattr(tail, "_waker", lambda namespace, label: woken.append((namespace, label)))
     monkeypatch.setattr(tail, "_ended", {})
     tail._following.add("uid-1")
-    tail._follow("ns", "run-migrate-x", "uid-1", "migrate", "run", 1024)
-    assert woken == [("ns", "run")] and core.response.closed and tail.following() == 0
+    await tail._follow("ns", "run-migrate-x", "uid-1", "migrate", "run", 1024)
+    assert woken == [("ns", "run")] and api.closed and tail.following() == 0
     ended = tail.ended("uid-1")
     assert ended is not None and (ended.exit_code, ended.log.text) == (0, "out\n")
-    assert core.calls[0]["follow"] is True and core.calls[0]["container"] == "migrate"
+    call = api.calls[0]
+    assert (call["resource"], call["subresource"], call["params"]) == (
+        "pods", "log", {"container": "migrate", "follow": "true"}
+    )
     # an ended pod is not followed again
     assert tail.follow("ns", "run-migrate-x", "uid-1", "migrate", "run", 1024) is False
 

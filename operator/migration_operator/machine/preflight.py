@@ -126,16 +126,13 @@ async def _claim_asked_for(ctx: Context, phase: str | None) -> float:
     creates none): the claim is not to blame for that wait."""
     if phase in ("Bound", "Lost"):
         return 0.0
-    validate = await kube.get_or_none(
-        kube.load().batch.read_namespaced_job, jobs.job_name(ctx.name, Step.VALIDATE), ctx.namespace
-    )
-    created = validate.metadata.creation_timestamp if validate is not None else None
+    validate = await kube.get_or_none("jobs", ctx.namespace, jobs.job_name(ctx.name, Step.VALIDATE))
+    created = kube.parse_time(validate["metadata"].get("creationTimestamp")) if validate is not None else None
     return max(0.0, (datetime.now(UTC) - created).total_seconds()) if created is not None else 0.0
 
 
 async def _missing(ctx: Context) -> list[tuple[str, str]]:
     """What preflight cannot find or may not use: (reason, message) each. Nothing here sends a credential anywhere."""
-    clients = kube.load()
     spec, namespace = ctx.spec, ctx.namespace
     missing = policy.operator_problems(spec, policy.OperatorPolicy.from_environment(), namespace)
     field = "spec.database.credentialsSecret"
@@ -150,20 +147,21 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
         )
     if spec.maintenance:
         app = spec.maintenance.deployment.name
-        deployment = await kube.get_or_none(clients.apps.read_namespaced_deployment, app, namespace)
+        deployment = await kube.get_or_none("deployments", namespace, app)
         if deployment is None:
             missing.append((reasons.DEPLOYMENT_NOT_FOUND, f"Deployment {app} (spec.maintenance) not found"))
         else:
-            refusal = policy.deployment_problem(app, deployment.metadata.labels)
+            refusal = policy.deployment_problem(app, deployment["metadata"].get("labels"))
             missing += [refusal] if refusal else []
-    # (reader, kind, name, reason, the field naming it) for each object the run needs, when it needs it
-    needed: list[tuple[Any, str, str, str, str]] = []
+    # (the object or None, kind, name, reason, the field naming it) for each object the run needs, when it needs it
+    needed: list[tuple[dict[str, Any] | None, str, str, str, str]] = []
     if spec.migrations.config_map:
+        name = spec.migrations.config_map.name
         needed.append(
             (
-                clients.core.read_namespaced_config_map,
+                await kube.get_or_none("configmaps", namespace, name),
                 "ConfigMap",
-                spec.migrations.config_map.name,
+                name,
                 reasons.MIGRATIONS_CONFIGMAP_NOT_FOUND,
                 "spec.migrations.configMap",
             )
@@ -172,24 +170,23 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
     if claim is not None:
         needed.append(
             (
-                clients.core.read_namespaced_persistent_volume_claim,
+                await kube.get_or_none("persistentvolumeclaims", namespace, claim),
                 "PersistentVolumeClaim",
                 claim,
                 reasons.BACKUP_VOLUME_NOT_FOUND,
                 "spec.backup.volume",
             )
         )
-    for reader, kind, name, reason, field in needed:
-        found = await kube.get_or_none(reader, name, namespace)
+    for found, kind, name, reason, field in needed:
         if found is None:
             missing.append((reason, f"{kind} {name} ({field}) not found"))
         elif name == claim and kind == "PersistentVolumeClaim":
-            annotations = found.metadata.annotations or {}
-            claim_phase = found.status.phase if found.status else None
+            annotations = found["metadata"].get("annotations") or {}
+            claim_phase = (found.get("status") or {}).get("phase")
             problem = claim_problem(
                 name,
                 claim_phase,
-                found.spec.storage_class_name if found.spec else None,
+                (found.get("spec") or {}).get("storageClassName"),
                 annotations.get("volume.kubernetes.io/selected-node"),
                 await _claim_asked_for(ctx, claim_phase),
             )
@@ -197,15 +194,15 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
     compensate = spec.rollback.compensate
     if spec.rollback.strategy == RollbackStrategy.COMPENSATE and compensate and compensate.config_map_key_ref:
         ref = compensate.config_map_key_ref
-        config_map = await kube.get_or_none(clients.core.read_namespaced_config_map, ref.name, namespace)
-        if config_map is None or ref.key not in (config_map.data or {}):
+        config_map = await kube.get_or_none("configmaps", namespace, ref.name)
+        if config_map is None or ref.key not in (config_map.get("data") or {}):
             missing.append(
                 (
                     reasons.COMPENSATE_CONFIGMAP_NOT_FOUND,
                     f"ConfigMap {ref.name} with key {ref.key} (rollback.compensate) not found",
                 )
             )
-        elif meta := psql_meta_command(config_map.data[ref.key]):
+        elif meta := psql_meta_command(config_map["data"][ref.key]):
             missing.append(
                 (
                     reasons.COMPENSATE_NOT_PLAIN_SQL,
@@ -219,12 +216,10 @@ async def _missing(ctx: Context) -> list[tuple[str, str]]:
 async def _local_migrations(ctx: Context) -> tuple[PendingMigration, ...] | None:
     if not ctx.spec.migrations.config_map:
         return None
-    config_map = await kube.get_or_none(
-        kube.load().core.read_namespaced_config_map, ctx.spec.migrations.config_map.name, ctx.namespace
-    )
+    config_map = await kube.get_or_none("configmaps", ctx.namespace, ctx.spec.migrations.config_map.name)
     if config_map is None:
         return None
-    found = [flyway.migration_file(key) for key in (config_map.data or {})]
+    found = [flyway.migration_file(key) for key in (config_map.get("data") or {})]
     return tuple(m for m in found if m is not None)
 
 
