@@ -29,7 +29,7 @@ import kopf
 from kopf._cogs.clients import errors as kopf_errors
 from kopf._core.reactor import queueing as kopf_queueing
 
-from . import constants, errors, jobs, metrics, reconcile, tail
+from . import constants, errors, jobs, kube, metrics, reconcile, tail
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 # The wake-up of each run's daemon: process wiring between kopf's watch handlers and the daemons, not run state
@@ -131,6 +131,11 @@ async def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -
     port = int(os.environ.get("METRICS_PORT", "8080"))
     metrics.serve(port)
     logger.info("migration-operator started (metrics on :%s)", port or "disabled")
+
+
+@kopf.on.cleanup()
+async def close_api_session(**_: Any) -> None:
+    await kube.close()
 
 
 @kopf.on.login()

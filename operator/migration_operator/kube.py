@@ -1,7 +1,7 @@
 """Kubernetes API access for the operator: a small native-async client on aiohttp (kopf's own HTTP library) that
 returns the API's JSON as plain dicts. Not the official client: importing it costs ~19 MiB of RSS, and kopf imports it
-for its login whenever it is installed (our `handlers.login` keeps kopf from doing so). One place for the login, the
-per-request timeout, the 401 re-login and the 404/409 idioms.
+whenever it is installed (the package's `__init__` hides it while kopf loads; `handlers.login` logs kopf in
+without it). One place for the login, the per-request timeout, the 401 re-login and the 404/409 idioms.
 
 Every operation goes through `request` (JSON) or `read_bytes`/`stream` (pod logs): the unit tests fake those."""
 
@@ -102,7 +102,18 @@ class _Client:
         return self.session, self.server
 
 
+    async def close(self) -> None:
+        if self.session is not None and self.loop is asyncio.get_running_loop():
+            await self.session.close()
+        self.session = None
+
+
 _client = _Client()
+
+
+async def close() -> None:
+    """Closes the session (the operator's cleanup; a caller that ends its event loop)."""
+    await _client.close()
 
 
 def credentials() -> kopf.ConnectionInfo:
