@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from asyncio import sslproto
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -158,8 +159,24 @@ async def run_elected(operator_kwargs: dict[str, Any], liveness: str | None) -> 
     return 0
 
 
+# One TLS record carries at most 16 KiB: a read buffer of two is enough for a watch stream or an API reply.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def smaller_tls_read_buffers() -> None:
+    """asyncio gives every TLS connection a 256 KiB read buffer, zero-filled, so resident
+    (`asyncio.sslproto.SSLProtocol.max_size` in Python 3.11). kopf opens one watch stream per watched namespace and
+    resource when it watches namespaces by name or glob: 4 streams per namespace here, ~1.25 MiB each namespace in
+    buffers alone (tracemalloc: 20.5 MiB of 56 MiB traced with 20 namespaces). A smaller buffer costs only more reads
+    of a large reply; an asyncio without the attribute is left as it is."""
+    size = getattr(sslproto.SSLProtocol, "max_size", None)
+    if isinstance(size, int) and size > TLS_READ_BUFFER:
+        sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    smaller_tls_read_buffers()
     if args.metrics_port is not None:
         os.environ["METRICS_PORT"] = str(args.metrics_port)
     log_format = (args.log_format or os.environ.get("LOG_FORMAT", "full")).lower()
