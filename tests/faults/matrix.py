@@ -1,24 +1,28 @@
 """What the fault suite runs and what it reports.
 
 A cell is (fault, phase, strategy); a trial is one run of a cell. The plan:
-- `make test-faults`: every cell, FAULT_TRIALS times each (default 1); FAULT_KINDS / FAULT_PHASES (comma lists)
-  narrow it; every trial's run pre-starts its backup and migrate Jobs (maintenance.prestartMigration, the operator's
-  default; its cells say "+prestart"), FAULT_PRESTART=0 none does;
+- `make test-faults`: every cell, FAULT_TRIALS times each (default 1), in rounds: every cell once, then every cell
+  again, so a session stopped half-way leaves every cell with the same number of trials, give or take one;
+  FAULT_KINDS / FAULT_PHASES (comma lists) narrow it; every trial's run pre-starts its backup and migrate Jobs
+  (maintenance.prestartMigration, the operator's default; its cells say "+prestart"), FAULT_PRESTART=0 none does;
 - the smoke slice (FAULT_SMOKE=1, in `make test`): one trial per fault kind, in a cell drawn at random.
 FAULT_SEED fixes the draws (which cell the smoke slice takes, the delay inside the phase); unset, one is drawn and
 printed in the header and in the results, so a failing session can be replayed.
 
-The matrix printed at the end (and written as JSON under fault-results/): per cell, trials, passed, the worst time to
-recover (from the moment the machine was whole again to the run's terminal phase), the phases the faults really
+The matrix printed at the end (and written as JSON under fault-results/, each trial with the commit it ran from,
+so `python -m tests.faults.matrix` can add up several sessions of one operator): per cell, trials, passed, the worst
+time to recover (from the moment the machine was whole again to the run's terminal phase), the phases the faults really
 landed in (a short phase on the sample database is often over before the fault lands: the trial then says so instead
 of pretending), and how many trials' deployment logs named the fault.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,9 +151,8 @@ def plan() -> list[Trial]:
         return [Trial(cell, 1, chosen) for cell in picked]
     only = {f.strip() for f in os.environ.get("FAULT_KINDS", "").split(",") if f.strip()}
     phases = {p.strip() for p in os.environ.get("FAULT_PHASES", "").split(",") if p.strip()}
-    return [Trial(cell, n, chosen) for cell in every
-            if (not only or cell.fault in only) and (not phases or cell.phase in phases)
-            for n in range(1, trials_per_cell() + 1)]
+    chosen_cells = [cell for cell in every if (not only or cell.fault in only) and (not phases or cell.phase in phases)]
+    return [Trial(cell, n, chosen) for n in range(1, trials_per_cell() + 1) for cell in chosen_cells]
 
 
 def header() -> str:
@@ -190,6 +193,7 @@ class Result:
     fault_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
     status_log: list[str] = field(default_factory=list)
+    revision: str | None = None  # the checkout's commit ("-dirty": with uncommitted changes); None in older files
 
 
 RESULTS: list[Result] = []
@@ -197,9 +201,26 @@ RESULTS_DIR = Path(os.environ.get("FAULT_RESULTS_DIR") or Path(__file__).resolve
 _SESSION = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
+@functools.cache
+def revision() -> str:
+    """The commit the session runs from, "-dirty" when the operator's or the tests' files differ from it: the
+    operator image is built from the checkout, so this names the operator the trials measured."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=7", "HEAD"], capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "operator", "tests", "charts"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
 def record(result: Result) -> None:
     """Keeps the trial for the matrix, and appends it to this session's JSON-lines file at once (a session stopped
     half-way still leaves its trials)."""
+    if result.revision is None:
+        result.revision = revision()
     RESULTS.append(result)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with (RESULTS_DIR / f"trials-{_SESSION}-seed{seed()}.jsonl").open("a") as out:
@@ -232,6 +253,10 @@ def render(heading: str | None = None) -> str:
         named = f"{row['named']}/{row['nameable']}" if row["nameable"] else "-"
         landed = ", ".join(f"{k} {v}" for k, v in sorted(row["landed"].items()))
         lines.append(f"{row['cell']:<46} {row['trials']:>6} {row['passed']:>6} {worst:>13}  {named:>12}  {landed}")
+    revisions: dict[str, int] = {}
+    for r in RESULTS:
+        revisions[r.revision or "not recorded"] = revisions.get(r.revision or "not recorded", 0) + 1
+    lines.append("from " + ", ".join(f"{name} ({count} trials)" for name, count in revisions.items()))
     failed = [r for r in RESULTS if not r.passed]
     for r in failed:
         lines.append(f"FAILED {r.trial} (landed {r.landed_phase}, ended {r.terminal_phase}): " + "; ".join(r.failures))

@@ -1,0 +1,74 @@
+"""The fault suite's plan and its matrix over several sessions (tests/faults/matrix.py): pure logic, no cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.faults import matrix
+
+
+@pytest.fixture(autouse=True)
+def _plan_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FAULT_SMOKE", "FAULT_KINDS", "FAULT_PHASES", "FAULT_TRIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FAULT_SEED", "4242")
+    monkeypatch.setattr(matrix, "RESULTS", [])
+
+
+def test_trials_run_in_rounds_so_a_stopped_session_leaves_the_cells_even(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAULT_TRIALS", "3")
+    plan = matrix.plan()
+    cells = matrix.cells()
+    assert len(plan) == 3 * len(cells)
+    for stop in range(len(plan) + 1):  # wherever the session is stopped, the cells differ by at most one trial
+        done: dict[str, int] = {}
+        for trial in plan[:stop]:
+            done[trial.cell.key] = done.get(trial.cell.key, 0) + 1
+        counts = [done.get(cell.key, 0) for cell in cells]
+        assert max(counts) - min(counts) <= 1, stop
+    assert len({t.id for t in plan}) == len(plan)  # every trial its own pytest id and its own draws
+
+
+def test_kinds_and_phases_narrow_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAULT_KINDS", "postgres-kill")
+    monkeypatch.setenv("FAULT_PHASES", "RollingBack")
+    plan = matrix.plan()
+    assert {t.cell.scenario for t in plan} == {"Restore", "Repair", "Compensate"}
+    assert {(t.cell.fault, t.cell.phase) for t in plan} == {("postgres-kill", "RollingBack")}
+
+
+def test_the_smoke_slice_takes_one_cell_per_fault_kind_and_the_seed_replays_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAULT_SMOKE", "1")
+    first = [t.id for t in matrix.plan()]
+    assert [t.split("-", 2)[0] for t in first] == [f.split("-")[0] for f in matrix.FAULTS]
+    assert [t.id for t in matrix.plan()] == first
+
+
+def test_a_matrix_over_sessions_counts_each_cell_and_names_the_commits(tmp_path: Path) -> None:
+    old = {"trial": "operator-kill-Migrating-1", "cell": "Migrating x operator-kill", "fault": "operator-kill",
+           "intended_phase": "Migrating", "scenario": "good", "passed": True, "recover_seconds": 4.0,
+           "landed_phase": "Migrating"}  # a file written before trials carried their commit
+    new = dict(old, trial="operator-kill-Migrating-2", recover_seconds=9.5, revision="abc1234")
+    failed = dict(old, trial="operator-kill-Migrating-3", passed=False, failures=["the app stayed at 0"],
+                  revision="abc1234")
+    (tmp_path / "a.jsonl").write_text(json.dumps(old) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps(new) + "\n" + json.dumps(failed) + "\n")
+    matrix.RESULTS.extend(matrix.load([tmp_path / "a.jsonl", tmp_path / "b.jsonl"]))
+    text = matrix.render("over sessions")
+    row = next(line for line in text.splitlines() if line.startswith("Migrating x operator-kill"))
+    assert row.split()[3:6] == ["3", "2", "9.5"]
+    assert "from not recorded (1 trials), abc1234 (2 trials)" in text
+    assert "FAILED operator-kill-Migrating-3" in text and "the app stayed at 0" in text
+
+
+def test_a_recorded_trial_carries_the_commit_it_ran_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(matrix, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(matrix, "revision", lambda: "feedbee")
+    matrix.record(matrix.Result(trial="t-1", cell="c", fault="operator-kill", intended_phase="Migrating",
+                                scenario="good"))
+    (written,) = tmp_path.glob("trials-*.jsonl")
+    assert json.loads(written.read_text())["revision"] == "feedbee"
