@@ -2,7 +2,8 @@
 
 A cell is (fault, phase, strategy); a trial is one run of a cell. The plan:
 - `make test-faults`: every cell, FAULT_TRIALS times each (default 1), in rounds: every cell once, then every cell
-  again, so a session stopped half-way leaves every cell with the same number of trials, give or take one;
+  again, so a session stopped half-way leaves every cell with the same number of trials, give or take one, and
+  FAULT_BUDGET_MINUTES stops starting trials once the session is that old (the matrix is still printed and written);
   FAULT_KINDS / FAULT_PHASES (comma lists) narrow it; every trial's run pre-starts its backup and migrate Jobs
   (maintenance.prestartMigration, the operator's default; its cells say "+prestart"), FAULT_PRESTART=0 none does;
 - the smoke slice (FAULT_SMOKE=1, in `make test`): one trial per fault kind, in a cell drawn at random.
@@ -132,6 +133,16 @@ def seed() -> int:
 
 def smoke() -> bool:
     return os.environ.get("FAULT_SMOKE") == "1"
+
+
+_STARTED = time.monotonic()
+
+
+def budget_left() -> bool:
+    """FAULT_BUDGET_MINUTES: a trial starts only while the session is younger than that; unset, no limit. A
+    FAULT_TRIALS=20 matrix is hours on one machine: several sittings of a budget each, added up by `__main__`."""
+    text = os.environ.get("FAULT_BUDGET_MINUTES", "").strip()
+    return not text or time.monotonic() - _STARTED < float(text) * 60
 
 
 def trials_per_cell() -> int:

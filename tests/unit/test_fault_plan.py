@@ -72,3 +72,13 @@ def test_a_recorded_trial_carries_the_commit_it_ran_from(tmp_path: Path, monkeyp
                                 scenario="good"))
     (written,) = tmp_path.glob("trials-*.jsonl")
     assert json.loads(written.read_text())["revision"] == "feedbee"
+
+
+def test_no_trial_starts_once_the_budget_is_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAULT_BUDGET_MINUTES", raising=False)
+    monkeypatch.setattr(matrix, "_STARTED", matrix.time.monotonic() - 3600)
+    assert matrix.budget_left()  # no budget: no limit
+    monkeypatch.setenv("FAULT_BUDGET_MINUTES", "90")
+    assert matrix.budget_left()
+    monkeypatch.setenv("FAULT_BUDGET_MINUTES", "59.5")
+    assert not matrix.budget_left()
