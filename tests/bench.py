@@ -24,7 +24,8 @@ Knobs: BENCH_ROWS (comma-separated sizes, default 1000000,20000000), BENCH_ROUND
 default 2; even rounds run the script first, so neither always runs on the machine the other just loaded),
 BENCH_FORMATS (rounds of the host-side backup by compression level, default 1; 0 skips it: bench_formats.py),
 BENCH_SCRIPT_COMPRESSION (the script's pg_dump level, default the operator's backup.compression default; empty:
-pg_dump's own), BENCH_CLONE=0 / BENCH_RESTORE=0 (skip the Clone run / the two rolled-back runs),
+pg_dump's own), BENCH_CLONE=0 / BENCH_RESTORE=0 / BENCH_UNCHANGED=0 (skip the Clone run / the two rolled-back runs / the
+run whose migration fails inside its transaction, rolled back without a restore),
 BENCH_RESTORE_PATHS=0 (skip timing round 1's script dump restored two ways on the host: one transaction, -j2),
 BENCH_JOB_CPU (the operator's Jobs' CPU request, default 250m; empty: none, BestEffort pods: bench_runs.JOB_CPU),
 BENCH_REACTION_RUNS (extra small runs for the latencies, default 5), BENCH_RSS=0, BENCH_SSLMODE (both sides'
@@ -272,11 +273,12 @@ def one_copy(seed: bench_seed.Seed, tag: str, strategy: str = "wal_log") -> tupl
 
 
 def operator_case(api: Any, seed: bench_seed.Seed, tag: str, label: str, timeout: float,
-                  copies: dict[str, list[float]], strategy: str = "wal_log", **spec: Any) -> dict[str, Any]:
+                  copies: dict[str, list[float]], strategy: str = "wal_log", migrations: dict[str, str] | None = None,
+                  **spec: Any) -> dict[str, Any]:
     name, seconds = one_copy(seed, tag, strategy)
     copies.setdefault(strategy, []).append(seconds)
     try:
-        with bench_runs.place(api, name, wait_gone=True) as here:
+        with bench_runs.place(api, name, wait_gone=True, migrations=migrations) as here:
             waited = wait_quiet()
             settled = bench_runs.settle()
             conditions = _conditions() | {"waited_for_quiet": waited}
@@ -366,6 +368,10 @@ def size_suite(api: Any, rows: int, workdir: Path) -> dict[str, Any]:
                                                copies, failing_check=True, prestart=prestart)
         result["restore_clone"] = operator_case(api, seed, "rclone", "operator (Clone), check fails", timeout,
                                                 copies, method="Clone", failing_check=True)
+    if os.environ.get("BENCH_UNCHANGED", "1") != "0":
+        failing = bench_runs.migration_files({bench_seed.MIGRATION_NAME: bench_seed.FAILING_MIGRATION_SQL})
+        result["unchanged"] = operator_case(api, seed, "unch", "operator (Dump), migration fails in its transaction",
+                                            timeout, copies, migrations=failing, prestart=prestart)
     result["copies"] = copies
     print_size(result)
     return result
@@ -417,7 +423,7 @@ def print_size(result: dict[str, Any]) -> None:
     sql_times = [f"{title} {run['flyway_sql']:.2f} s" for title, run in columns
                  if run is not None and run.get("flyway_sql") is not None]
     print(f"   the migration's own SQL time (flyway_schema_history.execution_time): {'; '.join(sql_times) or '-'}")
-    first = result["rounds"][0]
+    first = result["rounds"][0] if result["rounds"] else {}  # BENCH_ROUNDS=0: only the Clone/rollback runs
     op, sc = first.get("operator") or {}, first.get("script") or {}
     for run in (op, sc):
         if run.get("timeline"):
@@ -433,8 +439,8 @@ def print_size(result: dict[str, Any]) -> None:
 def print_throughput(result: dict[str, Any]) -> None:
     rows = sum(result["table_rows"].values())
     size = result["seed"]["database_bytes"]
-    op = result["rounds"][0].get("operator") or {}
-    sc = result["rounds"][0].get("script") or {}
+    first = result["rounds"][0] if result["rounds"] else {}
+    op, sc = first.get("operator") or {}, first.get("script") or {}
     lines: list[tuple[str, float | None, str]] = []
     backup_job = (op.get("jobs") or {}).get("backup")
     if backup_job or "armed-backup" not in (op.get("jobs") or {}):
@@ -485,12 +491,30 @@ def print_throughput(result: dict[str, Any]) -> None:
         if run:
             print(f"     a run rolled back after its migration ({title}): {run.get('phase')}, downtime "
                   f"{_s(run.get('downtime')).strip()}")
+    print_unchanged(result.get("unchanged"))
+
+
+def print_unchanged(run: dict[str, Any] | None) -> None:
+    """The failed transactional migration: no restore when the database is provably unchanged, and the goal that
+    the rollback adds at most a second to the window's other steps."""
+    if not run:
+        return
+    parts = run.get("durations") or {}
+    steps = ("drain", "backup", "migrate", "rollback (app down)", "scale-up")
+    restored = "a restore Job ran" if "restore" in (run.get("jobs") or {}) else "no restore Job"
+    print(f"\n   a migration that fails inside its transaction (Flyway rolls it back): {run.get('phase')}, "
+          f"databaseUnchanged {run.get('database_unchanged')}, {restored}; downtime {_s(run.get('downtime')).strip()}")
+    print("     " + ", ".join(f"{step} {_s(parts.get(step)).strip()}" for step in steps))
+    rollback = parts.get("rollback (app down)")
+    if rollback is not None:
+        print(f"     what the rollback adds before the scale-up: {rollback:.2f} s (goal: <= 1 s over drain + backup + "
+              "migrate + scale-up)")
 
 
 def size_runs(size: dict[str, Any]) -> list[dict[str, Any]]:
     """Every run of one size, the script's included."""
     runs = [pair[who] for pair in size["rounds"] for who in ("operator", "operator_plain", "script") if pair.get(who)]
-    return runs + [size[key] for key in ("clone", "restore_dump", "restore_clone") if size.get(key)]
+    return runs + [size[key] for key in ("clone", "restore_dump", "restore_clone", "unchanged") if size.get(key)]
 
 
 def all_operator_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -498,7 +522,7 @@ def all_operator_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     for size in results.get("sizes", []):
         for pair in size["rounds"]:
             runs += [pair[who] for who in ("operator", "operator_plain") if pair.get(who)]
-        runs += [size[key] for key in ("clone", "restore_dump", "restore_clone") if size.get(key)]
+        runs += [size[key] for key in ("clone", "restore_dump", "restore_clone", "unchanged") if size.get(key)]
     runs += results.get("reaction_runs", [])
     return runs
 

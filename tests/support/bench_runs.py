@@ -463,6 +463,7 @@ def operator_figures(run: Run) -> dict[str, Any]:
         "backup_bytes": (status.get("backup") or {}).get("sizeBytes"),
         "applied": status.get("applied"),
         "log": status.get("log"),
+        "database_unchanged": (status.get("rollback") or {}).get("databaseUnchanged"),
     }
     entering = entered.get("EnteringMaintenance")
     if down and entering is not None and "drain" in figures["durations"] and down[0] > entering:
@@ -477,6 +478,14 @@ def operator_figures(run: Run) -> dict[str, Any]:
     restored = rec.first_status(name, lambda s: bool((s.get("rollback") or {}).get("databaseRestored")))
     if "RollingBack" in entered and restored:
         figures["rollback_to_restored"] = restored - entered["RollingBack"]
+    rolling_back = entered.get("RollingBack")
+    if down and rolling_back is not None and not exiting:
+        # a rollback brings the app back itself: what it costs before the scale-up (stopping the step, deciding
+        # whether to restore, restoring) and the scale-up after it
+        scaled = rec.first_deployment(lambda s: s.replicas == REPLICAS, rolling_back)
+        if scaled is not None:
+            figures["durations"]["rollback (app down)"] = scaled - rolling_back
+            figures["durations"]["scale-up"] = down[1] - scaled
     figures["timeline"] = operator_timeline(run, entered, down, jobs)
     figures["durations_from_status_log"] = status_log_durations(status)
     return figures

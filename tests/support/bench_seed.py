@@ -64,6 +64,8 @@ MIGRATION_SQL = (
     f"ALTER TABLE {BIG_TABLE} ADD COLUMN receipt_no text;\n"
     f"CREATE INDEX {BIG_TABLE}_plate_idx ON {BIG_TABLE} (plate);\n"
 )
+# The same migration failing at its end, inside its transaction: Flyway rolls it back, after the index build's time.
+FAILING_MIGRATION_SQL = MIGRATION_SQL + "SELECT 1 / 0;\n"
 
 
 @dataclass(frozen=True)
