@@ -18,7 +18,7 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,16 @@ class ParkingApp:
     def events(self, name: str) -> list[client.CoreV1Event]:
         return list(self.core.list_namespaced_event(
             self.namespace, field_selector=f"involvedObject.name={name}").items)
+
+    def wait_events(self, name: str, until: Callable[[list[client.CoreV1Event]], bool], what: str,
+                    timeout: float = 30) -> list[client.CoreV1Event]:
+        """The run's events once `until` holds: kopf posts events from a queue of its own, after the status patch
+        that a test waits on, so an event is waited for, never read once."""
+        def probe() -> list[client.CoreV1Event] | None:
+            found = self.events(name)
+            return found if until(found) else None
+
+        return wait_for(probe, timeout=timeout, what=what, describe=lambda: self.describe(name))
 
 
 # The consent of a Secret to serve as DatabaseMigration credentials, and of a Deployment to be scaled to 0 (policy.py).

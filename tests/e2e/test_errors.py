@@ -40,7 +40,8 @@ def test_a_table_the_role_cannot_read_fails_preflight_at_once_and_frees_the_data
         assert "permission denied" in status["message"] and "private_audit" in status["message"], status["message"]
         assert "not touched" in status["message"]
         assert took < 60, f"the error took {took:.0f}s to reach the status"
-        assert any(e.type == "Warning" for e in parking.events("unreadable"))
+        parking.wait_events("unreadable", lambda events: any(e.type == "Warning" for e in events),
+                            "a Warning event for the failed run")
         # the Lease is free: the next run of the same database gets past Pending
         parking.create_migration("next-one", parking.spec(dryRun=True))
         parking.wait_phase("next-one", {"Preflight", "Succeeded", "Failed"}, timeout=60)

@@ -96,8 +96,8 @@ def test_v6_succeeds_with_the_gateway_down_only_while_it_migrates(
     # restart safety's other half: one Job per step, never recreated
     for name, uids in sampler.job_uids().items():
         assert len(uids) == 1, f"job {name} was created more than once"
-    reasons = {e.reason for e in parking.events("parking-db-v6")}
-    assert len(reasons) >= 4, reasons
+    parking.wait_events("parking-db-v6", lambda events: len({e.reason for e in events}) >= 4,
+                        "events for at least four phases")
 
     # the kubectl plugin, found by kubectl on PATH like any plugin
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
