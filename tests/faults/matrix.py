@@ -295,8 +295,31 @@ def write_json(directory: Path) -> Path:
     return path
 
 
-if __name__ == "__main__":  # python -m tests.faults.matrix fault-results/trials-*.jsonl: one matrix over sessions
-    import sys
+def to_go(results: list[Result], trials: int) -> str:
+    """How far the trials are from `trials` per cell of today's plan (FAULT_PRESTART as set): the cells short of it
+    and the trials still to run, with the time they would take at these trials' mean pace (run and set-up)."""
+    done: dict[str, int] = {}
+    for r in results:
+        done[r.cell] = done.get(r.cell, 0) + 1
+    short = {cell.key: trials - done.get(cell.key, 0) for cell in cells() if done.get(cell.key, 0) < trials}
+    missing = sum(short.values())
+    if not missing:
+        return f"every one of the {len(cells())} cells has {trials} trials or more"
+    line = f"to reach {trials} per cell: {missing} trials in {len(short)} of {len(cells())} cells"
+    runs = [r.run_seconds for r in results if r.run_seconds is not None]
+    if runs:
+        mean = sum(runs) / len(runs)
+        line += f" (the runs alone, at these trials' mean {mean:.0f} s: {missing * mean / 3600:.1f} h)"
+    return line
 
-    RESULTS.extend(load([Path(p) for p in sys.argv[1:]]))
-    print(render(f"{len(RESULTS)} trials from {len(sys.argv) - 1} file(s)"))
+
+if __name__ == "__main__":  # python -m tests.faults.matrix [--trials N] files...: one matrix over sessions
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.matrix")
+    parser.add_argument("--trials", type=int, default=20, help="the trials per cell the matrix is heading for")
+    parser.add_argument("files", nargs="+", type=Path, help="fault-results/*.json and trials-*.jsonl files")
+    args = parser.parse_args()
+    RESULTS.extend(load(args.files))
+    print(render(f"{len(RESULTS)} trials from {len(args.files)} file(s)"))
+    print(to_go(RESULTS, args.trials))

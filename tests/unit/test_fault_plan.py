@@ -82,3 +82,20 @@ def test_no_trial_starts_once_the_budget_is_spent(monkeypatch: pytest.MonkeyPatc
     assert matrix.budget_left()
     monkeypatch.setenv("FAULT_BUDGET_MINUTES", "59.5")
     assert not matrix.budget_left()
+
+
+def test_the_matrix_over_sittings_says_how_many_trials_are_still_to_run() -> None:
+    cells = matrix.cells()
+    first, second = cells[0], cells[1]
+
+    def trial(cell: matrix.Cell, n: int) -> matrix.Result:
+        return matrix.Result(trial=f"{cell.key}-{n}", cell=cell.key, fault=cell.fault, intended_phase=cell.phase,
+                             scenario=cell.scenario, passed=True, run_seconds=36.0)
+
+    results = [trial(first, n) for n in range(3)] + [trial(second, 0)]
+    line = matrix.to_go(results, 3)
+    to_run = 3 * len(cells) - 4
+    assert f"{to_run} trials in {len(cells) - 1} of {len(cells)} cells" in line, line
+    assert f"{to_run * 36 / 3600:.1f} h" in line, line
+    everything = [trial(cell, n) for cell in cells for n in range(2)]
+    assert matrix.to_go(everything, 2) == f"every one of the {len(cells)} cells has 2 trials or more"
