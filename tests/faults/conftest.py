@@ -53,6 +53,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("trial", trials, ids=[t.id for t in trials])
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A trial past FAULT_BUDGET_MINUTES is skipped before its fixtures: each trial's namespace and app cost seconds,
+    and the hundreds of trials a sitting leaves took an hour to skip when the test body checked it."""
+    if "trial" in getattr(item, "fixturenames", ()) and not matrix.budget_left():
+        pytest.skip("FAULT_BUDGET_MINUTES spent: not started")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if not matrix.RESULTS:
         return
