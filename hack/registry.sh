@@ -88,7 +88,11 @@ start() {
   fi
   local deadline=$((SECONDS + ${MO_REGISTRY_TIMEOUT:-30}))
   until answers; do
-    if ! is_running; then log "exited; last lines of $LOGFILE:"; tail -n 20 "$LOGFILE" >&2; exit 1; fi
+    # alive, not is_running: right after the fork the child may not have exec'ed the registry yet, and its
+    # cmdline is still this script's (a busy machine made that race fail a CI run after 23 s)
+    if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+      log "exited; last lines of $LOGFILE:"; tail -n 20 "$LOGFILE" >&2; exit 1
+    fi
     if ((SECONDS >= deadline)); then log "no answer on http://$REG_ADDR/v2/ in time; see $LOGFILE"; exit 1; fi
     sleep 0.1
   done
