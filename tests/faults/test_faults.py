@@ -256,6 +256,13 @@ def run_trial(trial: Trial, app: ParkingApp, operator: Operator | None, db: Data
             injected = time.monotonic()
             result.notes += _inject(trial, app, operator, db, landed)
             restored = time.monotonic()
+            if cell.fault == "app-scaled-up":
+                # instant, and the status lags the operator's decision by one patch: a scale-up read as the end of a
+                # phase may have landed after the next one began; classified where the status says it is now
+                now = _phase(app)
+                if now is not None and now != landed and _at_or_after(now, landed):
+                    result.notes.append(f"injected as the status went from {landed} to {now}")
+                    landed = now
             result.fault_seconds = round(restored - injected, 1)
             status = wait_for(lambda: _terminal(app), timeout=900, what=f"{MIGRATION} terminal", interval=0.2,
                               describe=lambda: app.describe(MIGRATION))

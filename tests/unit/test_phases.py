@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import specs
 
-from migration_operator import machine, reasons
+from migration_operator import machine, maintenance, reasons
 from migration_operator.machine import core
 from migration_operator.machine.core import (
     CloneDatabase,
@@ -23,6 +23,7 @@ from migration_operator.models import (
     AppliedMigration,
     DatabaseMigrationSpec,
     DatabaseMigrationStatus,
+    MaintenanceStatus,
     PendingMigration,
     Phase,
     Snapshot,
@@ -643,6 +644,39 @@ def test_exiting_maintenance_scales_back_to_original_replicas() -> None:
     decision = run(make_spec(), _exiting_status(), observe(deployment=DEPLOYMENT_DOWN))
     assert decision.actions == [ScaleDeployment(3)]
     assert decision.phase == Phase.EXITING_MAINTENANCE
+
+
+def test_a_scale_up_by_someone_else_after_the_last_hold_is_said_and_scaled_back() -> None:
+    # landed after the hold guard's last look in Verifying: found by ExitingMaintenance's first step
+    scaled = DeploymentObservation(exists=True, replicas=5, pods=2, replicas_manager="argocd-controller")
+    decision = run(make_spec(), _exiting_status(), observe(deployment=scaled))
+    assert decision.phase == Phase.EXITING_MAINTENANCE
+    assert decision.actions == [ScaleDeployment(3)]
+    assert decision.warning and decision.log is not None
+    assert "scaled to 5 by argocd-controller" in decision.log and "back to 3" in decision.log
+    assert written(decision)["maintenance"]["scaledUpAt"]
+
+
+def test_a_scale_by_someone_else_to_the_recorded_count_is_said_and_kept() -> None:
+    scaled = DeploymentObservation(exists=True, replicas=3, pods=3, replicas_manager="kubectl")
+    decision = run(make_spec(), _exiting_status(), observe(deployment=scaled))
+    assert decision.actions == [] and decision.warning
+    assert "scaled to 3 by kubectl" in (decision.log or "") and "keeping it" in (decision.log or "")
+    # said once: the next pass (scaledUpAt recorded) waits on availability like any other
+    after = _exiting_status().model_copy(update={"maintenance": MaintenanceStatus.model_validate(
+        {**MAINTENANCE, "scaledUpAt": core.iso(NOW)})})
+    again = run(make_spec(), after, observe(deployment=scaled))
+    assert not again.warning and again.log is None
+
+
+def test_the_operators_own_scale_up_before_a_restart_is_not_someone_elses() -> None:
+    # scaled back to 3 by the operator, killed before its status said so: the field manager is its own
+    ours = DeploymentObservation(
+        exists=True, replicas=3, available_replicas=3, updated_replicas=3, pods=3,
+        replicas_manager=maintenance.FIELD_MANAGER,
+    )
+    decision = run(make_spec(), _exiting_status(), observe(deployment=ours))
+    assert decision.phase == Phase.SUCCEEDED and not decision.warning
 
 
 def test_exiting_maintenance_waits_for_available_app() -> None:

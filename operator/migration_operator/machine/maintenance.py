@@ -190,6 +190,17 @@ def _decide_entering(
     return decision
 
 
+def scaled_by_someone_else(deployment: DeploymentObservation, original: int) -> bool:
+    """Whether the app runs replicas the operator did not give it: above 0 and last scaled by another field manager
+    (with no managedFields to tell, a count that is neither 0 nor the recorded one). The operator's own scale-up, done
+    before a restart lost its record, is its field manager's and the recorded count: not someone else's."""
+    if deployment.replicas == 0:
+        return False
+    if deployment.replicas_manager is None:
+        return deployment.replicas != original
+    return deployment.replicas_manager != maintenance.FIELD_MANAGER
+
+
 def decide_exiting(
     spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run
 ) -> Decision:
@@ -207,6 +218,25 @@ def decide_exiting(
     record = (status.maintenance or MaintenanceStatus()).model_copy(
         update={"deployment": deployment_name, "original_replicas": original}
     )
+    if maintenance_touched(status) and record.scaled_up_at is None and scaled_by_someone_else(deployment, original):
+        # The hold guard reverts a scale-up before every step while the app must be down; one that lands after its
+        # last look (the end of Verifying) is found here, and is said: the app served during the window's end.
+        who = deployment.replicas_manager or "someone"
+        then = (
+            f"scaling it back to {original} replicas"
+            if deployment.replicas != original
+            else f"{original} is its recorded count: keeping it"
+        )
+        message = (
+            f"exiting maintenance: {deployment_name} was scaled to {deployment.replicas} by {who} while it had to "
+            f"be down (after the last check of the maintenance window); {then}"
+        )
+        record.scaled_up_at = iso(obs.now)
+        decision = stay(phase, message, reasons.SCALING_UP, POLL_DRAIN, log=message, maintenance=record)
+        decision.warning = True
+        if deployment.replicas != original:
+            decision.actions.append(ScaleDeployment(original))
+        return decision
     if deployment.replicas != original:
         message = f"exiting maintenance: scaling {deployment_name} back to {original} replicas"
         record.scaled_up_at = iso(obs.now)
