@@ -88,6 +88,10 @@ class DeploymentObservation:
     # Who last set spec.replicas (the field manager of managedFields), to name whoever scales the app mid-run.
     replicas_manager: str | None = None
 
+    def scaled_by(self) -> str:
+        """How a scale by someone else is said (the hold guard, the exit): "scaled to 5 by argocd-controller"."""
+        return f"scaled to {self.replicas} by {self.replicas_manager or 'someone'}"
+
 
 @dataclass(frozen=True)
 class Session:

@@ -152,9 +152,8 @@ def hold(
     if not app_must_be_down(status, phase) or deployment is None or not deployment.exists or deployment.replicas == 0:
         return None
     assert spec.maintenance is not None
-    who = deployment.replicas_manager or "someone"
     message = (
-        f"{spec.maintenance.deployment.name} was scaled to {deployment.replicas} by {who} during {phase.value}: "
+        f"{spec.maintenance.deployment.name} was {deployment.scaled_by()} during {phase.value}: "
         "scaling it back to 0 (the migration needs it down; with Argo CD, ignore spec.replicas of this Deployment)"
     )
     decision = stay(phase, message, reasons.MAINTENANCE_HELD, POLL_DRAIN, log=message)

@@ -218,30 +218,25 @@ def decide_exiting(
     record = (status.maintenance or MaintenanceStatus()).model_copy(
         update={"deployment": deployment_name, "original_replicas": original}
     )
-    if maintenance_touched(status) and record.scaled_up_at is None and scaled_by_someone_else(deployment, original):
-        # The hold guard reverts a scale-up before every step while the app must be down; one that lands after its
-        # last look (the end of Verifying) is found here, and is said: the app served during the window's end.
-        who = deployment.replicas_manager or "someone"
-        then = (
-            f"scaling it back to {original} replicas"
-            if deployment.replicas != original
-            else f"{original} is its recorded count: keeping it"
-        )
-        message = (
-            f"exiting maintenance: {deployment_name} was scaled to {deployment.replicas} by {who} while it had to "
-            f"be down (after the last check of the maintenance window); {then}"
-        )
+    foreign = (
+        maintenance_touched(status) and record.scaled_up_at is None and scaled_by_someone_else(deployment, original)
+    )
+    if foreign or deployment.replicas != original:
+        back = f"scaling {deployment_name} back to {original} replicas"
+        message = f"exiting maintenance: {back}"
+        if foreign:
+            # The hold guard reverts a scale-up before every step while the app must be down; one that lands after
+            # its last look (the end of Verifying) is found here, and is said: the app served during the window's end.
+            then = back if deployment.replicas != original else f"{original} is its recorded count: keeping it"
+            message = (
+                f"exiting maintenance: {deployment_name} was {deployment.scaled_by()} while it had to be down "
+                f"(after the last check of the maintenance window); {then}"
+            )
         record.scaled_up_at = iso(obs.now)
         decision = stay(phase, message, reasons.SCALING_UP, POLL_DRAIN, log=message, maintenance=record)
-        decision.warning = True
+        decision.warning = foreign
         if deployment.replicas != original:
             decision.actions.append(ScaleDeployment(original))
-        return decision
-    if deployment.replicas != original:
-        message = f"exiting maintenance: scaling {deployment_name} back to {original} replicas"
-        record.scaled_up_at = iso(obs.now)
-        decision = stay(phase, message, reasons.SCALING_UP, POLL_DRAIN, log=message, maintenance=record)
-        decision.actions.append(ScaleDeployment(original))
         return decision
     if not app_available(deployment, original):
         if timed_out(status, obs, spec.timeouts.ready_seconds):
