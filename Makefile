@@ -100,7 +100,7 @@ test-install: ## the Helm chart on $$KUBECONFIG: operator as a pod, RBAC bounds,
 # The fault suite (issue 14): every phase x fault cell FAULT_TRIALS times (default 1; 20 for the README's matrix, run by
 # hand like a benchmark, in rounds; FAULT_BUDGET_MINUTES=110 stops starting trials after that, and
 # `python -m tests.faults.matrix fault-results/trials-*.jsonl` adds sittings up); FAULT_SEED replays a session's draws,
-# FAULT_KINDS=operator-kill,... runs only those faults.
+# FAULT_KINDS=operator-kill,... runs only those faults; FAULT_TOP_UP=1 only what FAULT_RESULTS_DIR's sittings lack.
 # Its operator watches $$MO_E2E_PREFIX-* (default flt-*), apart from the e2e suite's. The matrix is printed at the end
 # and written to fault-results/.
 .PHONY: test-faults

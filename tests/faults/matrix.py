@@ -4,8 +4,10 @@ A cell is (fault, phase, strategy); a trial is one run of a cell. The plan:
 - `make test-faults`: every cell, FAULT_TRIALS times each (default 1), in rounds: every cell once, then every cell
   again, so a session stopped half-way leaves every cell with the same number of trials, give or take one, and
   FAULT_BUDGET_MINUTES stops starting trials once the session is that old (the matrix is still printed and written);
-  FAULT_KINDS / FAULT_PHASES (comma lists) narrow it; every trial's run pre-starts its backup and migrate Jobs
-  (maintenance.prestartMigration, the operator's default; its cells say "+prestart"), FAULT_PRESTART=0 none does;
+  FAULT_KINDS / FAULT_PHASES (comma lists) narrow it; FAULT_TOP_UP=1 runs only what the sittings already in
+  FAULT_RESULTS_DIR lack to FAULT_TRIALS per cell, the least-tried cells first; every trial's run pre-starts its
+  backup and migrate Jobs (maintenance.prestartMigration, the operator's default; its cells say "+prestart"),
+  FAULT_PRESTART=0 none does;
 - the smoke slice (FAULT_SMOKE=1, in `make test`): one trial per fault kind, in a cell drawn at random.
 FAULT_SEED fixes the draws (which cell the smoke slice takes, the delay inside the phase); unset, one is drawn and
 printed in the header and in the results, so a failing session can be replayed.
@@ -163,7 +165,28 @@ def plan() -> list[Trial]:
     only = {f.strip() for f in os.environ.get("FAULT_KINDS", "").split(",") if f.strip()}
     phases = {p.strip() for p in os.environ.get("FAULT_PHASES", "").split(",") if p.strip()}
     chosen_cells = [cell for cell in every if (not only or cell.fault in only) and (not phases or cell.phase in phases)]
-    return [Trial(cell, n, chosen) for n in range(1, trials_per_cell() + 1) for cell in chosen_cells]
+    if not top_up():
+        return [Trial(cell, n, chosen) for n in range(1, trials_per_cell() + 1) for cell in chosen_cells]
+    # FAULT_TOP_UP=1: only the trials FAULT_RESULTS_DIR's sittings lack, in levels (the cells with the fewest trials
+    # first, then every cell one up), so a sitting stopped half-way leaves the matrix as even as it can be
+    done = already_run()
+    wanted = [(done.get(cell.key, 0) + n, i, Trial(cell, done.get(cell.key, 0) + n, chosen))
+              for i, cell in enumerate(chosen_cells) for n in range(1, trials_per_cell() - done.get(cell.key, 0) + 1)]
+    return [trial for _, _, trial in sorted(wanted, key=lambda w: (w[0], w[1]))]
+
+
+def top_up() -> bool:
+    return os.environ.get("FAULT_TOP_UP") == "1"
+
+
+def already_run() -> dict[str, int]:
+    """Trials per cell in FAULT_RESULTS_DIR's sittings (trials-*.jsonl), this session's own file left out."""
+    mine = f"trials-{_SESSION}-"
+    files = [path for path in sorted(RESULTS_DIR.glob("trials-*.jsonl")) if not path.name.startswith(mine)]
+    done: dict[str, int] = {}
+    for result in load(files):
+        done[result.cell] = done.get(result.cell, 0) + 1
+    return done
 
 
 def header() -> str:

@@ -12,7 +12,7 @@ from tests.faults import matrix
 
 @pytest.fixture(autouse=True)
 def _plan_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FAULT_SMOKE", "FAULT_KINDS", "FAULT_PHASES", "FAULT_TRIALS"):
+    for name in ("FAULT_SMOKE", "FAULT_KINDS", "FAULT_PHASES", "FAULT_TRIALS", "FAULT_TOP_UP"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FAULT_SEED", "4242")
     monkeypatch.setattr(matrix, "RESULTS", [])
@@ -30,6 +30,32 @@ def test_trials_run_in_rounds_so_a_stopped_session_leaves_the_cells_even(monkeyp
         counts = [done.get(cell.key, 0) for cell in cells]
         assert max(counts) - min(counts) <= 1, stop
     assert len({t.id for t in plan}) == len(plan)  # every trial its own pytest id and its own draws
+
+
+def test_a_top_up_runs_only_what_the_sittings_lack_the_least_tried_cells_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAULT_TRIALS", "3")
+    monkeypatch.setenv("FAULT_TOP_UP", "1")
+    monkeypatch.setattr(matrix, "RESULTS_DIR", tmp_path)
+    cells = matrix.cells()
+    full, one, none = cells[0], cells[1], cells[2]
+
+    def row(cell: matrix.Cell, n: int) -> str:
+        return json.dumps({"trial": f"{cell.fault}-{n}", "cell": cell.key, "fault": cell.fault,
+                           "intended_phase": cell.phase, "scenario": cell.scenario, "passed": True})
+
+    (tmp_path / "trials-old-seed1.jsonl").write_text("\n".join([row(full, n) for n in (1, 2, 3)] + [row(one, 1)]))
+    (tmp_path / f"trials-{matrix._SESSION}-seed9.jsonl").write_text(row(none, 1))  # this session's own: not counted
+    (tmp_path / "faults-old.json").write_text("not read")  # a session's summary repeats its .jsonl: not counted
+    plan = matrix.plan()
+    keys = [t.cell.key for t in plan]
+    assert full.key not in keys
+    assert keys.count(one.key) == 2 and keys.count(none.key) == 3
+    assert len(plan) == 3 * len(cells) - 4
+    assert [t.number for t in plan if t.cell == one] == [2, 3]  # numbered on from the sittings' trials
+    first_round = plan[:len(cells) - 2]  # every cell without a trial gets its first before `one` gets its second
+    assert one.key not in {t.cell.key for t in first_round} and len({t.cell.key for t in first_round}) == len(cells) - 2
+    assert len({t.id for t in plan}) == len(plan)
 
 
 def test_kinds_and_phases_narrow_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
