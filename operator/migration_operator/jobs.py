@@ -529,6 +529,21 @@ def ended_pod_state(
     return "Failed" if fails_the_job(spec, [exit_code], []) else None
 
 
+def ran_nothing(job: dict[str, Any], pod: dict[str, Any]) -> str | None:
+    """Why `pod`, failed, ran nothing and is replaced under the Job's policy ("StartError: <the runtime's message>",
+    or the kubelet's reason for refusing it); None for a pod that did not fail, or whose failure is the Job's."""
+    status = pod.get("status") or {}
+    spec = job.get("spec") or {}
+    if status.get("phase") != "Failed" or fails_the_job(spec, _exit_codes(pod), status.get("conditions") or []):
+        return None
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode") == START_ERROR_EXIT:
+            text = (terminated.get("message") or "").strip().splitlines()
+            return f"{terminated.get('reason') or 'exit code 128'}: {text[0] if text else 'no message'}"[:300]
+    return ": ".join(p for p in (status.get("reason"), status.get("message")) if p) or "failed before it ran"
+
+
 def _exit_codes(pod: dict[str, Any]) -> list[int]:
     """The exit codes of `pod`'s containers (init and app) that terminated."""
     status = pod.get("status") or {}
@@ -675,9 +690,11 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
     if state == "Running":
         _follow(namespace, job, pods)
         terminating = bool(pods) and all(_deleting(p) for p in pods)
+        replaced = [why for why in (ran_nothing(job, p) for p in pods) if why is not None]
+        last_why = replaced[-1] if replaced else None
         waiting = next((w for w in (pod_waiting(p) for p in reversed(pods)) if w is not None), None)
         if waiting is None:
-            return JobObservation("Running", terminating=terminating)
+            return JobObservation("Running", terminating=terminating, replaced=len(replaced), replaced_why=last_why)
         return JobObservation(
             "Running",
             waiting_reason=waiting.reason,
@@ -685,6 +702,8 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
             waiting_container=waiting.container,
             waiting_since=waiting.since,
             terminating=terminating,
+            replaced=len(replaced),
+            replaced_why=last_why,
         )
     main = _main_name(job)
     message, exit_code, pod_reason, ended_pod = None, None, None, None

@@ -413,6 +413,25 @@ def test_a_container_that_never_started_is_not_the_steps_failure() -> None:
     assert jobs.job_state({"spec": manifest["spec"], "status": {"failed": 3, "conditions": [failed]}})[0] == "Failed"
 
 
+async def test_a_replaced_pod_that_ran_nothing_is_observed_with_why(api: Any) -> None:
+    body = {"metadata": {"name": "run", "namespace": "ns", "uid": "uid-1"}}
+    manifest = machine.build_job(body, parse_spec(specs.parking()), "validate")
+    built: client.V1Job = client.ApiClient()._ApiClient__deserialize(manifest, "V1Job")  # type: ignore[attr-defined]
+    built.status = client.V1JobStatus(start_time=datetime.now(UTC), failed=1)
+    built.metadata.uid = "uid-1"
+    never = client.V1ContainerStateTerminated(
+        exit_code=128, reason="StartError", finished_at=at(4),
+        message='failed to start containerd task "526f1d1d": context canceled: unknown',
+    )
+    first = pod("Failed", [status("copy-migrations", **terminated(finished=2))], [status("validate", terminated=never)])
+    second = running_pod()
+    second.metadata.name, second.metadata.creation_timestamp = "run-validate-fghij", at(15)
+    api(built, [first, second])
+    observed = await jobs.observe("ns", "run-validate")
+    assert (observed.state, observed.replaced) == ("Running", 1)
+    assert observed.replaced_why == 'StartError: failed to start containerd task "526f1d1d": context canceled: unknown'
+
+
 async def test_a_pod_that_succeeded_ends_the_job_before_its_status_does(api: Any) -> None:
     output = validate_output()
     fake = api(our_job(), [ended_pod(termination_message(output))], output.encode())
