@@ -5,8 +5,10 @@ What each step's pod runs (image, script, env, volumes) is defined beside the ph
 
 Every pod passes PodSecurity `restricted`; credentials only ever arrive as secretKeyRef env; every Job is
 owned by its DatabaseMigration (garbage-collected with it) and named deterministically, so a restarted
-operator finds the Job it created instead of creating a second one. No Job is retried by Kubernetes
-(backoffLimit 0): whether to retry a migration is never a blind decision.
+operator finds the Job it created instead of creating a second one. No step that ran is retried by Kubernetes:
+whether to retry a migration is never a blind decision. Only a pod that ran nothing is replaced (`POD_FAILURE_POLICY`:
+the runtime could not start a container - a kubelet restarted while it started it - or the kubelet refused the pod),
+up to START_RETRIES times, by the Job controller under the same Job.
 
 A Job counts as ended as soon as its one pod has (`ended_pod_state`): the Job controller reports a finished pod only
 at its next batched sync, up to a second later, and two Jobs run inside the maintenance window.
@@ -342,7 +344,8 @@ def build_job(body: dict[str, Any], spec: DatabaseMigrationSpec, step: Step, par
             "ownerReferences": [owner_reference(body)],
         },
         "spec": {
-            "backoffLimit": 0,
+            "backoffLimit": START_RETRIES,
+            "podFailurePolicy": POD_FAILURE_POLICY,
             "completions": 1,
             "parallelism": 1,
             "activeDeadlineSeconds": parts.deadline_seconds,
@@ -352,6 +355,44 @@ def build_job(body: dict[str, Any], spec: DatabaseMigrationSpec, step: Step, par
             },
         },
     }
+
+
+# The exit code the container runtime gives a container it could not start (containerd's CRI: reason StartError,
+# e.g. "failed to start containerd task ...: context canceled" when the kubelet restarted meanwhile): its process
+# never ran. No script of ours exits 128 (a process killed by a signal ends 128+N, N >= 1).
+START_ERROR_EXIT = 128
+START_RETRIES = 2
+# Any container that ran and failed (any exit code but 0 and 128) or a pod disrupted (evicted, preempted, its node
+# gone: it may have run) fails the Job at once, as backoffLimit 0 did; what is left counts against backoffLimit and
+# gets a new pod: a container that never started, a pod the kubelet refused before running anything.
+POD_FAILURE_POLICY: dict[str, Any] = {
+    "rules": [
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [START_ERROR_EXIT]}},
+    ]
+}
+
+
+def fails_the_job(spec: dict[str, Any], exit_codes: list[int], conditions: list[dict[str, Any]]) -> bool | None:
+    """Whether a pod that failed (its containers' non-zero `exit_codes`, its `conditions`) fails the Job at once, as
+    the Job controller decides it from `spec`'s podFailurePolicy and backoffLimit: True, False (the Job may create
+    another pod, or ignores this one), None (it depends on how many pods failed before: the Job's status decides)."""
+    codes = [code for code in exit_codes if code != 0]
+    for rule in (spec.get("podFailurePolicy") or {}).get("rules") or []:
+        if rule.get("onExitCodes") is not None:
+            on = rule["onExitCodes"]
+            values = set(on.get("values") or [])
+            matched = any((code in values) == (on.get("operator") == "In") for code in codes)
+        else:
+            patterns = rule.get("onPodConditions") or []
+            matched = any(
+                c.get("type") == p.get("type") and c.get("status") == p.get("status", "True")
+                for p in patterns
+                for c in conditions
+            )
+        if matched:
+            return True if rule.get("action") == "FailJob" else None if rule.get("action") == "Count" else False
+    return True if spec.get("backoffLimit") == 0 else None
 
 
 def _container(
@@ -412,7 +453,7 @@ def job_state(job: dict[str, Any]) -> tuple[JobState, dict[str, Any] | None]:
         return "Failed", failed
     spec = job.get("spec")
     no_retry = spec is not None and spec.get("backoffLimit") == 0 and spec.get("podFailurePolicy") is None
-    if (status.get("failed") or 0) >= 1 and no_retry:
+    if (status.get("failed") or 0) >= 1 and no_retry:  # (with a podFailurePolicy, FailJob sets FailureTarget)
         return "Failed", None
     return "Running", None
 
@@ -450,12 +491,12 @@ def ended_pod_state(
     the pod itself Succeeded or Failed only after it tore the pod's sandbox down (~1 s after the container's end is
     reported, measured on the local node): the maintenance window should wait for neither. The pod alone tells the
     outcome only when the Job can do nothing else with it: one pod for one completion, never restarted
-    (`restartPolicy: Never`), no retry of a failed pod (backoffLimit 0, no podFailurePolicy that could ignore the
-    failure), nothing being deleted, and the Job's active deadline not near (past it, the Job fails with
-    DeadlineExceeded whatever the pod did). Then the main container's end decides, as soon as it is known (the
-    kubelet's report, or `streamed_exit`: the END line of its log, `tail`): exit code 0 is Succeeded, any other
-    Failed. In every other case the Job's own status decides, as it does whenever
-    it already says Succeeded or Failed."""
+    (`restartPolicy: Never`), nothing being deleted, and the Job's active deadline not near (past it, the Job fails
+    with DeadlineExceeded whatever the pod did). Then the main container's end decides, as soon as it is known (the
+    kubelet's report, or `streamed_exit`: the END line of its log, `tail`): exit code 0 is Succeeded; any other is
+    Failed when it fails the Job at once (`fails_the_job`: backoffLimit 0, or a podFailurePolicy's FailJob, as for
+    every failure of ours but a container that never started). In every other case the Job's own status decides, as
+    it does whenever it already says Succeeded or Failed."""
     spec = job.get("spec")
     if spec is None or _deleting(job) or len(pods) != 1:
         return None
@@ -471,20 +512,47 @@ def ended_pod_state(
     status = pod.get("status")
     if status is None or _deleting(pod):
         return None
-    retried = spec.get("backoffLimit") != 0 or spec.get("podFailurePolicy") is not None
     template = _template(job)
     main = _main_name(job)
     exit_code = main_exit_code(pod, main)
     if status.get("phase") == "Succeeded":
         return "Succeeded" if exit_code == 0 else None
     if status.get("phase") == "Failed":
-        return None if retried else "Failed"
+        return "Failed" if fails_the_job(spec, _exit_codes(pod), status.get("conditions") or []) else None
     if exit_code is None:
         exit_code = streamed_exit  # the END line of its log (`tail`): the container has ended, not yet reported
-    if exit_code is None or retried or template is None or template.get("restartPolicy") != "Never":
+    if exit_code is None or template is None or template.get("restartPolicy") != "Never":
         return None
     # still Running (or Pending) on the API, but its one container ended for good
-    return "Succeeded" if exit_code == 0 else "Failed"
+    if exit_code == 0:
+        return "Succeeded"
+    return "Failed" if fails_the_job(spec, [exit_code], []) else None
+
+
+def ran_nothing(job: dict[str, Any], pod: dict[str, Any]) -> str | None:
+    """Why `pod`, failed, ran nothing and is replaced under the Job's policy ("StartError: <the runtime's message>",
+    or the kubelet's reason for refusing it); None for a pod that did not fail, or whose failure is the Job's."""
+    status = pod.get("status") or {}
+    spec = job.get("spec") or {}
+    if status.get("phase") != "Failed" or fails_the_job(spec, _exit_codes(pod), status.get("conditions") or []):
+        return None
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode") == START_ERROR_EXIT:
+            text = (terminated.get("message") or "").strip().splitlines()
+            return f"{terminated.get('reason') or 'exit code 128'}: {text[0] if text else 'no message'}"[:300]
+    return ": ".join(p for p in (status.get("reason"), status.get("message")) if p) or "failed before it ran"
+
+
+def _exit_codes(pod: dict[str, Any]) -> list[int]:
+    """The exit codes of `pod`'s containers (init and app) that terminated."""
+    status = pod.get("status") or {}
+    found = []
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated is not None and terminated.get("exitCode") is not None:
+            found.append(int(terminated["exitCode"]))
+    return found
 
 
 def main_state(pod: dict[str, Any], main: str | None) -> dict[str, Any] | None:
@@ -586,7 +654,7 @@ async def _read_log(namespace: str, pod: str, container: str, message: str | Non
 def _follow(namespace: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
     """Follow the log of the Job's one running pod's main container (`tail`), when nothing else can follow it."""
     spec = job.get("spec")
-    if len(pods) != 1 or spec is None or spec.get("backoffLimit") != 0 or not _template(job):
+    if len(pods) != 1 or spec is None or not _template(job):
         return
     pod, main = pods[0], _main_name(job)
     if _deleting(pod) or pod.get("status") is None:
@@ -622,9 +690,11 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
     if state == "Running":
         _follow(namespace, job, pods)
         terminating = bool(pods) and all(_deleting(p) for p in pods)
+        replaced = [why for why in (ran_nothing(job, p) for p in pods) if why is not None]
+        last_why = replaced[-1] if replaced else None
         waiting = next((w for w in (pod_waiting(p) for p in reversed(pods)) if w is not None), None)
         if waiting is None:
-            return JobObservation("Running", terminating=terminating)
+            return JobObservation("Running", terminating=terminating, replaced=len(replaced), replaced_why=last_why)
         return JobObservation(
             "Running",
             waiting_reason=waiting.reason,
@@ -632,6 +702,8 @@ async def observe(namespace: str, name: str, *, read_log: bool = True) -> JobObs
             waiting_container=waiting.container,
             waiting_since=waiting.since,
             terminating=terminating,
+            replaced=len(replaced),
+            replaced_why=last_why,
         )
     main = _main_name(job)
     message, exit_code, pod_reason, ended_pod = None, None, None, None

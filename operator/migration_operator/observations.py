@@ -45,6 +45,11 @@ class JobObservation:
     # While the Job is Running: every pod it has is being deleted (its pod was deleted or evicted; the Job controller
     # has not counted it failed yet).
     terminating: bool = False
+    # While the Job is Running: how many of its pods failed having run nothing (a container the runtime could not
+    # start, a pod the kubelet refused), each replaced by the Job controller (jobs.POD_FAILURE_POLICY), and why the
+    # last one did ("StartError: failed to start containerd task ...").
+    replaced: int = 0
+    replaced_why: str | None = None
 
 
 ABSENT = JobObservation()

@@ -10,10 +10,12 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client
 
+from migration_operator import jobs
 from tests.cluster.helpers import (
     BUSYBOX,
     DEBIAN,
@@ -92,6 +94,34 @@ def test_failing_job_honours_backoff_limit(api: client.ApiClient, ns: str) -> No
         term = termination(failed)
         assert (term.exit_code, term.reason) == (3, "Error")
         assert term.message == "going down\n"
+
+
+def test_the_operators_jobs_retry_only_a_container_that_never_started(api: client.ApiClient, ns: str) -> None:
+    """The operator's Job policy (`migration_operator.jobs.POD_FAILURE_POLICY`) on this runtime: a container it
+    cannot start (StartError, exit code 128: nothing ran) gets another pod, up to START_RETRIES; one that ran and
+    failed fails the Job at once, with no retry."""
+    def policed(name: str, main: dict[str, Any]) -> dict[str, Any]:
+        manifest = job(name, [main], backoff_limit=jobs.START_RETRIES)
+        manifest["spec"]["podFailurePolicy"] = jobs.POD_FAILURE_POLICY
+        return manifest
+
+    apply_yaml(api, ns, [policed("nostart", container("main", DEBIAN, ["/no/such/binary"])),
+                         policed("ran", container("main", DEBIAN, ["bash", "-c", "exit 3"]))])
+    for name, reason in (("ran", "PodFailurePolicy"), ("nostart", "BackoffLimitExceeded")):
+        wait_for(
+            lambda name=name: job_condition(api, ns, name, "Failed"),  # type: ignore[misc]
+            timeout=180,  # the Job controller's back-off before each new pod: 10 s, then 20 s
+            what=f"Job {name} Failed", describe=lambda name=name: pod_state(api, ns, f"job-name={name}"),  # type: ignore[misc]
+        )
+        status = client.BatchV1Api(api).read_namespaced_job_status(name, ns).status
+        assert any(c.type == "Failed" and c.reason == reason for c in status.conditions), status.conditions
+    ran = pod_of_job(api, ns, "ran")
+    assert len(ran) == 1 and termination(ran[0]).exit_code == 3
+    tries = pod_of_job(api, ns, "nostart")
+    assert len(tries) == jobs.START_RETRIES + 1
+    for tried in tries:
+        term = termination(tried)
+        assert (term.exit_code, term.reason) == (jobs.START_ERROR_EXIT, "StartError"), term
 
 
 def test_on_failure_restarts_the_container(api: client.ApiClient, ns: str) -> None:

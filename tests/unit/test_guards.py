@@ -97,6 +97,21 @@ def test_an_app_scaled_up_by_someone_else_while_migrating_is_scaled_back_naming_
     assert decision.warning and "argocd-controller" in (decision.log or "")
 
 
+def test_a_pod_that_ran_nothing_and_was_replaced_is_said_once() -> None:
+    down = DeploymentObservation(exists=True, replicas=0, pods=0)
+    retried = JobObservation("Running", replaced=1, replaced_why="StartError: failed to start containerd task")
+    observed = Observations(now=NOW, deployment=down, jobs={"migrate": retried})
+    first = machine.decide(SPEC, status(Phase.MIGRATING, maintenance=DOWN, jobs={"migrate": "m"}), observed)
+    assert first.phase == Phase.MIGRATING and first.warning
+    assert first.log == (
+        "the migrate Job's pod ran nothing (StartError: failed to start containerd task): Kubernetes gives the step "
+        "another pod (1 of 2 allowed)"
+    )
+    logged = [{"time": core.iso(NOW), "phase": "Migrating", "message": first.log}]
+    again = machine.decide(SPEC, status(Phase.MIGRATING, maintenance=DOWN, jobs={"migrate": "m"}, log=logged), observed)
+    assert again.log is None and not again.warning
+
+
 def test_staying_past_the_hard_deadline_leaves_the_phase_whatever_decided_to_stay() -> None:
     limit = SPEC.timeouts.verify_seconds + core.DEADLINE_SLACK + core.HARD_MARGIN
     decision = machine.decide(

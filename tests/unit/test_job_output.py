@@ -383,6 +383,55 @@ def test_the_shortcut_applies_to_the_jobs_the_operator_builds() -> None:
     assert jobs.ended_pod_state(to_json(built), [to_json(failed)], datetime.now(UTC)) == "Failed"
 
 
+def test_a_container_that_never_started_is_not_the_steps_failure() -> None:
+    """A kubelet restarted while the runtime started the container (StartError, exit code 128): nothing ran, the Job
+    controller gives the step another pod (`jobs.POD_FAILURE_POLICY`); any other failure still ends the step at once."""
+    body = {"metadata": {"name": "run", "namespace": "ns", "uid": "uid-1"}}
+    manifest = machine.build_job(body, parse_spec(specs.parking()), "migrate")
+    built: client.V1Job = client.ApiClient()._ApiClient__deserialize(manifest, "V1Job")  # type: ignore[attr-defined]
+    built.status = client.V1JobStatus(start_time=datetime.now(UTC))
+    copied = [status("copy-migrations", **terminated(finished=5))]
+    start_error = 'failed to start containerd task "526f1d1d": context canceled: unknown'
+
+    def state(the_pod: client.V1Pod) -> str | None:
+        return jobs.ended_pod_state(to_json(built), [to_json(the_pod)], datetime.now(UTC))
+
+    assert state(pod("Failed", copied, [status("migrate", **terminated(128, start_error))])) is None
+    assert state(pod("Running", copied, [status("migrate", **terminated(128, start_error))])) is None
+    # refused by the kubelet before anything ran (no container ended): another pod too
+    assert state(pod("Failed", [], [status("migrate", **waiting("ContainerCreating"))])) is None
+    # ran and failed, in the main or an init container: the step failed
+    assert state(pod("Running", copied, [status("migrate", **terminated(1))])) == "Failed"
+    assert state(pod("Failed", [status("copy-migrations", **terminated(2))], [status("migrate", **waiting(
+        "PodInitializing"))])) == "Failed"
+    # disrupted (evicted, preempted, its node gone): it may have run, whatever its exit code said
+    disrupted = client.V1PodCondition(type="DisruptionTarget", status="True")
+    assert state(pod("Failed", copied, [status("migrate", **terminated(128))], [disrupted])) == "Failed"
+    # the Job's status: a failed pod counted against backoffLimit is not yet the Job's failure
+    assert jobs.job_state({"spec": manifest["spec"], "status": {"failed": 1}})[0] == "Running"
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+    assert jobs.job_state({"spec": manifest["spec"], "status": {"failed": 3, "conditions": [failed]}})[0] == "Failed"
+
+
+async def test_a_replaced_pod_that_ran_nothing_is_observed_with_why(api: Any) -> None:
+    body = {"metadata": {"name": "run", "namespace": "ns", "uid": "uid-1"}}
+    manifest = machine.build_job(body, parse_spec(specs.parking()), "validate")
+    built: client.V1Job = client.ApiClient()._ApiClient__deserialize(manifest, "V1Job")  # type: ignore[attr-defined]
+    built.status = client.V1JobStatus(start_time=datetime.now(UTC), failed=1)
+    built.metadata.uid = "uid-1"
+    never = client.V1ContainerStateTerminated(
+        exit_code=128, reason="StartError", finished_at=at(4),
+        message='failed to start containerd task "526f1d1d": context canceled: unknown',
+    )
+    first = pod("Failed", [status("copy-migrations", **terminated(finished=2))], [status("validate", terminated=never)])
+    second = running_pod()
+    second.metadata.name, second.metadata.creation_timestamp = "run-validate-fghij", at(15)
+    api(built, [first, second])
+    observed = await jobs.observe("ns", "run-validate")
+    assert (observed.state, observed.replaced) == ("Running", 1)
+    assert observed.replaced_why == 'StartError: failed to start containerd task "526f1d1d": context canceled: unknown'
+
+
 async def test_a_pod_that_succeeded_ends_the_job_before_its_status_does(api: Any) -> None:
     output = validate_output()
     fake = api(our_job(), [ended_pod(termination_message(output))], output.encode())

@@ -78,7 +78,9 @@ def test_names_labels_owner_and_no_retries(step: str) -> None:
         "controller": True,
         "blockOwnerDeletion": True,
     }
-    assert job["spec"]["backoffLimit"] == 0
+    # no step that ran is retried: only a pod that ran nothing gets another (tests/unit/test_job_output.py)
+    assert job["spec"]["backoffLimit"] == jobs.START_RETRIES
+    assert job["spec"]["podFailurePolicy"] == jobs.POD_FAILURE_POLICY
     assert "ttlSecondsAfterFinished" not in job["spec"]
     assert job["spec"]["activeDeadlineSeconds"] > 0
     container = pod(job)["containers"][0]

@@ -727,6 +727,26 @@ def test_rollback_stops_a_running_app_before_restoring() -> None:
     assert decision.actions == [ScaleDeployment(0)]
 
 
+def test_a_scale_up_by_someone_else_during_the_restore_is_said_and_stopped() -> None:
+    scaled = DeploymentObservation(exists=True, replicas=5, pods=2, replicas_manager="argocd-controller")
+    decision = run(make_spec(), _rolling_status(), observe(deployment=scaled))
+    assert decision.phase == Phase.ROLLING_BACK and decision.actions == [ScaleDeployment(0)]
+    assert decision.warning and decision.log is not None
+    assert "api-gateway was scaled to 5 by argocd-controller while the database was being put back" in decision.log
+    assert "stopping api-gateway before restoring the database" in decision.log
+
+
+def test_the_operators_own_scale_up_stopped_for_a_restore_is_not_someone_elses() -> None:
+    # the app came back on the migrated database and failed there: the operator scaled it up itself
+    ours = DeploymentObservation(exists=True, replicas=3, pods=3, replicas_manager=maintenance.FIELD_MANAGER)
+    decision = run(make_spec(), _rolling_status(), observe(deployment=ours))
+    assert decision.actions == [ScaleDeployment(0)] and not decision.warning and decision.log is None
+    # its last pods going: nothing to scale, only to wait for
+    going = DeploymentObservation(exists=True, replicas=0, pods=1, replicas_manager=maintenance.FIELD_MANAGER)
+    wait = run(make_spec(), _rolling_status(), observe(deployment=going))
+    assert wait.phase == Phase.ROLLING_BACK and wait.actions == [] and not wait.warning
+
+
 def test_finished_restore_marks_database_restored() -> None:
     decision = run(
         make_spec(),
@@ -787,6 +807,15 @@ def test_failed_restore_scales_an_app_that_is_up_back_down_when_keeping_it_down(
     decision = run(make_spec(), status, observe(deployment=DEPLOYMENT_UP))
     assert decision.phase == Phase.ROLLING_BACK
     assert decision.actions == [ScaleDeployment(0)]
+
+
+def test_a_scale_up_by_someone_else_after_a_failed_restore_is_said_and_held_at_0() -> None:
+    status = _rolling_status(failed=True, failure="pg_restore of the backup failed: disk full")
+    scaled = DeploymentObservation(exists=True, replicas=2, pods=2, replicas_manager="kubectl")
+    decision = run(make_spec(), status, observe(deployment=scaled))
+    assert decision.phase == Phase.ROLLING_BACK and decision.actions == [ScaleDeployment(0)]
+    assert decision.warning and "rollback failed: api-gateway was scaled to 2 by kubectl" in (decision.log or "")
+    assert "keeping api-gateway at 0" in (decision.log or "")
 
 
 def phases_clear_record(decision: Decision) -> bool:

@@ -15,7 +15,7 @@ Each of 1-4 returns a Decision, or None to let the phase decide.
 
 from __future__ import annotations
 
-from .. import reasons
+from .. import jobs, reasons
 from ..models import DatabaseMigrationSpec, DatabaseMigrationStatus, Phase, RollbackStatus
 from ..observations import Observations
 from .core import (
@@ -180,6 +180,26 @@ def after(
 ) -> Decision:
     """A decision to stay in the phase past its hard deadline is replaced by the deadline's failure. (Checked after
     the phase, so the phase's own timeout, with its precise message, wins when it fires first.)"""
+    replaced(status, obs, decision)
     if decision.phase != phase:
         return decision
     return deadline(spec, status, obs, phase) or decision
+
+
+def replaced(status: DatabaseMigrationStatus, obs: Observations, decision: Decision) -> None:
+    """Says, once in the run's log with a Warning, that a step's pod ran nothing and the Job got another (a kubelet
+    restarted while the runtime started its container): the step's retry is not silent. A pass that logs something
+    else already leaves it to the next."""
+    if decision.log is not None:
+        return
+    for step, job in sorted(obs.jobs.items()):
+        if job.state != "Running" or not job.replaced_why:
+            continue
+        text = (
+            f"the {step} Job's pod ran nothing ({job.replaced_why}): Kubernetes gives the step another pod "
+            f"({job.replaced} of {jobs.START_RETRIES} allowed)"
+        )
+        if not any(entry.message == text for entry in status.log):
+            decision.log = text
+            decision.warning = True
+            return

@@ -31,7 +31,7 @@ from ..models import (
     RollbackStrategy,
     Snapshot,
 )
-from ..observations import ConditionChange, Observations
+from ..observations import ConditionChange, DeploymentObservation, Observations
 from ..reasons import ROLLBACK_STEPS, Step
 from . import backup, context
 from .context import Context
@@ -57,7 +57,7 @@ from .core import (
     stay,
     timed_out,
 )
-from .maintenance import observe_deployment
+from .maintenance import observe_deployment, scaled_by_someone_else
 
 PHASE = Phase.ROLLING_BACK
 SNAPSHOT_LOCK_TIMEOUT_MS = 5_000
@@ -274,6 +274,24 @@ def still_running(obs: Observations, rollback: RollbackStatus) -> list[Step]:
     ]
 
 
+def _app_down(
+    name: str, doing: str, database: str, status: DatabaseMigrationStatus, deployment: DeploymentObservation, run: Run,
+    lead: str = "rollback",
+) -> Decision:
+    """Scales the app to 0 in RollingBack (or waits for its last pods). A count someone else gave it (Argo CD's
+    self-heal, a person) is said in the log, with a Warning naming the field manager: the app may have served while
+    the database {database}."""
+    if scaled_by_someone_else(deployment, original_replicas(status, deployment, run.name)):
+        message = f"{lead}: {name} was {deployment.scaled_by()} while the database {database}; {doing}"
+        decision = stay(PHASE, message, reasons.SCALING_DOWN, POLL_DRAIN, log=message)
+        decision.warning = True
+    else:
+        decision = stay(PHASE, f"{lead}: {doing}", reasons.SCALING_DOWN, POLL_DRAIN)
+    if deployment.replicas != 0:
+        decision.actions.append(ScaleDeployment(0))
+    return decision
+
+
 def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Observations, run: Run) -> Decision:
     rollback = status.rollback or RollbackStatus()
     strategy = strategy_of(spec, status)
@@ -327,23 +345,16 @@ def decide(spec: DatabaseMigrationSpec, status: DatabaseMigrationStatus, obs: Ob
             )
         # The app must be down while the database is put back (it may have been scaled up already).
         if deployment is not None and deployment.exists and (deployment.replicas != 0 or deployment.pods):
-            decision = stay(
-                PHASE,
-                f"rollback: stopping {deployment_name} before restoring the database",
-                reasons.SCALING_DOWN,
-                POLL_DRAIN,
-            )
-            if deployment.replicas != 0:
-                decision.actions.append(ScaleDeployment(0))
-            return decision
+            doing = f"stopping {deployment_name} before restoring the database"
+            return _app_down(deployment_name or "", doing, "was being put back", status, deployment, run)
         return plan.decide(Situation(spec, status, obs, run), rollback)
 
     # 2. The app: back at its recorded replicas, or held at 0 when the database is in a state nobody checked.
     if keeps_app_down(spec, status, rollback):
         if deployment is not None and deployment.exists and deployment.replicas != 0:
-            decision = stay(PHASE, f"rollback failed: keeping {deployment_name} at 0", reasons.SCALING_DOWN, POLL_DRAIN)
-            decision.actions.append(ScaleDeployment(0))
-            return decision
+            doing = f"keeping {deployment_name} at 0"
+            name = deployment_name or ""
+            return _app_down(name, doing, "is in a state nobody checked", status, deployment, run, "rollback failed")
     elif deployment is not None and deployment.exists and maintenance_touched(status):
         original = original_replicas(status, deployment, run.name)
         if deployment.replicas != original:
