@@ -31,7 +31,7 @@ from tests.e2e.conftest import api, crd, operator, parking  # noqa: F401  (fixtu
 from tests.faults import matrix
 from tests.support import postgres
 from tests.support.operator import REPO
-from tests.support.wait import wait_for
+from tests.support.wait import WaitTimeout, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -56,8 +56,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A trial past FAULT_BUDGET_MINUTES is skipped before its fixtures: each trial's namespace and app cost seconds,
     and the hundreds of trials a sitting leaves took an hour to skip when the test body checked it."""
-    if "trial" in getattr(item, "fixturenames", ()) and not matrix.budget_left():
+    if "trial" not in getattr(item, "fixturenames", ()):
+        return
+    if not matrix.budget_left():
         pytest.skip("FAULT_BUDGET_MINUTES spent: not started")
+    _the_suites_database_answers()
+
+
+# How long the suite's own PostgreSQL may refuse connections between two trials before the sitting stops.
+DATABASE_GRACE_SECONDS = 180.0
+
+
+def _the_suites_database_answers() -> None:
+    """Before a trial (from the second on: the session's database is up by then), the suite's own PostgreSQL must
+    accept a connection within DATABASE_GRACE_SECONDS; if it does not, the sitting stops with the reason (and its
+    matrix) instead of erroring through every trial left - a machine broken by a fault is the news, not 400 errors."""
+    if not os.environ.get("MO_E2E_PG_HOST"):
+        return
+
+    def answers() -> bool:
+        with postgres.connect():
+            return True
+
+    try:
+        wait_for(answers, timeout=DATABASE_GRACE_SECONDS, interval=2.0, what="the suite's own PostgreSQL answering")
+    except WaitTimeout as error:
+        pytest.exit(f"stopping the sitting: {str(error)[:800]}", returncode=1)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

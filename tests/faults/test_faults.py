@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -375,7 +376,7 @@ def _recorded_trial(trial: Trial, app: ParkingApp, operator: Operator | None, db
     """run_trial, its result recorded for the matrix even when the trial itself breaks."""
     try:
         result = run_trial(trial, app, operator, db)
-    except (AssertionError, ApiException, RuntimeError, OSError) as error:
+    except (AssertionError, ApiException, RuntimeError, OSError, psycopg.Error) as error:
         result = Result(trial=trial.id, cell=trial.cell.key, fault=trial.cell.fault, intended_phase=trial.cell.phase,
                         scenario=trial.cell.scenario, failures=[f"the trial broke: {str(error)[:1500]}"])
         result.notes.append(app.describe(MIGRATION)[:3000])
