@@ -373,16 +373,20 @@ POD_FAILURE_POLICY: dict[str, Any] = {
 }
 
 
-def fails_the_job(spec: dict[str, Any], exit_codes: list[int], conditions: list[dict[str, Any]]) -> bool | None:
-    """Whether a pod that failed (its containers' non-zero `exit_codes`, its `conditions`) fails the Job at once, as
-    the Job controller decides it from `spec`'s podFailurePolicy and backoffLimit: True, False (the Job may create
+def fails_the_job(
+    spec: dict[str, Any], exits: list[tuple[str, int]], conditions: list[dict[str, Any]]
+) -> bool | None:
+    """Whether a pod that failed (its containers' `exits`, (name, exit code), its `conditions`) fails the Job at once,
+    as the Job controller decides it from `spec`'s podFailurePolicy and backoffLimit: True, False (the Job may create
     another pod, or ignores this one), None (it depends on how many pods failed before: the Job's status decides)."""
-    codes = [code for code in exit_codes if code != 0]
+    failed = [(name, code) for name, code in exits if code != 0]  # exit code 0 is never matched
     for rule in (spec.get("podFailurePolicy") or {}).get("rules") or []:
         if rule.get("onExitCodes") is not None:
             on = rule["onExitCodes"]
-            values = set(on.get("values") or [])
-            matched = any((code in values) == (on.get("operator") == "In") for code in codes)
+            values, only = set(on.get("values") or []), on.get("containerName")
+            matched = any(
+                (code in values) == (on.get("operator") == "In") for name, code in failed if only in (None, name)
+            )
         else:
             patterns = rule.get("onPodConditions") or []
             matched = any(
@@ -518,7 +522,7 @@ def ended_pod_state(
     if status.get("phase") == "Succeeded":
         return "Succeeded" if exit_code == 0 else None
     if status.get("phase") == "Failed":
-        return "Failed" if fails_the_job(spec, _exit_codes(pod), status.get("conditions") or []) else None
+        return "Failed" if fails_the_job(spec, _exits(pod), status.get("conditions") or []) else None
     if exit_code is None:
         exit_code = streamed_exit  # the END line of its log (`tail`): the container has ended, not yet reported
     if exit_code is None or template is None or template.get("restartPolicy") != "Never":
@@ -526,7 +530,7 @@ def ended_pod_state(
     # still Running (or Pending) on the API, but its one container ended for good
     if exit_code == 0:
         return "Succeeded"
-    return "Failed" if fails_the_job(spec, [exit_code], []) else None
+    return "Failed" if fails_the_job(spec, [(main or "", exit_code)], []) else None
 
 
 def ran_nothing(job: dict[str, Any], pod: dict[str, Any]) -> str | None:
@@ -534,7 +538,7 @@ def ran_nothing(job: dict[str, Any], pod: dict[str, Any]) -> str | None:
     or the kubelet's reason for refusing it); None for a pod that did not fail, or whose failure is the Job's."""
     status = pod.get("status") or {}
     spec = job.get("spec") or {}
-    if status.get("phase") != "Failed" or fails_the_job(spec, _exit_codes(pod), status.get("conditions") or []):
+    if status.get("phase") != "Failed" or fails_the_job(spec, _exits(pod), status.get("conditions") or []):
         return None
     for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         terminated = (container.get("state") or {}).get("terminated") or {}
@@ -544,14 +548,14 @@ def ran_nothing(job: dict[str, Any], pod: dict[str, Any]) -> str | None:
     return ": ".join(p for p in (status.get("reason"), status.get("message")) if p) or "failed before it ran"
 
 
-def _exit_codes(pod: dict[str, Any]) -> list[int]:
-    """The exit codes of `pod`'s containers (init and app) that terminated."""
+def _exits(pod: dict[str, Any]) -> list[tuple[str, int]]:
+    """(name, exit code) of `pod`'s containers (init and app) that terminated."""
     status = pod.get("status") or {}
     found = []
     for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         terminated = (container.get("state") or {}).get("terminated")
         if terminated is not None and terminated.get("exitCode") is not None:
-            found.append(int(terminated["exitCode"]))
+            found.append((str(container.get("name") or ""), int(terminated["exitCode"])))
     return found
 
 

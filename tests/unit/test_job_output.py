@@ -407,6 +407,11 @@ def test_a_container_that_never_started_is_not_the_steps_failure() -> None:
     # disrupted (evicted, preempted, its node gone): it may have run, whatever its exit code said
     disrupted = client.V1PodCondition(type="DisruptionTarget", status="True")
     assert state(pod("Failed", copied, [status("migrate", **terminated(128))], [disrupted])) == "Failed"
+    # a rule naming a container reads that container's exit code only
+    only_init = {"backoffLimit": 0, "podFailurePolicy": {"rules": [
+        {"action": "Ignore", "onExitCodes": {"containerName": "copy-migrations", "operator": "In", "values": [7]}}]}}
+    assert jobs.fails_the_job(only_init, [("copy-migrations", 7), ("migrate", 0)], []) is False
+    assert jobs.fails_the_job(only_init, [("copy-migrations", 0), ("migrate", 7)], []) is True
     # the Job's status: a failed pod counted against backoffLimit is not yet the Job's failure
     assert jobs.job_state({"spec": manifest["spec"], "status": {"failed": 1}})[0] == "Running"
     failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}

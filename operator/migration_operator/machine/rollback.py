@@ -279,8 +279,8 @@ def _app_down(
     lead: str = "rollback",
 ) -> Decision:
     """Scales the app to 0 in RollingBack (or waits for its last pods). A count someone else gave it (Argo CD's
-    self-heal, a person) is said in the log, with a Warning naming the field manager: the app may have served while
-    the database {database}."""
+    self-heal, a person) is said in the log, with a Warning naming the field manager: the app may have served on a
+    database that was being put back, or that nobody checked (`database` says which)."""
     if scaled_by_someone_else(deployment, original_replicas(status, deployment, run.name)):
         message = f"{lead}: {name} was {deployment.scaled_by()} while the database {database}; {doing}"
         decision = stay(PHASE, message, reasons.SCALING_DOWN, POLL_DRAIN, log=message)
