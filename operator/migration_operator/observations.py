@@ -94,7 +94,8 @@ class DeploymentObservation:
     replicas_manager: str | None = None
 
     def scaled_by(self) -> str:
-        """How a scale by someone else is said (the hold guard, the exit): "scaled to 5 by argocd-controller"."""
+        """How a scale by someone else is said (the hold guard, the exit, RollingBack): "scaled to 5 by
+        argocd-controller"."""
         return f"scaled to {self.replicas} by {self.replicas_manager or 'someone'}"
 
 
