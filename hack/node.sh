@@ -48,7 +48,11 @@ node_network() {
   if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
     ip link add "$NODE_BRIDGE" type bridge
   fi
-  ip addr show dev "$NODE_BRIDGE" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$NODE_BRIDGE"
+  # read into a string first: `ip ... | grep -q` under pipefail fails when grep leaves before ip has written its last
+  # line (SIGPIPE, exit 141, 3 times in 200 here) and the add then meets "Address already assigned"
+  local addrs
+  addrs=$(ip -4 -o addr show dev "$NODE_BRIDGE")
+  [[ $addrs == *" inet $NODE_IP/"* ]] || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   # Services' virtual IPs are routed to the bridge, so a host process talking to a ClusterIP uses $NODE_IP as
   # its source address (kube-proxy's DNAT in OUTPUT then sends it to the pod on the bridge)

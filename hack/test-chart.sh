@@ -35,8 +35,10 @@ if grep -q -- '--all-namespaces' "$tmp/scoped.yaml"; then echo "scoped chart wat
 # namespace globs: one --namespace per pattern, the cluster-wide RBAC (no per-namespace Role but the Lease one)
 "$helm" template migration-operator "$chart" -n migration-operator-system --kube-version "$kube_version" \
   --set 'watchNamespacePatterns={team-*,e2e-*}' > "$tmp/patterns.yaml"
-grep -A1 -- '- --namespace$' "$tmp/patterns.yaml" | grep -q '"team-\*"'
-grep -A1 -- '- --namespace$' "$tmp/patterns.yaml" | grep -q '"e2e-\*"'
+# (pipes into `grep -q` are read from a string: under pipefail the writer's SIGPIPE would fail the check at random)
+namespace_args=$(grep -A1 -- '- --namespace$' "$tmp/patterns.yaml")
+grep -q '"team-\*"' <<<"$namespace_args"
+grep -q '"e2e-\*"' <<<"$namespace_args"
 if grep -q -- '--all-namespaces' "$tmp/patterns.yaml"; then echo "patterns chart watches all namespaces" >&2; exit 1; fi
 grep -q 'kind: ClusterRoleBinding' "$tmp/patterns.yaml"
 [[ $(grep -c '^kind: Role$' "$tmp/patterns.yaml") == 1 ]]
@@ -45,15 +47,15 @@ if "$helm" template migration-operator "$chart" --kube-version "$kube_version" \
   echo "watchNamespacePatterns together with watchNamespaces should be refused" >&2; exit 1
 fi
 # a Job's output is read from its pod's log: `get` on pods/log in the ClusterRole, and in every watched namespace
-grep -A1 'resources: \["pods/log"\]' "$tmp/all.yaml" | grep -q 'verbs: \["get"\]'
+grep -q 'verbs: \["get"\]' <<<"$(grep -A1 'resources: \["pods/log"\]' "$tmp/all.yaml")"
 [[ $(grep -c 'resources: \["pods/log"\]' "$tmp/scoped.yaml") == 2 ]]
 grep -q 'kind: ServiceMonitor' "$tmp/monitor.yaml"
 # the admission policies: on by default where the API server has them (1.30+), off when disabled or older
 [[ $(grep -c '^kind: ValidatingAdmissionPolicy$' "$tmp/all.yaml") == 2 ]]
 [[ $(grep -c '^kind: ValidatingAdmissionPolicyBinding$' "$tmp/all.yaml") == 2 ]]
-if "$helm" template migration-operator "$chart" --kube-version 1.29.0 | grep -q ValidatingAdmissionPolicy \
-  || "$helm" template migration-operator "$chart" --kube-version "$kube_version" --set admissionPolicy.enabled=false \
-    | grep -q ValidatingAdmissionPolicy; then
+if grep -q ValidatingAdmissionPolicy <<<"$("$helm" template migration-operator "$chart" --kube-version 1.29.0)" \
+  || grep -q ValidatingAdmissionPolicy <<<"$("$helm" template migration-operator "$chart" --kube-version "$kube_version" \
+    --set admissionPolicy.enabled=false)"; then
   echo "admission policies rendered where they should not be" >&2; exit 1
 fi
 # the allow-lists reach the operator (env) and the Job admission policy (RE2 patterns)
