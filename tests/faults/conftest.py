@@ -63,23 +63,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     _the_suites_database_answers()
 
 
-# How long the suite's own PostgreSQL may refuse connections between two trials before the sitting stops.
-DATABASE_GRACE_SECONDS = 180.0
-
-
 def _the_suites_database_answers() -> None:
     """Before a trial (from the second on: the session's database is up by then), the suite's own PostgreSQL must
-    accept a connection within DATABASE_GRACE_SECONDS; if it does not, the sitting stops with the reason (and its
-    matrix) instead of erroring through every trial left - a machine broken by a fault is the news, not 400 errors."""
+    accept a connection within matrix.DATABASE_GRACE_SECONDS; if it does not, the sitting stops with the reason (and
+    its matrix) instead of erroring through every trial left - a machine broken by a fault is the news, not 400
+    errors."""
     if not os.environ.get("MO_E2E_PG_HOST"):
         return
-
-    def answers() -> bool:
-        with postgres.connect():
-            return True
-
     try:
-        wait_for(answers, timeout=DATABASE_GRACE_SECONDS, interval=2.0, what="the suite's own PostgreSQL answering")
+        postgres.wait_answering(matrix.DATABASE_GRACE_SECONDS, what="the suite's own PostgreSQL answering")
     except WaitTimeout as error:
         pytest.exit(f"stopping the sitting: {str(error)[:800]}", returncode=1)
 
@@ -177,8 +169,7 @@ def fault_postgres(api: client.ApiClient) -> Iterator[matrix.Database]:  # noqa:
     ip = wait_for(lambda: core.read_namespaced_service(DB_NAME, DB_NAMESPACE).spec.cluster_ip, timeout=60,
                   what="the fault suite's PostgreSQL Service")
     if not _seeded(ip):
-        wait_for(lambda: _seeded_or_ready(ip), timeout=300, what=f"PostgreSQL in {DB_NAMESPACE} ready",
-                 interval=1)
+        postgres.wait_answering(300, what=f"PostgreSQL in {DB_NAMESPACE} ready", host=ip)
         seed = subprocess.run(["bash", str(REPO / "hack" / "postgres.sh"), "seed"], capture_output=True, text=True,
                               env=os.environ | {"MO_PG_HOST": ip}, timeout=600)
         assert seed.returncode == 0, f"seeding {DB_NAMESPACE}/{DB_NAME} failed:\n{seed.stderr[-3000:]}"
@@ -196,13 +187,6 @@ def fault_postgres(api: client.ApiClient) -> Iterator[matrix.Database]:  # noqa:
         if os.environ.get("FAULT_KEEP_POSTGRES") != "1":
             with contextlib.suppress(ApiException):
                 core.delete_namespace(DB_NAMESPACE)
-
-
-def _seeded_or_ready(host: str) -> bool:
-    with contextlib.suppress(Exception), postgres.connect(host=host, connect_timeout=3) as conn:
-        conn.execute("select 1")
-        return True
-    return False
 
 
 def repo_path(*parts: str) -> Path:

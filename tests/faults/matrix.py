@@ -38,6 +38,10 @@ FAULTS = ("operator-kill", "apiserver-restart", "postgres-kill", "kubelet-restar
 GOOD_PHASES = ("Preflight", "EnteringMaintenance", "BackingUp", "Migrating", "Verifying", "ExitingMaintenance")
 ORDER = ("Pending", "AwaitingApproval", *GOOD_PHASES, "RollingBack", "Succeeded", "RolledBack", "Failed")
 TERMINAL = frozenset({"Succeeded", "RolledBack", "Failed"})
+# How long the suite's own PostgreSQL may not answer (between two trials, or in a trial's reads after its run) before
+# the sitting stops or the trial breaks: an API server restart can take its Service's endpoint away for a minute
+# after the run (README "Fault injection").
+DATABASE_GRACE_SECONDS = 180.0
 # faults the smoke slice runs alone, after the others (test_smoke_slice says why)
 RUN_ALONE = frozenset({"apiserver-restart", "postgres-kill", "database-unreachable"})
 # where a Job's pod runs (the kubelet fault needs one): validate, backup, migrate, restore/repair/compensate

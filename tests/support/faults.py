@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from tests.support import local_cluster
+from tests.support import local_cluster, postgres
 from tests.support.local_cluster import LocalNode
 from tests.support.operator import Operator
 from tests.support.runtime import LocalRuntime
@@ -208,7 +207,7 @@ _STARTED: list[subprocess.Popen[bytes]] = []
 # ---------------------------------------------------------------------------------------------- 3. PostgreSQL
 def kill_postgres(api: client.ApiClient, namespace: str, pod: str, probe: dict[str, Any]) -> None:
     """SIGKILL of the PostgreSQL container of `pod` (postmaster and every backend die with it), then wait until it
-    runs again and accepts a connection made with `probe` (psycopg.connect keyword arguments). Elsewhere than on
+    runs again and accepts a connection made with `probe` (postgres.connect keyword arguments). Elsewhere than on
     the local node: the pod deleted with no grace (its StatefulSet makes it again)."""
     core = client.CoreV1Api(api)
     before = core.read_namespaced_pod(pod, namespace)
@@ -219,13 +218,8 @@ def kill_postgres(api: client.ApiClient, namespace: str, pod: str, probe: dict[s
     else:
         core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
 
-    def accepting() -> bool:
-        with psycopg.connect(**probe, connect_timeout=3) as conn:
-            conn.execute("select 1")
-        return True
-
-    wait_for(accepting, timeout=180, what=f"PostgreSQL {namespace}/{pod} accepting connections after the kill",
-             interval=0.5)
+    postgres.wait_answering(180, what=f"PostgreSQL {namespace}/{pod} accepting connections after the kill",
+                            interval=0.5, **probe)
 
 
 # ---------------------------------------------------------------------------------------------- 4. the kubelet

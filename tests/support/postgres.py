@@ -17,13 +17,17 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+
+from tests.support.wait import wait_for
+
+T = TypeVar("T")
 
 TEMPLATE_DATABASE = "parking_template"
 APP_ROLE = "parking_admin"
@@ -405,6 +409,38 @@ def reachable() -> bool:
             return True
     except psycopg.OperationalError:
         return False
+
+
+def wait_answering(timeout: float, what: str = "the tests' PostgreSQL answering", *, interval: float = 1.0,
+                   **params: Any) -> float:
+    """Waits until PostgreSQL accepts a connection and answers a query; returns the seconds it took. `params` are
+    `connect()`'s (another host, database or login). On timeout, WaitTimeout names `what` and the last error."""
+    started = time.monotonic()
+
+    def answers() -> bool:
+        with connect(**{"connect_timeout": 3, **params}) as conn:
+            conn.execute("select 1")
+        return True
+
+    wait_for(answers, timeout=timeout, what=what, interval=interval)
+    return time.monotonic() - started
+
+
+def read_through_outage(read: Callable[[], T], grace: float,
+                        answering: Callable[[], bool] = reachable,
+                        wait: Callable[[float], float] = wait_answering) -> tuple[T, str | None]:
+    """`read()`, and when it fails because the server does not answer at all (not the read's own error: the
+    server answers), waits for the server up to `grace` seconds and reads once more. Returns the value and, when it
+    waited, a sentence saying what it waited out (for a test's notes), else None. A failure that is not an outage,
+    or an outage longer than `grace`, is raised."""
+    try:
+        return read(), None
+    except psycopg.OperationalError as error:
+        if answering():
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    waited = wait(grace)
+    return read(), f"PostgreSQL did not answer ({first}): waited {waited:.0f} s for it"
 
 
 @contextmanager

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.faults import matrix
+from tests.support import postgres
+from tests.support.wait import WaitTimeout
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +128,67 @@ def test_the_matrix_over_sittings_says_how_many_trials_are_still_to_run() -> Non
     assert f"{to_run * 36 / 3600:.1f} h" in line, line
     everything = [trial(cell, n) for cell in cells for n in range(2)]
     assert matrix.to_go(everything, 2) == f"every one of the {len(cells)} cells has 2 trials or more"
+
+
+# ---------------------------------------------------------------------------------------------- reads after a run
+class _Reads:
+    """A read that fails with `errors` first, then returns "rows"; a server that answers or not; a wait that
+    records its grace."""
+
+    def __init__(self, errors: list[Exception], answering: bool, wait_error: Exception | None = None) -> None:
+        self.errors, self.answering, self.wait_error = errors, answering, wait_error
+        self.reads, self.waits = 0, list[float]()
+
+    def read(self) -> str:
+        self.reads += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "rows"
+
+    def answers(self) -> bool:
+        return self.answering
+
+    def wait(self, grace: float) -> float:
+        self.waits.append(grace)
+        if self.wait_error:
+            raise self.wait_error
+        return 41.6
+
+
+REFUSED = psycopg.OperationalError('connection failed: connection to server at "10.96.0.9", port 5432 failed: '
+                                   "Connection refused\n\tIs the server running on that host?")
+
+
+def test_a_read_that_works_does_not_wait() -> None:
+    reads = _Reads([], answering=True)
+    assert postgres.read_through_outage(reads.read, 180, reads.answers, reads.wait) == ("rows", None)
+    assert reads.waits == []
+
+
+def test_a_refusal_while_the_server_is_down_is_waited_out_and_said() -> None:
+    reads = _Reads([REFUSED], answering=False)
+    value, said = postgres.read_through_outage(reads.read, 180, reads.answers, reads.wait)
+    assert value == "rows" and reads.reads == 2 and reads.waits == [180]
+    assert said is not None and "Connection refused" in said and "waited 42 s" in said and "\n" not in said
+
+
+def test_the_reads_own_error_is_raised_when_the_server_answers() -> None:
+    missing = psycopg.OperationalError('database "flt_gone" does not exist')
+    reads = _Reads([missing], answering=True)
+    with pytest.raises(psycopg.OperationalError, match="does not exist"):
+        postgres.read_through_outage(reads.read, 180, reads.answers, reads.wait)
+    assert reads.waits == [] and reads.reads == 1
+
+
+def test_an_outage_longer_than_the_grace_is_raised() -> None:
+    reads = _Reads([REFUSED], answering=False, wait_error=WaitTimeout("timed out after 180s waiting for it"))
+    with pytest.raises(WaitTimeout):
+        postgres.read_through_outage(reads.read, 180, reads.answers, reads.wait)
+    assert reads.reads == 1
+
+
+def test_other_errors_are_not_taken_for_an_outage() -> None:
+    reads = _Reads([psycopg.errors.UndefinedTable("relation tickets does not exist")], answering=False)
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        postgres.read_through_outage(reads.read, 180, reads.answers, reads.wait)
+    assert reads.waits == []
