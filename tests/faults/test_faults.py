@@ -302,10 +302,10 @@ def run_trial(trial: Trial, app: ParkingApp, operator: Operator | None, db: Data
         failures.append(f"Jobs created twice under one name: {jobs.duplicates()}")
 
     # 4. the database
-    state, exact = _after_run(lambda: (_state(app.database), postgres.fingerprint(app.database)), result.notes)
+    reference = "Repair" if scenario.name == "Repair" else "good"
+    state, exact, after = _after_run(lambda: (_state(app.database), postgres.fingerprint(app.database),
+                                              expected_after(reference, db.host)), result.notes)
     rollback = status.get("rollback") or {}
-    after = _after_run(lambda: expected_after("Repair" if scenario.name == "Repair" else "good", db.host),
-                       result.notes)
     if result.terminal_phase == "Succeeded" and state != after:
         failures.append(f"Succeeded but the database is not the expected 'after': {_diff(after, state)}")
     if result.terminal_phase == "RolledBack":
